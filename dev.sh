@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# KPOS developer entry point: sets up a fresh Debian/Ubuntu machine, then runs one thing.
+#   ./dev.sh sim [kpos sim args]   start the simulated terminal (acquirer on loopback)
+#   ./dev.sh test [pytest args]    run the test suite
+# Installs missing apt packages (with sudo when not root) and creates .venv on first use;
+# later runs reuse them and reinstall Python packages only when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(python3 python3-venv python3-dev gcc)
+VENV=.venv
+
+say() { printf '\033[1mdev.sh:\033[0m %s\n' "$*" >&2; }
+
+need_apt() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || { say "missing ${missing[*]} and no apt-get: install them by hand"; exit 2; }
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  say "installing ${missing[*]}"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+pick_python() {
+  for py in python3.13 python3.12 python3.11 python3; do
+    if command -v "$py" >/dev/null && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "$py"; return 0
+    fi
+  done
+  say "Python 3.11 or newer is needed"; exit 2
+}
+
+setup_venv() {
+  local extras="$1" py stamp want
+  py=$(pick_python)
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$py" -m venv "$VENV" 2>/dev/null || { need_apt; "$py" -m venv "$VENV"; }
+  fi
+  want="$(sha256sum pyproject.toml | cut -c1-16)-$extras"
+  stamp="$VENV/.kpos-installed"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "installing Python packages into $VENV ($extras)"
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+    echo "$want" > "$stamp"
+  fi
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  sim)
+    need_apt; setup_venv test
+    exec "$VENV/bin/kpos" sim "$@" ;;
+  test)
+    need_apt; setup_venv test
+    exec "$VENV/bin/python" -m pytest "$@" ;;
+  *)
+    echo "usage: ./dev.sh sim|test [args]"; exit 2 ;;
+esac

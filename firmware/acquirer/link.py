@@ -1,0 +1,156 @@
+"""Persistent TCP (optionally TLS) link to the acquirer: one ISO 8583 exchange at a time.
+
+Runs on the terminal's asyncio event loop; every method is a coroutine and never blocks
+the loop. Timeouts in seconds: `connect_timeout` bounds connect (and the TLS handshake),
+`response_timeout` bounds write + drain + reading the one response frame.
+
+Outcome rules (what the journal relies on, DESIGN §6):
+- NotSent: the connection could not be opened; no byte of the request left the box.
+- NoResponse: the request was handed to the socket; the outcome is unknown (timeout, EOF,
+  socket error, malformed or mismatched response). The connection is closed, because a
+  late answer could otherwise be taken for the next request's.
+- Reuse: an idle connection is checked just before the write. If the host closed it (EOF
+  seen, transport closing), it is dropped and a new one opened: nothing was written on it,
+  so this reconnect is safe and transparent. Once write() was called there is no retry.
+- MessageError from encoding the request propagates unchanged (a bug, not a link fault).
+Failures are logged at WARNING on "kpos.acquirer" with `describe(request)` (log-safe).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from firmware.acquirer.messages import (
+    MessageError, decode, describe, encode, frame, match_response, read_frame,
+)
+
+__all__ = ["LinkError", "NotSent", "NoResponse", "AcquirerLink"]
+
+log = logging.getLogger("kpos.acquirer")
+
+
+class LinkError(Exception):
+    """The exchange failed; `reason` is short and log-safe (no card data)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotSent(LinkError):
+    """Connecting failed: nothing left the box, the request may be retried as is."""
+
+
+class NoResponse(LinkError):
+    """The request was written but no valid matching response came: outcome unknown."""
+
+
+class AcquirerLink:
+    def __init__(self, host: str, port: int, *, connect_timeout: float,
+                 response_timeout: float, ssl_context: ssl.SSLContext | None = None):
+        if connect_timeout <= 0 or response_timeout <= 0:
+            raise ValueError("connect_timeout and response_timeout must be > 0 seconds")
+        self._host = host
+        self._port = port
+        self._connect_timeout = connect_timeout
+        self._response_timeout = response_timeout
+        self._ssl = ssl_context
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def exchange(self, request: dict) -> dict:
+        """Send `request`, return the decoded matching response. Raises NotSent/NoResponse."""
+        data = frame(encode(request))
+        async with self._lock:
+            try:
+                await self._ensure_connected()
+            except NotSent as exc:
+                log.warning("not sent: %s: %s", exc.reason, describe(request))
+                raise
+            try:
+                return await self._send_and_receive(request, data)
+            except NoResponse as exc:
+                log.warning("no response: %s: %s", exc.reason, describe(request))
+                await self._drop()
+                raise
+            except BaseException:  # cancelled mid-exchange: connection state unknown
+                await asyncio.shield(self._drop())
+                raise
+
+    async def close(self) -> None:
+        """Close the connection gracefully (idempotent)."""
+        async with self._lock:
+            writer, self._reader, self._writer = self._writer, None, None
+            if writer is None:
+                return
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError as exc:  # the connection was already broken: it is closed now
+                log.debug("close: connection already broken: %s", exc)
+
+    async def _ensure_connected(self) -> None:
+        if self._writer is not None and not self._idle_connection_ok():
+            log.info("acquirer closed the idle connection; reconnecting")
+            await self._drop()
+        if self._writer is not None:
+            return
+        where = f"{self._host}:{self._port}"
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(self._host, self._port, ssl=self._ssl),
+                self._connect_timeout)
+        except TimeoutError:
+            raise NotSent(
+                f"connect to {where} timed out after {self._connect_timeout:.1f} s") from None
+        except OSError as exc:  # includes ssl.SSLError
+            raise NotSent(f"connect to {where} failed: {exc}") from exc
+        log.info("connected to acquirer %s", where)
+
+    def _idle_connection_ok(self) -> bool:
+        return not (self._writer.is_closing() or self._reader.at_eof())
+
+    async def _send_and_receive(self, request: dict, data: bytes) -> dict:
+        try:
+            async with asyncio.timeout(self._response_timeout):
+                self._writer.write(data)
+                await self._writer.drain()
+                raw = await read_frame(self._reader)
+        except TimeoutError:
+            raise NoResponse(f"no response in {self._response_timeout:.1f} s") from None
+        except asyncio.IncompleteReadError:
+            raise NoResponse("connection closed by host") from None
+        except OSError as exc:
+            raise NoResponse(f"connection error: {exc}") from exc
+        except MessageError as exc:
+            raise NoResponse(f"malformed response: {exc}") from exc
+        return self._checked(request, raw)
+
+    @staticmethod
+    def _checked(request: dict, raw: bytes) -> dict:
+        try:
+            response = decode(raw)
+        except MessageError as exc:
+            raise NoResponse(f"malformed response: {exc}") from exc
+        mismatch = match_response(request, response)
+        if mismatch is not None:
+            raise NoResponse(f"mismatched response: {mismatch}")
+        log.debug("response: %s", describe(response))
+        return response
+
+    async def _drop(self) -> None:
+        """Abort the connection without flushing (its state is unknown)."""
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is None:
+            return
+        writer.transport.abort()
+        try:
+            await writer.wait_closed()
+        except OSError as exc:
+            log.debug("drop: connection already broken: %s", exc)

@@ -1,0 +1,325 @@
+"""ISO 8583 acquirer messages: encode/decode, framing, request builders, response matching.
+
+Pure functions, any thread, no I/O except `read_frame` (a coroutine on the terminal's
+event loop, no timeout of its own: the caller bounds it). Field dicts follow pyiso8583:
+"t" is the MTI, "2".."128" are fields; values are str, or bytes for binary fields
+(52 PIN block, 55 ICC data, 64 MAC). Amounts are int minor units. Every error is a
+MessageError whose text starts with the field, e.g. "field 4: not numeric".
+Field layout: docs/acquirer-protocol.md. Never log a field dict: log `describe(fields)`.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+
+import iso8583
+
+from firmware.acquirer.spec import BINARY_FIELDS, NUMERIC_FIELDS, SPEC
+from firmware.cardsafe import mask_pan
+from firmware.emv.card import CardData
+from firmware.money import CURRENCIES, format_amount
+
+__all__ = [
+    "MessageError", "encode", "decode", "frame", "read_frame", "MAX_FRAME",
+    "TerminalIds", "WorkingKeys", "signon_request", "sale_request", "reversal_request",
+    "REVERSAL_REASONS", "response_mti", "match_response", "parse_working_keys",
+    "working_keys_field", "describe",
+]
+
+MAX_FRAME = 8192  # bytes of message after the 2-byte length
+
+# Field 39 of a reversal: why the terminal reverses (UnionPay, FIELD-NOTES §1).
+REVERSAL_REASONS = {
+    "98": "no response in time",
+    "A0": "response MAC failed",
+    "06": "other (e.g. mismatched or malformed response)",
+}
+
+_PROCESSING_SALE = "000000"
+_MSG_TYPE_SALE = "22"  # 60.1
+_MSG_TYPE_MGMT = "00"  # 60.1 of network management messages
+_MGMT_SIGNON_DOUBLE = "003"  # 60.3: sign-on, double-length keys
+_MGMT_NONE = "000"
+# Removed when a request is cloned into a reversal: track 2/3, PIN block, security
+# control info, MAC (recomputed by the sender).
+_REVERSAL_DROP = ("35", "36", "52", "53", "64", "128")
+_KEYS_HEX_LEN = 80  # field 62: 16 + 4 + 16 + 4 bytes as hex
+
+
+class MessageError(ValueError):
+    """A message cannot be built, encoded or decoded; the text names the field."""
+
+
+# --- encode / decode ---------------------------------------------------------
+
+
+def encode(fields: dict) -> bytes:
+    """Unframed message bytes (MTI + bitmap + fields). Does not modify `fields`."""
+    doc = {k: v for k, v in fields.items() if k not in ("p", "1")}
+    _check_types(doc)
+    _check_content(doc)
+    for key in BINARY_FIELDS & doc.keys():  # pyiso8583 takes binary fields as hex text
+        doc[key] = doc[key].hex()
+    try:
+        raw, _ = iso8583.encode(doc, SPEC)
+    except iso8583.EncodeError as exc:
+        raise MessageError(f"field {exc.field}: {exc.msg}") from exc
+    except KeyError as exc:
+        raise MessageError(f"field {exc.args[0]}: not defined in spec") from exc
+    return bytes(raw)
+
+
+def decode(raw: bytes) -> dict:
+    """Field dict of an unframed message (without bitmap keys). Raises MessageError only."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raise MessageError(f"field t: message must be bytes, not {type(raw).__name__}")
+    try:
+        doc, _ = iso8583.decode(bytes(raw), SPEC)
+    except iso8583.DecodeError as exc:
+        raise MessageError(f"field {exc.field}: {exc.msg} (pos {exc.pos})") from exc
+    except KeyError as exc:  # bitmap announces a field the spec lacks (e.g. tertiary)
+        raise MessageError(f"field {exc.args[0]}: not defined in spec") from exc
+    doc.pop("p", None)
+    doc.pop("1", None)
+    for key in BINARY_FIELDS & doc.keys():  # pyiso8583 returns binary fields as hex text
+        doc[key] = bytes.fromhex(doc[key])
+    _check_content(doc)
+    return doc
+
+
+def _check_types(doc: dict) -> None:
+    for key, value in doc.items():
+        if not isinstance(key, str) or not (key == "t" or key.isdigit()):
+            raise MessageError(f"field {key!r}: not a field key")
+        want = bytes if key in BINARY_FIELDS else str
+        if not isinstance(value, want):
+            raise MessageError(f"field {key}: must be {want.__name__}, got {type(value).__name__}")
+
+
+def _check_content(doc: dict) -> None:
+    mti = doc.get("t")
+    if mti is None:
+        raise MessageError("field t: MTI missing")
+    if not (len(mti) == 4 and mti.isdigit() and mti.isascii()):
+        raise MessageError(f"field t: MTI {mti!r} is not 4 digits")
+    for key in sorted(NUMERIC_FIELDS & doc.keys(), key=int):
+        value = doc[key]
+        if not (value.isdigit() and value.isascii()):
+            raise MessageError(f"field {key}: not numeric")
+
+
+# --- framing -----------------------------------------------------------------
+
+
+def frame(msg: bytes) -> bytes:
+    """2-byte big-endian length + msg."""
+    if not 0 < len(msg) <= MAX_FRAME:
+        raise MessageError(f"frame: length {len(msg)} outside 1..{MAX_FRAME}")
+    return len(msg).to_bytes(2, "big") + msg
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    """One unframed message. MessageError on a bad length, IncompleteReadError on EOF."""
+    length = int.from_bytes(await reader.readexactly(2), "big")
+    if not 0 < length <= MAX_FRAME:
+        raise MessageError(f"frame: length {length} outside 1..{MAX_FRAME}")
+    return await reader.readexactly(length)
+
+
+# --- request builders ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TerminalIds:
+    terminal_id: str  # field 41, 8 characters
+    merchant_id: str  # field 42, 15 characters
+
+    def __post_init__(self) -> None:
+        _require_len("41", "terminal id", self.terminal_id, 8)
+        _require_len("42", "merchant id", self.merchant_id, 15)
+
+
+@dataclass(frozen=True, repr=False)
+class WorkingKeys:
+    pik_enc: bytes  # PIN key under the TMK, 16 bytes
+    pik_kcv: bytes  # 4 bytes
+    mak_enc: bytes  # MAC key under the TMK, 16 bytes
+    mak_kcv: bytes  # 4 bytes
+
+    def __post_init__(self) -> None:
+        for name, size in (("pik_enc", 16), ("pik_kcv", 4), ("mak_enc", 16), ("mak_kcv", 4)):
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or len(value) != size:
+                raise MessageError(f"field 62: {name} must be {size} bytes")
+
+    def __repr__(self) -> str:  # ciphertext only, but keep key material out of logs
+        pik, mak = self.pik_kcv.hex().upper(), self.mak_kcv.hex().upper()
+        return f"WorkingKeys(pik_kcv={pik}, mak_kcv={mak})"
+
+
+def signon_request(ids: TerminalIds, *, stan: int, batch: int, now: datetime,
+                   operator: str = "01") -> dict:
+    """0800 sign-on asking for double-length working keys (60.3 = 003)."""
+    if not (operator and len(operator) <= 3 and operator.isascii()):
+        raise MessageError("field 63: operator code must be 1-3 ASCII characters")
+    return {
+        "t": "0800",
+        **_trace(stan, now),
+        "41": ids.terminal_id,
+        "42": ids.merchant_id,
+        "60": _MSG_TYPE_MGMT + _batch(batch) + _MGMT_SIGNON_DOUBLE,
+        "63": operator.ljust(3),
+    }
+
+
+def sale_request(ids: TerminalIds, *, stan: int, batch: int, amount: int, currency: int,
+                 card: CardData, pin_block: bytes | None, now: datetime) -> dict:
+    """0200 sale (消费): processing code 000000, 60.1 = 22."""
+    msg = {
+        "t": "0200",
+        "2": card.pan,
+        "3": _PROCESSING_SALE,
+        "4": _amount(amount),
+        **_trace(stan, now),
+        "14": card.expiry,
+        "22": card.entry_mode,
+        "25": "00",
+        "41": ids.terminal_id,
+        "42": ids.merchant_id,
+        "49": _currency(currency),
+        "60": _MSG_TYPE_SALE + _batch(batch) + _MGMT_NONE,
+    }
+    if card.pan_seq:
+        msg["23"] = "0" + card.pan_seq
+    if card.track2:
+        msg["35"] = card.track2
+    if pin_block is not None:
+        if not isinstance(pin_block, bytes) or len(pin_block) != 8:
+            raise MessageError("field 52: PIN block must be 8 bytes")
+        msg["52"] = pin_block
+    if card.icc_data:
+        msg["55"] = bytes(card.icc_data)
+    return dict(sorted(msg.items(), key=lambda kv: -1 if kv[0] == "t" else int(kv[0])))
+
+
+def reversal_request(original: dict, reason: str, repeat: bool = False) -> dict:
+    """0400 (or 0401 repeat) cloned from `original`: same STAN, no track 2/PIN block/MAC,
+    39 = reason, 61 = original batch (60.2) + original STAN."""
+    if reason not in REVERSAL_REASONS:
+        known = sorted(REVERSAL_REASONS)
+        raise MessageError(f"field 39: reversal reason {reason!r} not in {known}")
+    stan = original.get("11", "")
+    batch = original.get("60", "")[2:8]
+    if len(stan) != 6 or len(batch) != 6:
+        raise MessageError("field 61: original needs field 11 (STAN) and 60.2 (batch)")
+    msg = {k: v for k, v in original.items() if k not in _REVERSAL_DROP + ("p", "1")}
+    msg["t"] = "0401" if repeat else "0400"
+    msg["39"] = reason
+    msg["61"] = batch + stan
+    return msg
+
+
+def _trace(stan: int, now: datetime) -> dict:
+    if not isinstance(stan, int) or not 1 <= stan <= 999999:
+        raise MessageError(f"field 11: STAN {stan!r} outside 1..999999")
+    return {"11": f"{stan:06d}", "12": now.strftime("%H%M%S"), "13": now.strftime("%m%d")}
+
+
+def _amount(amount: int) -> str:
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise MessageError(f"field 4: amount must be int minor units, got {type(amount).__name__}")
+    if not 0 < amount <= 999_999_999_999:
+        raise MessageError(f"field 4: amount {amount} outside 1..999999999999")
+    return f"{amount:012d}"
+
+
+def _batch(batch: int) -> str:
+    if not isinstance(batch, int) or not 0 <= batch <= 999999:
+        raise MessageError(f"field 60: batch {batch!r} outside 0..999999")
+    return f"{batch:06d}"
+
+
+def _currency(currency: int) -> str:
+    if not isinstance(currency, int) or not 0 < currency <= 999:
+        raise MessageError(f"field 49: currency {currency!r} is not an ISO 4217 number")
+    return f"{currency:03d}"
+
+
+def _require_len(field: str, name: str, value: str, size: int) -> None:
+    if not isinstance(value, str) or len(value) != size or not value.isascii():
+        raise MessageError(f"field {field}: {name} must be {size} ASCII characters")
+
+
+# --- responses -----------------------------------------------------------------
+
+
+def response_mti(request_mti: str) -> str:
+    """MTI that answers `request_mti`: function digit +1, origin 0 (0401 -> 0410)."""
+    if not (len(request_mti) == 4 and request_mti.isdigit() and request_mti[2] in "02468"):
+        raise MessageError(f"field t: {request_mti!r} is not a request MTI")
+    return request_mti[:2] + str(int(request_mti[2]) + 1) + "0"
+
+
+# (field, label) compared when the request carries the field; the response must echo it.
+_ECHOED = (("11", "STAN"), ("41", "terminal id"), ("42", "merchant id"),
+           ("3", "processing code"), ("4", "amount"))
+
+
+def match_response(request: dict, response: dict) -> str | None:
+    """None when `response` answers `request`, else a short log-safe reason."""
+    try:
+        want_mti = response_mti(str(request.get("t", "")))
+    except MessageError as exc:
+        return str(exc)
+    if response.get("t") != want_mti:
+        return f"MTI {response.get('t')} does not answer {request.get('t')}"
+    for field, label in _ECHOED:
+        if field in request and response.get(field) != request[field]:
+            return f"{label} {response.get(field, 'missing')} != {request[field]}"
+    if "2" in request and "2" in response and request["2"] != response["2"]:
+        return "PAN differs"
+    return None
+
+
+def parse_working_keys(signon_response: dict) -> WorkingKeys:
+    """Working keys from field 62 of an 0810 (hex PIK+KCV+MAK+KCV, 80 characters)."""
+    text = signon_response.get("62")
+    if text is None:
+        raise MessageError("field 62: working keys absent")
+    if len(text) != _KEYS_HEX_LEN:
+        raise MessageError(f"field 62: {len(text)} characters, expecting {_KEYS_HEX_LEN}")
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError as exc:
+        raise MessageError("field 62: not hexadecimal") from exc
+    return WorkingKeys(pik_enc=raw[:16], pik_kcv=raw[16:20], mak_enc=raw[20:36], mak_kcv=raw[36:40])
+
+
+def working_keys_field(keys: WorkingKeys) -> str:
+    """Field 62 text for `keys` (upper-case hex); inverse of parse_working_keys."""
+    return (keys.pik_enc + keys.pik_kcv + keys.mak_enc + keys.mak_kcv).hex().upper()
+
+
+def describe(fields: dict) -> str:
+    """One log-safe line: MTI, STAN, amount, response code, masked PAN. Never raises."""
+    parts = [str(fields.get("t", "????"))]
+    if "11" in fields:
+        parts.append(f"STAN {fields['11']}")
+    if "4" in fields:
+        parts.append(f"amount {_describe_amount(fields['4'], fields.get('49'))}")
+    if "39" in fields:
+        parts.append(f"RC {fields['39']}")
+    pan = fields.get("2")
+    if isinstance(pan, str):
+        parts.append(f"PAN {mask_pan(pan)}")
+    return " ".join(parts)
+
+
+def _describe_amount(value: object, currency: object) -> str:
+    if not (isinstance(value, str) and value.isdigit() and value.isascii()):
+        return repr(value)
+    code = int(currency) if isinstance(currency, str) and currency.isdigit() else 156
+    if code not in CURRENCIES:
+        return f"{int(value)} minor ({currency})"
+    return f"{format_amount(int(value), code)} {CURRENCIES[code][0]}"

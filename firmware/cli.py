@@ -1,0 +1,170 @@
+"""kpos command line: run | sim | acquirer.
+
+`kpos run`       the terminal on its configured devices (the systemd service's command)
+`kpos sim`       acquirer simulator on loopback + terminal with simulated peripherals
+`kpos acquirer`  the ISO 8583 host simulator alone
+Exit codes: 0 ok, 1 scenario failed, 2 bad usage or config, 3 terminal fault at start.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from firmware import __version__
+
+__all__ = ["main"]
+
+log = logging.getLogger("kpos")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not hasattr(args, "handler"):
+        _parser().print_help()
+        return 2
+    return args.handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kpos", description="KPOS bank card terminal")
+    p.add_argument("--version", action="version", version=f"kpos {__version__}")
+    sub = p.add_subparsers()
+
+    run = sub.add_parser("run", help="run the terminal on its configured devices")
+    run.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
+    run.set_defaults(handler=_cmd_run)
+
+    sim = sub.add_parser("sim", help="run the terminal with simulated peripherals and acquirer")
+    sim.add_argument("--config", type=Path, default=Path("config/sim.toml"))
+    sim.add_argument("--script", type=Path, help="run a scenario file instead of the console")
+    sim.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
+    sim.set_defaults(handler=_cmd_sim)
+
+    acq = sub.add_parser("acquirer", help="run the ISO 8583 acquirer simulator")
+    acq.add_argument("--port", type=int, default=5000)
+    acq.add_argument("--host", default="127.0.0.1")
+    acq.add_argument("--catalog", type=Path, help="test-card catalog (default: packaged)")
+    acq.add_argument("--ledger", type=Path, default=Path("acquirer.db"))
+    acq.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    acq.add_argument("--drop", action="store_true", help="never answer (no response)")
+    acq.set_defaults(handler=_cmd_acquirer)
+    return p
+
+
+def _setup_logging(level: str = "INFO", file: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if file:
+        handlers.append(logging.FileHandler(file, encoding="utf-8"))
+    logging.basicConfig(level=level, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load(path: Path, overrides: dict | None = None):
+    from firmware.config import ConfigError, load_config
+    try:
+        return load_config(path, overrides=overrides)
+    except ConfigError as exc:
+        print(f"kpos: {exc}", file=sys.stderr)
+        return None
+
+
+def _install_signals(stop) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+def _cmd_run(args) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    _setup_logging(cfg.log.level, cfg.log.file or None)
+    from firmware.app import StartupFault, Terminal
+    from firmware.hal import build_devices, DeviceError
+    try:
+        devices = build_devices(cfg)
+    except DeviceError as exc:
+        log.error("%s", exc)
+        return 3
+
+    async def go() -> None:
+        terminal = Terminal(cfg, devices)
+        _install_signals(terminal.request_stop)
+        await terminal.run()
+
+    try:
+        asyncio.run(go())
+    except StartupFault as exc:
+        log.error("terminal fault: %s", exc)
+        return 3
+    return 0
+
+
+def _cmd_sim(args) -> int:
+    overrides = {"terminal": {"data_dir": str(args.data_dir.resolve())}} if args.data_dir else None
+    cfg = _load(args.config, overrides)
+    if cfg is None:
+        return 2
+    _setup_logging("WARNING" if not args.script else "INFO", cfg.log.file or None)
+    from firmware.app import StartupFault
+    from firmware.hal.console import ConsoleDisplay, ConsolePanel
+    from firmware.sim.runner import sim_session
+    from firmware.sim.script import ScriptError, load_script, run_script
+
+    async def go() -> int:
+        if args.script:
+            steps = load_script(args.script)
+            async with sim_session(cfg, forward_display=ConsoleDisplay()) as session:
+                await run_script(session, steps)
+            print(f"scenario passed: {args.script}")
+            return 0
+        panel = _LatePanel()
+        async with sim_session(cfg, forward_display=ConsoleDisplay(), inputs=[panel]) as session:
+            panel.bind(ConsolePanel(session.reader))
+            _install_signals(session.terminal.request_stop)
+            print(f"KPOS simulator: acquirer on 127.0.0.1:{session.cfg.acquirer.port}, "
+                  f"receipts in {session.receipts_dir}")
+            await session.terminal.stopped.wait()
+        return 0
+
+    try:
+        return asyncio.run(go())
+    except ScriptError as exc:
+        print(f"scenario failed: {exc}", file=sys.stderr)
+        return 1
+    except StartupFault as exc:
+        print(f"kpos: terminal fault: {exc}", file=sys.stderr)
+        return 3
+
+
+class _LatePanel:
+    """Console input whose reader is known only once the session exists."""
+
+    def __init__(self) -> None:
+        self._args = None
+        self._panel = None
+
+    def attach(self, post, on_quit) -> None:
+        self._args = (post, on_quit)
+        if self._panel is not None:
+            self._panel.attach(post, on_quit)
+
+    def bind(self, panel) -> None:
+        self._panel = panel
+        if self._args is not None:
+            panel.attach(*self._args)
+
+
+def _cmd_acquirer(args) -> int:
+    _setup_logging("INFO")
+    from firmware.sim.acquirer import Faults, serve
+    faults = Faults(delay=args.delay, drop=args.drop)
+    try:
+        asyncio.run(serve(args.catalog, args.ledger, args.host, args.port, faults))
+    except KeyboardInterrupt:
+        pass
+    return 0

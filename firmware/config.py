@@ -1,0 +1,448 @@
+"""Configuration: one TOML file -> frozen, validated dataclasses, read once at start.
+
+Contract: `load_config()` runs at start-up on the main thread, before the event loop
+exists; it blocks on one small file read and returns a frozen `Config` that nothing
+re-reads. `read_tmk()` blocks on one small file read (call it at start or on a worker).
+Every value is checked where it is read (Klipper's `getfloat('x', 4700., above=0.)`):
+a wrong type (bool is not an int), a value out of range, a missing required key, an
+unknown key or an unknown section raises `ConfigError` naming the file, the [section]
+and the key. The dataclass fields of each section ARE the schema: a key that is not a
+field is unknown. Units: timeouts in seconds (float), money in minor units (int).
+Relative paths (in the file or in overrides) resolve against the config file's directory;
+every path in the result is absolute. An empty optional path is `None`.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from firmware.money import CURRENCIES
+
+__all__ = [
+    "ConfigError", "Config", "TerminalConfig", "AcquirerConfig", "LimitsConfig",
+    "TimeoutsConfig", "DevicesConfig", "PrinterConfig", "ReceiptConfig", "SecurityConfig",
+    "LogConfig", "SimConfig", "load_config", "read_tmk",
+]
+
+log = logging.getLogger("kpos.config")
+
+
+class ConfigError(ValueError):
+    """Bad configuration; str() names the file, section and key, e.g.
+    "config/terminal.toml: [acquirer] port: must be 1..65535, got 70000"."""
+
+
+@dataclass(frozen=True)
+class TerminalConfig:
+    merchant_id: str  # field 42, exactly 15 letters or digits
+    terminal_id: str  # field 41, exactly 8 letters or digits
+    merchant_name: str  # 1..40 characters, printed on receipts
+    merchant_name_zh: str  # "" when none
+    currency: int  # ISO 4217 numeric, a key of firmware.money.CURRENCIES
+    operator: str  # 2 digits
+    data_dir: Path  # journal, receipts, keys
+    language: str  # "en" | "zh": screens and receipts
+
+
+@dataclass(frozen=True)
+class AcquirerConfig:
+    host: str
+    port: int
+    connect_timeout: float  # seconds
+    response_timeout: float  # seconds
+    tls: bool
+    ca_file: Path | None  # set when tls
+    cert_file: Path | None  # set when tls
+    key_file: Path | None  # set when tls
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_amount: int  # minor units
+    pin_min: int  # digits
+    pin_max: int  # digits
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    card: float  # seconds waiting for a card
+    pin: float  # seconds waiting for PIN entry
+    result: float  # seconds a result screen stays
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    card_reader: str  # "sim" | "pcsc"
+    keypad: str  # "console" | "gpio" | "evdev"
+    display: str  # "console" | "luma" | "hd44780"
+    printer: str  # "sim" | "usb" | "serial" | "network" | "file"
+
+
+@dataclass(frozen=True)
+class PrinterConfig:
+    encoding: str  # "GB18030" | "GBK" | "UTF-8"
+    width: int  # characters per line: 32 (58 mm paper) | 48 (80 mm)
+    copies: str  # "both" | "merchant" | "customer"
+    usb_vendor: int | None  # parsed from "0x0416"; None when ""
+    usb_product: int | None
+    serial_port: str  # "" when unused
+    baudrate: int
+    host: str  # "" when unused
+    port: int
+    file: Path
+
+
+@dataclass(frozen=True)
+class ReceiptConfig:
+    footer: str  # "" for none; may hold "\n"
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    tmk_file: Path  # terminal master key, hex; see read_tmk()
+    vault_key_file: Path  # defaults to <data_dir>/keys/vault.key
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str  # "DEBUG" | "INFO" | "WARNING" | "ERROR"
+    file: Path | None  # None: stderr only
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    catalog: Path  # defaults to the packaged firmware/sim/catalog.toml
+    acquirer_port: int  # 0: pick a free port
+    ledger: Path  # defaults to <data_dir>/acquirer.db
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    terminal: TerminalConfig
+    acquirer: AcquirerConfig
+    limits: LimitsConfig
+    timeouts: TimeoutsConfig
+    devices: DevicesConfig
+    printer: PrinterConfig
+    receipt: ReceiptConfig
+    security: SecurityConfig
+    log: LogConfig
+    sim: SimConfig | None = None  # None when the file has no [sim] section
+
+
+# Section name -> its dataclass (the schema). Order is the build order.
+_SECTIONS: dict[str, type] = {
+    "terminal": TerminalConfig, "acquirer": AcquirerConfig, "limits": LimitsConfig,
+    "timeouts": TimeoutsConfig, "devices": DevicesConfig, "printer": PrinterConfig,
+    "receipt": ReceiptConfig, "security": SecurityConfig, "log": LogConfig, "sim": SimConfig,
+}
+_REQUIRED: Any = object()  # default meaning "the key must be present"
+_HOST = r"[A-Za-z0-9._:-]{1,253}"
+_HOST_RULE = "a host name or IP address"
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "float", str: "string", dict: "table",
+             list: "array"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _alts(choices: tuple) -> str:
+    return ", ".join(repr(c) for c in choices)
+
+
+def _did_you_mean(word: str, known: list[str], fmt: str = "{!r}") -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    return f" (did you mean {fmt.format(close[0])}?)" if close else ""
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _resolve(base: Path, value: str) -> Path:
+    """Absolute, normalised path; relative values are taken from `base`. No symlinks followed."""
+    return Path(os.path.normpath(base / Path(value).expanduser()))
+
+
+class _Section:
+    """One [section]'s raw values, read key by key with the check at the read."""
+
+    def __init__(self, where: str, name: str, raw: dict[str, Any], base: Path):
+        self.where, self.name, self.raw, self.base = where, name, raw, base
+        known = [f.name for f in fields(_SECTIONS[name])]
+        for key in raw:
+            if key not in known:
+                raise ConfigError(f"{where}: [{name}] unknown key {key!r}"
+                                  f"{_did_you_mean(key, known)}")
+
+    def error(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.where}: [{self.name}] {key}: {msg}")
+
+    def _get(self, key: str, default: Any, types: tuple[type, ...], kind: str) -> Any:
+        if key not in self.raw:
+            if default is _REQUIRED:
+                raise self.error(key, "required key missing")
+            return default
+        value = self.raw[key]
+        if not isinstance(value, types) or isinstance(value, bool) != (bool in types):
+            raise self.error(key, f"must be {kind}, got {_kind(value)} {value!r}")
+        return value
+
+    def str_(self, key: str, default: Any = _REQUIRED, *, choices: tuple = (),
+             pattern: str = "", rule: str = "", maxlen: int = 0, need: str = "",
+             multiline: bool = False) -> str:
+        """A string. `pattern` must match unless the value and the default are both "";
+        `need` says why it must not be empty (e.g. 'tls = true'), "" if it may be."""
+        value = self._get(key, default, (str,), "a string")
+        if choices and value not in choices:
+            raise self.error(key, f"must be one of {_alts(choices)}, got {value!r}")
+        if need and not value:
+            raise self.error(key, f"must be set when {need}")
+        if pattern and (value or default != "") and not re.fullmatch(pattern, value):
+            raise self.error(key, f"must be {rule}, got {value!r}")
+        if maxlen and len(value) > maxlen:
+            raise self.error(key, f"must be at most {maxlen} characters, got {len(value)}")
+        if not all(ch.isprintable() or (multiline and ch == "\n") for ch in value):
+            raise self.error(key, f"must not hold control characters, got {value!r}")
+        return value
+
+    def text(self, key: str, default: Any = _REQUIRED, *, minlen: int, maxlen: int) -> str:
+        """Free text (any script), minlen..maxlen characters, not only blanks when minlen."""
+        value = self.str_(key, default, maxlen=maxlen)
+        if len(value.strip()) < minlen:
+            raise self.error(key, f"must be {minlen}..{maxlen} characters, got {value!r}")
+        return value
+
+    def int_(self, key: str, default: Any = _REQUIRED, lo: int | None = None,
+             hi: int | None = None, *, choices: tuple = (), span: str = "") -> int:
+        value = self._get(key, default, (int,), "an integer")
+        if choices and value not in choices:
+            raise self.error(key, f"must be one of {_alts(choices)}, got {value!r}")
+        if lo is not None and hi is not None and not lo <= value <= hi:
+            raise self.error(key, f"must be {span or f'{lo}..{hi}'}, got {value}")
+        return value
+
+    def float_(self, key: str, default: Any, lo: float, hi: float, *,
+               lo_open: bool = False) -> float:
+        """A number (TOML int or float) in lo..hi; lo excluded when lo_open."""
+        value = self._get(key, default, (int, float), "a number")
+        ok = (value > lo if lo_open else value >= lo) and value <= hi  # False for nan
+        if not ok:
+            span = f"> {_num(lo)} and <= {_num(hi)}" if lo_open else f"{_num(lo)}..{_num(hi)}"
+            raise self.error(key, f"must be {span}, got {value!r}")
+        return float(value)
+
+    def bool_(self, key: str, default: Any = _REQUIRED) -> bool:
+        return self._get(key, default, (bool,), "true or false")
+
+    def path(self, key: str, default: Any = _REQUIRED, *, need: str = "") -> Path | None:
+        """A path string (or os.PathLike from overrides), resolved; "" -> None unless needed."""
+        value = os.fspath(self._get(key, default, (str, os.PathLike), "a path string"))
+        if not value:
+            if need or default is _REQUIRED:
+                raise self.error(key, f"must be set when {need}" if need else "must not be empty")
+            return None
+        return _resolve(self.base, value)
+
+
+def _terminal(s: _Section) -> TerminalConfig:
+    return TerminalConfig(
+        merchant_id=s.str_("merchant_id", pattern=r"[A-Za-z0-9]{15}",
+                           rule="exactly 15 letters or digits"),
+        terminal_id=s.str_("terminal_id", pattern=r"[A-Za-z0-9]{8}",
+                           rule="exactly 8 letters or digits"),
+        merchant_name=s.text("merchant_name", minlen=1, maxlen=40),
+        merchant_name_zh=s.text("merchant_name_zh", "", minlen=0, maxlen=40),
+        currency=s.int_("currency", 156, choices=tuple(CURRENCIES)),
+        operator=s.str_("operator", "01", pattern=r"[0-9]{2}", rule="2 digits"),
+        data_dir=s.path("data_dir", "/var/lib/kpos"),
+        language=s.str_("language", "en", choices=("en", "zh")),
+    )
+
+
+def _acquirer(s: _Section) -> AcquirerConfig:
+    host = s.str_("host", pattern=_HOST, rule=_HOST_RULE)
+    port = s.int_("port", _REQUIRED, 1, 65535)
+    connect_timeout = s.float_("connect_timeout", 5.0, 0, 60, lo_open=True)
+    response_timeout = s.float_("response_timeout", 30.0, 0, 120, lo_open=True)
+    tls = s.bool_("tls", False)
+    need = "tls = true" if tls else ""
+    return AcquirerConfig(
+        host=host, port=port, connect_timeout=connect_timeout,
+        response_timeout=response_timeout, tls=tls,
+        ca_file=s.path("ca_file", "", need=need),
+        cert_file=s.path("cert_file", "", need=need),
+        key_file=s.path("key_file", "", need=need),
+    )
+
+
+def _limits(s: _Section) -> LimitsConfig:
+    pin_min = s.int_("pin_min", 4, 4, 12)
+    return LimitsConfig(
+        max_amount=s.int_("max_amount", 9_999_999, 1, 999_999_999_999),
+        pin_min=pin_min,
+        pin_max=s.int_("pin_max", 12, pin_min, 12, span=f"pin_min ({pin_min})..12"),
+    )
+
+
+def _timeouts(s: _Section) -> TimeoutsConfig:
+    return TimeoutsConfig(
+        card=s.float_("card", 60.0, 5, 300),
+        pin=s.float_("pin", 60.0, 5, 300),
+        result=s.float_("result", 5.0, 1, 60),
+    )
+
+
+def _devices(s: _Section) -> DevicesConfig:
+    return DevicesConfig(  # no defaults: simulation is never picked silently
+        card_reader=s.str_("card_reader", choices=("sim", "pcsc")),
+        keypad=s.str_("keypad", choices=("console", "gpio", "evdev")),
+        display=s.str_("display", choices=("console", "luma", "hd44780")),
+        printer=s.str_("printer", choices=("sim", "usb", "serial", "network", "file")),
+    )
+
+
+def _usb_id(s: _Section, key: str, need: str) -> int | None:
+    value = s.str_(key, "", pattern=r"0x[0-9A-Fa-f]{1,4}", rule="a hex USB id like '0x0416'",
+                   need=need)
+    return int(value, 16) if value else None
+
+
+def _printer(s: _Section, devices: DevicesConfig) -> PrinterConfig:
+    backend = devices.printer
+
+    def need(name: str) -> str:
+        return f'[devices] printer = "{name}"' if backend == name else ""
+
+    return PrinterConfig(
+        encoding=s.str_("encoding", "GB18030", choices=("GB18030", "GBK", "UTF-8")),
+        width=s.int_("width", 32, choices=(32, 48)),
+        copies=s.str_("copies", "both", choices=("both", "merchant", "customer")),
+        usb_vendor=_usb_id(s, "usb_vendor", need("usb")),
+        usb_product=_usb_id(s, "usb_product", need("usb")),
+        serial_port=s.str_("serial_port", "", need=need("serial")),
+        baudrate=s.int_("baudrate", 9600,
+                        choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
+        host=s.str_("host", "", pattern=_HOST, rule=_HOST_RULE, need=need("network")),
+        port=s.int_("port", 9100, 1, 65535),
+        file=s.path("file", "/dev/usb/lp0", need=need("file")),
+    )
+
+
+def _receipt(s: _Section) -> ReceiptConfig:
+    return ReceiptConfig(footer=s.str_("footer", "", maxlen=200, multiline=True))
+
+
+def _security(s: _Section, terminal: TerminalConfig) -> SecurityConfig:
+    return SecurityConfig(
+        tmk_file=s.path("tmk_file"),
+        vault_key_file=s.path("vault_key_file", "") or terminal.data_dir / "keys" / "vault.key",
+    )
+
+
+def _log(s: _Section) -> LogConfig:
+    return LogConfig(
+        level=s.str_("level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+        file=s.path("file", ""),
+    )
+
+
+def _sim(s: _Section, terminal: TerminalConfig) -> SimConfig:
+    from firmware.sim.catalog import default_catalog_path  # only simulator configs need it
+
+    return SimConfig(
+        catalog=s.path("catalog", "") or default_catalog_path(),
+        acquirer_port=s.int_("acquirer_port", 0, 0, 65535),
+        ledger=s.path("ledger", "") or terminal.data_dir / "acquirer.db",
+    )
+
+
+def _read_toml(path: Path, where: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: TOML syntax error: {exc}") from exc
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid on `base`, tables merged key by key; neither input is changed."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _check_sections(raw: dict[str, Any], where: str) -> None:
+    for name, value in raw.items():
+        if name not in _SECTIONS:
+            hint = _did_you_mean(name, list(_SECTIONS), "[{}]")
+            raise ConfigError(f"{where}: unknown section [{name}]{hint}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table, got {_kind(value)}")
+
+
+def load_config(path: str | Path, *, overrides: dict | None = None) -> Config:
+    """Read, merge `overrides` (nested dict) over the file, validate, freeze. Blocking."""
+    where = str(path)
+    path = Path(os.path.abspath(path))
+    raw = _merge(_read_toml(path, where), overrides or {})
+    _check_sections(raw, where)
+
+    def section(name: str) -> _Section:
+        return _Section(where, name, raw.get(name, {}), path.parent)
+
+    terminal = _terminal(section("terminal"))
+    devices = _devices(section("devices"))
+    cfg = Config(
+        path=path, terminal=terminal, acquirer=_acquirer(section("acquirer")),
+        limits=_limits(section("limits")), timeouts=_timeouts(section("timeouts")),
+        devices=devices, printer=_printer(section("printer"), devices),
+        receipt=_receipt(section("receipt")), security=_security(section("security"), terminal),
+        log=_log(section("log")),
+        sim=_sim(section("sim"), terminal) if "sim" in raw else None,
+    )
+    log.info("config %s: terminal %s merchant %s, acquirer %s:%d%s", where,
+             terminal.terminal_id, terminal.merchant_id, cfg.acquirer.host, cfg.acquirer.port,
+             " (simulator)" if cfg.sim else "")
+    return cfg
+
+
+def read_tmk(cfg: Config) -> bytes:
+    """The terminal master key from security.tmk_file: 32 or 48 hex digits (16 or 24 bytes).
+
+    Blank lines and lines starting with '#' are skipped. Blocking file read. Errors name
+    the file and never echo the file's content. A file readable by every user is logged
+    as a warning on a device config (one without [sim]).
+    """
+    path = cfg.security.tmk_file
+    where = f"{path}: [security] tmk_file"
+    try:
+        mode = path.stat().st_mode
+        text = path.read_bytes().decode("ascii")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not ASCII text") from exc
+    lines = (line.strip() for line in text.splitlines())
+    digits = "".join(line for line in lines if line and not line.startswith("#"))
+    if not re.fullmatch(r"[0-9A-Fa-f]*", digits):
+        raise ConfigError(f"{where}: holds characters that are not hex digits")
+    if len(digits) not in (32, 48):
+        raise ConfigError(f"{where}: must hold 32 or 48 hex digits, found {len(digits)}")
+    if cfg.sim is None and mode & 0o004:
+        log.warning("%s: terminal master key file is readable by every user; chmod 600 it", path)
+    return bytes.fromhex(digits)

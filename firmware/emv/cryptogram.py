@@ -1,0 +1,96 @@
+"""The ARQC the card emulator computes and the acquirer simulator verifies (pyemv).
+
+Pure functions, blocking only on CPU (a few TDES blocks), any thread. Key derivation
+is EMV Option A (ICC master key from IMK, PAN, PSN) then the EMV common session key
+(R = ATC || 00..00); the MAC is ISO 9797-1 algorithm 3 with padding method 2
+(pyemv.ac.generate_ac defaults).
+
+ARQC input: the values of ARQC_TAGS concatenated in that order. The Card Verification
+Results from 9F10 are NOT included: our emulator's IAD is a fixed stand-in, and a
+scheme-specific cryptogram version (CVN) that adds the CVR belongs in its own function.
+
+pyemv calls cryptography's TripleDES with 16- and 8-byte keys, which emits three
+CryptographyDeprecationWarnings (algorithm moved to `decrepit`, two-key TDES, single-key
+DES inside the ISO 9797-1 algorithm 3 MAC). They are suppressed here, by message,
+around the pyemv calls only. `warnings.catch_warnings` swaps process-wide filter
+state, so two threads inside it at once may restore each other's filters; the only
+effect is on which warnings show, never on the result.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Mapping
+
+import pyemv
+from cryptography.utils import CryptographyDeprecationWarning
+
+from firmware.emv import tlv
+
+__all__ = ["ARQC_TAGS", "arqc_input", "compute_arqc", "verify_arqc", "CryptogramError"]
+
+log = logging.getLogger("kpos.emv")
+
+ARQC_TAGS = ("9F02", "9F03", "9F1A", "95", "5F2A", "9A", "9C", "9F37", "82", "9F36")
+ARQC_LENGTHS = {"9F02": 6, "9F03": 6, "9F1A": 2, "95": 5, "5F2A": 2, "9A": 3, "9C": 1,
+                "9F37": 4, "82": 2, "9F36": 2}
+_TDES_WARNINGS = (r"TripleDES has been moved", r"Two-key TripleDES", r"Single-key TripleDES")
+
+
+class CryptogramError(ValueError):
+    """Input to the cryptogram is unusable; the message names the tag or key, no values."""
+
+
+def arqc_input(values: Mapping[str, bytes]) -> bytes:
+    """ARQC_TAGS values concatenated in order; each must be present at its EMV length."""
+    out = bytearray()
+    for tag in ARQC_TAGS:
+        value = values.get(tag)
+        if value is None:
+            raise CryptogramError(f"ARQC input: tag {tag} missing")
+        if len(value) != ARQC_LENGTHS[tag]:
+            raise CryptogramError(f"ARQC input: tag {tag} is {len(value)} bytes, "
+                                  f"want {ARQC_LENGTHS[tag]}")
+        out += value
+    return bytes(out)
+
+
+def _double_length(key: bytes) -> bytes:
+    """pyemv wants 16-byte keys; a 24-byte key is accepted only when K3 == K1."""
+    if len(key) == 16:
+        return key
+    if len(key) == 24 and key[16:] == key[:8]:
+        return key[:16]
+    raise CryptogramError(f"IMK-AC must be a double-length TDES key, got {len(key)} bytes")
+
+
+def compute_arqc(imk_ac: bytes, pan: str, psn: str | None, values: Mapping[str, bytes]) -> bytes:
+    """8-byte ARQC for `values` (tag -> bytes, must hold ARQC_TAGS) under the card's key."""
+    data = arqc_input(values)
+    atc = values["9F36"]
+    with warnings.catch_warnings():
+        for message in _TDES_WARNINGS:
+            warnings.filterwarnings("ignore", message=message,
+                                    category=CryptographyDeprecationWarning)
+        icc_mk = pyemv.kd.derive_icc_mk_a(_double_length(imk_ac), pan, psn or "00")
+        session_key = pyemv.kd.derive_common_sk(icc_mk, atc + bytes(6))
+        return pyemv.ac.generate_ac(session_key, data)
+
+
+def verify_arqc(imk_ac: bytes, pan: str, psn: str | None, icc_data: bytes) -> bool:
+    """True when field 55 carries a 9F26 that matches its own ARQC_TAGS values.
+
+    Malformed TLV or a missing tag is a failed verification (False), logged with the
+    reason; the host declines either way. A bad key raises CryptogramError.
+    """
+    _double_length(imk_ac)
+    try:
+        values = tlv.flatten(tlv.parse(icc_data))
+        arqc = values.get("9F26")
+        if arqc is None or len(arqc) != 8:
+            raise CryptogramError("field 55: 9F26 missing or not 8 bytes")
+        expected = compute_arqc(imk_ac, pan, psn, values)
+    except (tlv.TlvError, CryptogramError) as exc:
+        log.warning("ARQC not verifiable: %s", exc)
+        return False
+    return expected == arqc

@@ -1,0 +1,370 @@
+"""Chip read: application selection, GPO, READ RECORD and the first GENERATE AC (ARQC).
+
+Synchronous and blocking: runs on the card reader's single worker thread and only
+talks to the card through `transmit(apdu) -> data + SW1 SW2` (see firmware.emv.apdu).
+Every loop is bounded by the card's own (checked) lists and by MAX_* constants, so a
+card answering garbage ends in CardReadError, never another exception or a hang.
+Timeouts are the transmit backend's. This is the walking skeleton of the EMV kernel:
+CVM, terminal risk management, offline data authentication and the second GENERATE AC
+come later on the same Card/TLV interfaces (the TVR and CVM results are still fixed).
+
+Contactless cards in the qPBOC/qVSDC style return their cryptogram in the GPO response;
+then no GENERATE AC is sent. Logs carry only the masked PAN and AIDs.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Mapping
+
+from firmware.cardsafe import luhn_ok, mask_pan
+from firmware.emv import apdu, tlv
+from firmware.emv.apdu import ApduError, Card, Transmit
+from firmware.emv.card import ENTRY_CHIP, ENTRY_CONTACTLESS, CardData, CardReadError
+
+__all__ = ["TerminalParams", "read_card", "terminal_values", "FIELD55_TAGS"]
+
+log = logging.getLogger("kpos.emv")
+
+PSE = b"1PAY.SYS.DDF01"
+PPSE = b"2PAY.SYS.DDF01"
+MAX_DIRECTORY_RECORDS = 16
+MAX_AFL_RECORDS = 64
+SW_NO_PSE = (0x6A82, 0x6A81, 0x6283)  # not found, function not supported, PSE blocked
+SW_RECORD_NOT_FOUND = 0x6A83
+
+# Field 55 content and order (UnionPay style); absent optional tags are skipped.
+FIELD55_TAGS = ("9F26", "9F27", "9F10", "9F37", "9F36", "95", "9A", "9C", "9F02", "5F2A",
+                "82", "9F1A", "9F03", "9F33", "9F34", "9F35", "9F1E", "84", "9F09", "9F41")
+FIELD55_REQUIRED = ("9F26", "9F27", "9F36", "82", "9F37", "9F02")
+CID_ARQC = 0x80
+CVM_RESULTS_NONE = "3F0000"  # no CVM performed; the CVM step will set this later
+
+
+@dataclass(frozen=True)
+class TerminalParams:
+    country: str = "0156"  # 9F1A, n4
+    terminal_type: str = "22"  # 9F35: attended, merchant, online with offline capability
+    capabilities: str = "E0F8C8"  # 9F33
+    additional_capabilities: str = "6000F0A001"  # 9F40
+    ifd_serial: str = "KPOS0001"  # 9F1E, an8
+    known_aids: tuple[str, ...] = ("A000000333010101", "A000000333010102", "A000000333010103",
+                                   "A0000000031010", "A0000000041010")
+    app_version: str = "0030"  # 9F09, terminal's application version number
+    # 9F66 TTQ: contactless qVSDC/qPBOC, contact EMV, online PIN and signature supported.
+    ttq: str = "36000000"
+
+
+@dataclass(frozen=True)
+class _App:
+    aid: str
+    label: str
+    priority: int  # 1 highest .. 15, 16 = no priority given
+
+
+def _bcd(number: int, length: int) -> bytes:
+    return bytes.fromhex(f"{number:0{length * 2}d}")
+
+
+def terminal_values(params: TerminalParams, *, amount: int, currency: int, when: datetime,
+                    unpredictable: bytes, contactless: bool = False,
+                    sequence: int = 1) -> dict[str, bytes]:
+    """Terminal-sourced data objects for PDOL/CDOL filling and field 55 (pure)."""
+    if not 0 <= amount <= 999_999_999_999:
+        raise ValueError(f"amount {amount} out of range for 9F02")
+    if not 0 <= currency <= 999 or not 0 <= sequence <= 99_999_999:
+        raise ValueError(f"currency {currency} or sequence {sequence} out of range")
+    if len(unpredictable) != 4:
+        raise ValueError("unpredictable number must be 4 bytes")
+    values = {
+        "9F02": _bcd(amount, 6), "9F03": bytes(6), "9F1A": bytes.fromhex(params.country),
+        "95": bytes(5), "5F2A": _bcd(currency, 2), "9A": bytes.fromhex(when.strftime("%y%m%d")),
+        "9F21": bytes.fromhex(when.strftime("%H%M%S")), "9C": b"\x00",
+        "9F37": bytes(unpredictable), "9F35": bytes.fromhex(params.terminal_type),
+        "9F33": bytes.fromhex(params.capabilities),
+        "9F40": bytes.fromhex(params.additional_capabilities),
+        "9F1E": params.ifd_serial.encode("ascii")[:8].ljust(8),
+        "9F34": bytes.fromhex(CVM_RESULTS_NONE), "9F09": bytes.fromhex(params.app_version),
+        "9F41": _bcd(sequence, 4),
+    }
+    if contactless:
+        values["9F66"] = bytes.fromhex(params.ttq)
+    return values
+
+
+def read_card(transmit: Transmit, params: TerminalParams, *, amount: int, currency: int,
+              when: datetime, unpredictable: bytes, contactless: bool = False,
+              sequence: int = 1) -> CardData:
+    """Read the card and get its ARQC. Raises CardReadError with a short PAN-free reason.
+
+    `amount` in minor units, `currency` ISO 4217 numeric, `unpredictable` 4 random bytes,
+    `sequence` the transaction sequence counter for 9F41. Blocking; reader worker only.
+    """
+    values = terminal_values(params, amount=amount, currency=currency, when=when,
+                             unpredictable=unpredictable, contactless=contactless,
+                             sequence=sequence)
+    try:
+        return _read(Card(transmit), params, values, contactless)
+    except OSError as exc:
+        raise CardReadError("card removed or reader error") from exc
+    except ApduError as exc:
+        raise CardReadError(str(exc)) from exc
+    except tlv.TlvError as exc:
+        raise CardReadError("malformed card data") from exc
+
+
+def _read(card: Card, params: TerminalParams, terminal: dict[str, bytes],
+          contactless: bool) -> CardData:
+    app = _choose(_candidates(card, params, contactless))
+    fci = _select_app(card, app.aid)
+    card_data = dict(fci)
+    sent, gpo = _gpo(card, fci, terminal)
+    card_data.update({k: v for k, v in gpo.items() if k != "94"})
+    for tag, value in _read_records(card, _afl(gpo)).items():
+        card_data.setdefault(tag, value)
+    if "9F26" not in gpo:
+        sent_cdol, gen_ac = _generate_ac(card, card_data, terminal)
+        sent.update(sent_cdol)
+        card_data.update(gen_ac)
+    _check_cryptogram(card_data)
+    result = _card_data(card_data, app, _field55(terminal, sent, card_data, app.aid),
+                        contactless)
+    log.info("chip read ok: %s aid=%s", mask_pan(result.pan), result.aid)
+    return result
+
+
+# --- application selection -------------------------------------------------------
+
+
+def _candidates(card: Card, params: TerminalParams, contactless: bool) -> list[_App]:
+    resp = card.exchange(apdu.select(PPSE if contactless else PSE))
+    apps: list[_App] = []
+    if resp.ok:
+        apps = _directory(card, tlv.parse(resp.data), contactless)
+    elif resp.sw not in SW_NO_PSE:
+        raise ApduError("SELECT", resp.sw, "PPSE" if contactless else "PSE")
+    supported = [a for a in apps if _supported(a.aid, params.known_aids)]
+    if supported:
+        return supported
+    log.info("no usable directory (SW %04X): trying %d known AIDs", resp.sw,
+             len(params.known_aids))
+    return _select_known(card, params.known_aids)
+
+
+def _supported(aid: str, known: tuple[str, ...]) -> bool:
+    return any(aid.startswith(k) for k in known)
+
+
+def _directory(card: Card, fci: list[tlv.Tlv], contactless: bool) -> list[_App]:
+    if contactless:
+        return _apps_from(tlv.find_all(fci, "BF0C"))
+    sfi_node = tlv.find(fci, "88")
+    if sfi_node is None or len(sfi_node.value) != 1 or not 1 <= sfi_node.value[0] <= 30:
+        raise CardReadError("malformed PSE")
+    return _apps_from(_directory_records(card, sfi_node.value[0]))
+
+
+def _directory_records(card: Card, sfi: int) -> list[tlv.Tlv]:
+    records: list[tlv.Tlv] = []
+    for number in range(1, MAX_DIRECTORY_RECORDS + 1):
+        resp = card.exchange(apdu.read_record(sfi, number))
+        if resp.sw == SW_RECORD_NOT_FOUND:
+            break
+        if not resp.ok:
+            raise ApduError("READ RECORD", resp.sw, "PSE directory")
+        records += _template(resp.data, "70", "malformed directory record")
+    return records
+
+
+def _apps_from(nodes: list[tlv.Tlv]) -> list[_App]:
+    apps = []
+    for entry in tlv.find_all(nodes, "61"):
+        fields = tlv.flatten(entry.children or ())
+        if "4F" in fields and 5 <= len(fields["4F"]) <= 16:
+            apps.append(_App(fields["4F"].hex().upper(), _label(fields),
+                             _priority(fields.get("87"))))
+    return apps
+
+
+def _select_known(card: Card, known_aids: tuple[str, ...]) -> list[_App]:
+    apps = []
+    for aid in known_aids:
+        resp = card.exchange(apdu.select(bytes.fromhex(aid)))
+        if not resp.ok:  # 6A82 not on this card, 6283 blocked, anything else: skip it
+            continue
+        fields = tlv.flatten(tlv.parse(resp.data))
+        df_name = fields.get("84", b"").hex().upper()
+        if df_name.startswith(aid):
+            apps.append(_App(df_name, _label(fields), _priority(fields.get("87"))))
+    return apps
+
+
+def _choose(apps: list[_App]) -> _App:
+    if not apps:
+        raise CardReadError("no supported application")
+    return min(enumerate(apps), key=lambda pair: (pair[1].priority, pair[0]))[1]
+
+
+def _priority(value: bytes | None) -> int:
+    return (value[0] & 0x0F) or 16 if value and len(value) == 1 else 16
+
+
+def _label(fields: Mapping[str, bytes]) -> str:
+    raw = fields.get("50") or fields.get("9F12") or b""
+    return "".join(ch for ch in raw.decode("latin-1") if ch.isprintable()).strip()
+
+
+def _select_app(card: Card, aid: str) -> dict[str, bytes]:
+    fci = tlv.parse(card.command(apdu.select(bytes.fromhex(aid))))
+    fields = tlv.flatten(fci)
+    if tlv.find(fci, "6F") is None or fields.get("84", b"").hex().upper() != aid:
+        raise CardReadError("malformed application FCI")
+    log.debug("selected aid=%s", aid)
+    return fields
+
+
+def _template(data: bytes, tag: str, reason: str) -> list[tlv.Tlv]:
+    nodes = tlv.parse(data)
+    if len(nodes) != 1 or nodes[0].tag != tag:
+        raise CardReadError(reason)
+    return list(nodes[0].children or ())
+
+
+# --- GPO, records, GENERATE AC ----------------------------------------------------
+
+
+def _dol_data(dol_bytes: bytes, terminal: Mapping[str, bytes]) -> tuple[bytes, dict[str, bytes]]:
+    dol = tlv.parse_dol(dol_bytes)
+    data = tlv.build_dol(dol, terminal)
+    return data, tlv.split_dol(dol, data)
+
+
+def _gpo(card: Card, fci: Mapping[str, bytes],
+         terminal: Mapping[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    data, sent = _dol_data(fci.get("9F38", b""), terminal)
+    if len(data) > 250:
+        raise CardReadError("PDOL too long")
+    nodes = tlv.parse(card.command(apdu.get_processing_options(data)))
+    if len(nodes) != 1 or nodes[0].tag not in ("80", "77"):
+        raise CardReadError("malformed GPO response")
+    if nodes[0].tag == "80":
+        raw = nodes[0].value
+        if len(raw) < 2:
+            raise CardReadError("malformed GPO response")
+        return sent, {"82": raw[:2], "94": raw[2:]}
+    fields = tlv.flatten(nodes[0].children or ())
+    if "82" not in fields or "94" not in fields:
+        raise CardReadError("GPO response lacks AIP or AFL")
+    return sent, fields
+
+
+def _afl(gpo: Mapping[str, bytes]) -> list[tuple[int, int]]:
+    """(sfi, record) pairs from the AFL (94), validated and bounded."""
+    afl = gpo.get("94", b"")
+    if len(gpo.get("82", b"")) != 2 or not afl or len(afl) % 4:
+        raise CardReadError("malformed AFL")
+    pairs = []
+    for i in range(0, len(afl), 4):
+        sfi, first, last = afl[i] >> 3, afl[i + 1], afl[i + 2]
+        if afl[i] & 0x07 or not 1 <= sfi <= 30 or not 1 <= first <= last:
+            raise CardReadError("malformed AFL")
+        pairs += [(sfi, rec) for rec in range(first, last + 1)]
+    if len(pairs) > MAX_AFL_RECORDS:
+        raise CardReadError("AFL lists too many records")
+    return pairs
+
+
+def _read_records(card: Card, afl: list[tuple[int, int]]) -> dict[str, bytes]:
+    fields: dict[str, bytes] = {}
+    for sfi, number in afl:
+        children = _template(card.command(apdu.read_record(sfi, number)), "70",
+                             "malformed record")
+        for tag, value in tlv.flatten(children).items():
+            fields.setdefault(tag, value)
+    return fields
+
+
+def _generate_ac(card: Card, card_data: Mapping[str, bytes],
+                 terminal: Mapping[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    if "8C" not in card_data:
+        raise CardReadError("card has no CDOL1")
+    data, sent = _dol_data(card_data["8C"], {**card_data, **terminal})
+    if not 0 < len(data) <= 255:
+        raise CardReadError("CDOL1 length unusable")
+    nodes = tlv.parse(card.command(apdu.generate_ac(apdu.AC_ARQC, data)))
+    if len(nodes) != 1 or nodes[0].tag not in ("80", "77"):
+        raise CardReadError("malformed GENERATE AC response")
+    if nodes[0].tag == "77":
+        return sent, tlv.flatten(nodes[0].children or ())
+    raw = nodes[0].value  # format 1: CID, ATC, AC, optional IAD
+    if len(raw) < 11:
+        raise CardReadError("malformed GENERATE AC response")
+    fields = {"9F27": raw[:1], "9F36": raw[1:3], "9F26": raw[3:11]}
+    if len(raw) > 11:
+        fields["9F10"] = raw[11:]
+    return sent, fields
+
+
+def _check_cryptogram(card_data: Mapping[str, bytes]) -> None:
+    cid, atc = card_data.get("9F27", b""), card_data.get("9F36", b"")
+    ac = card_data.get("9F26", b"")
+    if len(cid) != 1 or len(atc) != 2 or len(ac) != 8:
+        raise CardReadError("malformed cryptogram")
+    if cid[0] & 0xC0 == 0x00:
+        raise CardReadError("card declined (AAC)")
+    if cid[0] & 0xC0 != CID_ARQC:
+        raise CardReadError(f"unexpected cryptogram type {cid[0]:02X}")
+
+
+# --- results ----------------------------------------------------------------------
+
+
+def _field55(terminal: Mapping[str, bytes], sent: Mapping[str, bytes],
+             card_data: Mapping[str, bytes], aid: str) -> bytes:
+    """Field 55: what the card saw (sent DOL data) wins over fresh terminal values."""
+    values = {**terminal, **sent, "84": bytes.fromhex(aid)}
+    for tag in ("9F26", "9F27", "9F10", "9F36", "82"):
+        if tag in card_data:
+            values[tag] = card_data[tag]
+    missing = [t for t in FIELD55_REQUIRED if t not in values]
+    if missing:
+        raise CardReadError(f"missing tag {missing[0]}")
+    return b"".join(tlv.encode(t, values[t]) for t in FIELD55_TAGS if t in values)
+
+
+def _digits(raw: bytes, tag: str) -> str:
+    text = raw.hex().upper().rstrip("F")
+    if not text.isdigit():
+        raise CardReadError(f"malformed tag {tag}")
+    return text
+
+
+def _track2(raw: bytes, pan: str) -> str:
+    text = raw.hex().upper().rstrip("F").replace("D", "=")
+    if text.count("=") != 1 or not text.replace("=", "").isdigit():
+        raise CardReadError("malformed track 2 equivalent")
+    if text.split("=", 1)[0] != pan:
+        raise CardReadError("track 2 does not match the PAN")
+    return text
+
+
+def _card_data(fields: Mapping[str, bytes], app: _App, icc_data: bytes,
+               contactless: bool) -> CardData:
+    for tag in ("5A", "5F24", "57"):
+        if tag not in fields:
+            raise CardReadError(f"missing tag {tag}")
+    pan = _digits(fields["5A"], "5A")
+    if not luhn_ok(pan):
+        raise CardReadError("PAN fails the Luhn check")
+    expiry = _digits(fields["5F24"], "5F24")
+    if len(expiry) != 6 or not 1 <= int(expiry[2:4]) <= 12:
+        raise CardReadError("malformed tag 5F24")
+    psn = fields.get("5F34")
+    return CardData(
+        pan=pan, expiry=expiry[:4], pan_seq=f"{_digits(psn, '5F34'):0>2}" if psn else None,
+        track2=_track2(fields["57"], pan), aid=app.aid,
+        app_label=_label(fields) or app.label, icc_data=icc_data,
+        entry_mode=ENTRY_CONTACTLESS if contactless else ENTRY_CHIP,
+        cryptogram=fields["9F26"].hex().upper(),
+    )

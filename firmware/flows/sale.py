@@ -1,0 +1,339 @@
+"""The sale flow (amount, chip read, online PIN, authorisation, receipt) as a pure state machine.
+
+Pure functions over immutable values; no I/O, no clock, never blocks. The app calls
+`step()` on the asyncio loop for each event and executes the returned actions in order
+(firmware.flows.types). Amounts are int minor units of `cfg.currency`; timeouts are
+seconds. The flow emits every beep, key clicks included, and every screen; a screen shows
+the PAN only as `CardData.masked_pan`. Unexpected events leave the state unchanged and
+return no actions; `step()` never raises on an event.
+
+Phases: IDLE -> AMOUNT -> PRESENT_CARD -> READING -> PIN -> AUTHORISING -> PRINTING
+-> RESULT -> REMOVE_CARD -> IDLE. READING, AUTHORISING and PRINTING are busy: a
+Shutdown there is remembered and applied when the step finishes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from firmware.emv.card import CardData
+from firmware.flows.types import (
+    DIGITS, Action, AuthResult, Authorise, Beep, CancelTimers, CardInserted, CardRead,
+    CardReadFailed, CardRemoved, Event, Idle, Key, PinLength, Print, PrintDone, ReadCard,
+    Screen, Show, Shutdown, StartPin, StartTimer, StopPin, Timeout, fit, wrap,
+)
+from firmware.money import CURRENCIES, currency_alpha, format_amount
+
+__all__ = ["SaleConfig", "SaleState", "PHASES", "BUSY_PHASES", "start", "step", "busy"]
+
+PHASES = ("IDLE", "AMOUNT", "PRESENT_CARD", "READING", "PIN", "AUTHORISING", "PRINTING",
+          "RESULT", "REMOVE_CARD")
+BUSY_PHASES = frozenset({"READING", "AUTHORISING", "PRINTING"})
+
+Step = tuple["SaleState", list[Action]]
+
+
+@dataclass(frozen=True)
+class SaleConfig:
+    max_amount: int  # minor units, largest amount the keypad accepts
+    currency: int = 156  # ISO 4217 numeric
+    card_timeout: float = 60  # seconds waiting for a card
+    pin_timeout: float = 60  # seconds for the whole PIN entry
+    result_timeout: float = 5  # seconds a result stays before moving on
+    pin_min: int = 4
+    pin_max: int = 12
+
+    def __post_init__(self) -> None:
+        amount_ok = isinstance(self.max_amount, int) and self.max_amount > 0
+        _check(amount_ok, "max_amount", self.max_amount)
+        _check(self.currency in CURRENCIES, "currency", self.currency)
+        for name in ("card_timeout", "pin_timeout", "result_timeout"):
+            _check(getattr(self, name) > 0, name, getattr(self, name))
+        pins = (self.pin_min, self.pin_max)
+        _check(4 <= self.pin_min <= self.pin_max <= 12, "pin_min/pin_max", pins)
+
+
+def _check(ok: bool, name: str, value: object) -> None:
+    if not ok:
+        raise ValueError(f"SaleConfig: bad {name}: {value!r}")
+
+
+@dataclass(frozen=True)
+class SaleState:
+    phase: str = "IDLE"
+    amount: int = 0  # minor units
+    card: CardData | None = None  # its repr masks the PAN
+    card_present: bool = False
+    pin_length: int = 0
+    token: int = 0  # token of the last StartTimer; only grows
+    timer: str = ""  # name of the live timer, "" when none
+    auth_code: str = ""  # field 38 of an approval, for the result screen
+    stopping: bool = False  # Shutdown arrived in a busy phase
+
+
+def start(cfg: SaleConfig) -> Step:
+    """The initial idle state and its screen."""
+    return SaleState(), [Show(_idle_screen())]
+
+
+def busy(state: SaleState) -> bool:
+    """True while a step (card read, authorisation, printing) must not be interrupted."""
+    return state.phase in BUSY_PHASES
+
+
+def step(cfg: SaleConfig, state: SaleState, event: Event) -> Step:
+    """The next state and the actions for `event`."""
+    if isinstance(event, Shutdown):
+        return _shutdown(state)
+    moved = _HANDLERS[state.phase](cfg, state, event)
+    if moved is not None:
+        return moved
+    if isinstance(event, (CardInserted, CardRemoved)):
+        return replace(state, card_present=isinstance(event, CardInserted)), []
+    return state, []
+
+
+# ---- screens (pure; every line fits LCD_COLS) ----
+
+def _money(cfg: SaleConfig, amount: int) -> str:
+    return fit(f"{currency_alpha(cfg.currency)} {format_amount(amount, cfg.currency)}")
+
+
+def _idle_screen() -> Screen:
+    return Screen("KPOS", ("SALE", "Key in amount"))
+
+
+def _amount_screen(cfg: SaleConfig, amount: int, note: str = "") -> Screen:
+    notes = (fit(note),) if note else ()
+    return Screen("SALE", ("Amount", _money(cfg, amount), *notes, "ENTER to confirm"))
+
+
+def _pin_screen(cfg: SaleConfig, state: SaleState) -> Screen:
+    masked = state.card.masked_pan if state.card else ""
+    return Screen(_money(cfg, state.amount), ("Enter PIN", "*" * state.pin_length, fit(masked)))
+
+
+def _approved_screen(cfg: SaleConfig, state: SaleState, *tail: str) -> Screen:
+    auth = (f"Auth {fit(state.auth_code, 15)}",) if state.auth_code else ()
+    return Screen("APPROVED", (_money(cfg, state.amount), *auth, *(fit(t) for t in tail)), "ok")
+
+
+def _outcome_screen(result: AuthResult) -> Screen:
+    """Result screen for a declined, unanswered, unsent or unknown authorisation."""
+    if result.outcome == "declined":
+        code = (fit(f"Code {result.code}"),) if result.code else ()
+        return Screen("DECLINED", (*wrap(result.message, 2), *code), "error")
+    if result.outcome == "no_response":
+        return Screen("NO RESPONSE", ("Reversal pending",), "error")
+    if result.outcome == "not_sent":
+        return Screen("NOT SENT", ("Host unreachable", *wrap(result.message, 3)), "error")
+    return Screen("ERROR", ("Unknown outcome", fit(result.outcome), "Check journal"), "error")
+
+
+_CANCELLED = Screen("Cancelled", ("Sale not done",))
+_CARD_TIMEOUT = Screen("Timed out", ("No card presented",), "error")
+_PIN_TIMEOUT = Screen("PIN timeout", ("Sale not done",), "error")
+_CARD_REMOVED = Screen("Card removed", ("Sale not done",), "error")
+_READING = Screen("Reading card", ("Do not remove",))
+_PROCESSING = Screen("Processing", ("Please wait",))
+_REMOVE_CARD = Screen("Remove card", ("Please take card",))
+
+
+# ---- transitions ----
+
+def _start_timer(state: SaleState, name: str, seconds: float) -> tuple[SaleState, StartTimer]:
+    token = state.token + 1
+    return replace(state, token=token, timer=name), StartTimer(name, seconds, token)
+
+
+def _leave_timer(state: SaleState) -> tuple[SaleState, list[Action]]:
+    """Drop the live timer (if any) on leaving its phase."""
+    if not state.timer:
+        return state, []
+    return replace(state, timer=""), [CancelTimers()]
+
+
+def _is_timeout(state: SaleState, event: Event, name: str) -> bool:
+    return (isinstance(event, Timeout) and event.name == name == state.timer
+            and event.token == state.token)
+
+
+def _to_idle(state: SaleState, *first: Action) -> Step:
+    idle = SaleState(card_present=state.card_present, token=state.token)
+    return idle, [*first, CancelTimers(), Show(_idle_screen()), Idle()]
+
+
+def _to_result(cfg: SaleConfig, state: SaleState, screen: Screen, *first: Action) -> Step:
+    """Show a result; after a deferred Shutdown go straight to idle instead."""
+    if state.stopping:
+        return _to_idle(state, *first)
+    state, cancel = _leave_timer(state)
+    state, timer = _start_timer(replace(state, phase="RESULT"), "result", cfg.result_timeout)
+    beep = [Beep("error")] if screen.tone == "error" else []
+    return state, [*first, *cancel, Show(screen), *beep, timer]
+
+
+def _to_reading(state: SaleState) -> Step:
+    state, cancel = _leave_timer(state)
+    return replace(state, phase="READING", card_present=True), [*cancel, Show(_READING), ReadCard()]
+
+
+def _shutdown(state: SaleState) -> Step:
+    if state.phase == "IDLE":
+        return state, [Idle()]
+    if busy(state):
+        return replace(state, stopping=True), []
+    return _to_idle(state, *([StopPin()] if state.phase == "PIN" else []))
+
+
+# ---- phase handlers: return None to ignore the event ----
+
+def _on_idle(cfg: SaleConfig, state: SaleState, event: Event) -> Step | None:
+    if not isinstance(event, Key) or event.key == "0":
+        return None
+    entering = replace(state, phase="AMOUNT", amount=0)
+    if event.key == "ENTER":
+        return entering, [Beep("key"), Show(_amount_screen(cfg, 0))]
+    return _on_amount(cfg, entering, event) if event.key in DIGITS else None
+
+
+def _on_amount(cfg: SaleConfig, state: SaleState, event: Event) -> Step | None:
+    if not isinstance(event, Key):
+        return None
+    key = event.key
+    if key in DIGITS:
+        return _amount_digit(cfg, state, int(key))
+    if key in ("BACK", "CLEAR"):
+        amount = state.amount // 10 if key == "BACK" else 0
+        return replace(state, amount=amount), [Beep("key"), Show(_amount_screen(cfg, amount))]
+    if key == "CANCEL":
+        return _to_idle(state)
+    if key == "ENTER":
+        return _amount_enter(cfg, state)
+    return None
+
+
+def _amount_digit(cfg: SaleConfig, state: SaleState, digit: int) -> Step | None:
+    if state.amount == 0 and digit == 0:
+        return None
+    amount = state.amount * 10 + digit
+    if amount > cfg.max_amount:
+        note = f"Max {_money(cfg, cfg.max_amount)}"
+        return state, [Beep("error"), Show(_amount_screen(cfg, state.amount, note))]
+    return replace(state, amount=amount), [Beep("key"), Show(_amount_screen(cfg, amount))]
+
+
+def _amount_enter(cfg: SaleConfig, state: SaleState) -> Step:
+    if state.amount == 0:
+        return state, [Beep("error")]
+    if state.card_present:
+        return _to_reading(state)
+    state, timer = _start_timer(replace(state, phase="PRESENT_CARD"), "card", cfg.card_timeout)
+    screen = Screen(fit(f"SALE {_money(cfg, state.amount)}"), ("Insert card",))
+    return state, [Beep("key"), Show(screen), timer]
+
+
+def _on_present_card(cfg: SaleConfig, state: SaleState, event: Event) -> Step | None:
+    if isinstance(event, CardInserted):
+        return _to_reading(state)
+    if event == Key("CANCEL"):
+        return _to_result(cfg, state, _CANCELLED)
+    if _is_timeout(state, event, "card"):
+        return _to_result(cfg, state, _CARD_TIMEOUT)
+    return None
+
+
+def _on_reading(cfg: SaleConfig, state: SaleState, event: Event) -> Step | None:
+    if isinstance(event, CardRead):
+        return _card_read(cfg, state, event.card)
+    if isinstance(event, CardReadFailed):
+        reason = wrap(event.reason, 2)
+        return _to_result(cfg, state, Screen("Card read error", reason, "error"))
+    if isinstance(event, CardRemoved):
+        return _to_result(cfg, replace(state, card_present=False), _CARD_REMOVED)
+    return None
+
+
+def _card_read(cfg: SaleConfig, state: SaleState, card: CardData) -> Step:
+    if state.stopping:
+        return _to_idle(state)
+    state = replace(state, phase="PIN", card=card, pin_length=0)
+    state, timer = _start_timer(state, "pin", cfg.pin_timeout)
+    return state, [Show(_pin_screen(cfg, state)), StartPin(cfg.pin_max), timer]
+
+
+def _on_pin(cfg: SaleConfig, state: SaleState, event: Event) -> Step | None:
+    if isinstance(event, PinLength):
+        return _pin_length(cfg, state, max(0, min(event.length, cfg.pin_max)))
+    if event == Key("ENTER"):
+        return _pin_enter(cfg, state)
+    if event == Key("CANCEL"):
+        return _to_result(cfg, state, _CANCELLED, StopPin())
+    if _is_timeout(state, event, "pin"):
+        return _to_result(cfg, state, _PIN_TIMEOUT, StopPin())
+    if isinstance(event, CardRemoved):
+        return _to_result(cfg, replace(state, card_present=False), _CARD_REMOVED, StopPin())
+    return None
+
+
+def _pin_length(cfg: SaleConfig, state: SaleState, length: int) -> Step:
+    if length == state.pin_length:  # a digit past pin_max, or BACK on an empty PIN
+        return state, [Beep("error")]
+    state = replace(state, pin_length=length)
+    return state, [Beep("key"), Show(_pin_screen(cfg, state))]
+
+
+def _pin_enter(cfg: SaleConfig, state: SaleState) -> Step:
+    if not cfg.pin_min <= state.pin_length <= cfg.pin_max:
+        return state, [Beep("error")]
+    state, cancel = _leave_timer(replace(state, phase="AUTHORISING"))
+    return state, [*cancel, Show(_PROCESSING), Authorise("sale", state.amount)]
+
+
+def _on_authorising(cfg: SaleConfig, state: SaleState, event: Event) -> Step | None:
+    if not isinstance(event, AuthResult):
+        return None
+    if event.outcome != "approved":
+        return _to_result(cfg, state, _outcome_screen(event))
+    state = replace(state, auth_code=event.auth_code)
+    if event.txn_id is None:  # nothing in the journal to print from
+        return _to_result(cfg, state, _approved_screen(cfg, state, "No receipt"), Beep("ok"))
+    state = replace(state, phase="PRINTING")
+    printing = _approved_screen(cfg, state, "Printing...")
+    return state, [Show(printing), Beep("ok"), Print(event.txn_id)]
+
+
+def _on_printing(cfg: SaleConfig, state: SaleState, event: Event) -> Step | None:
+    if not isinstance(event, PrintDone):
+        return None
+    if event.ok:
+        return _to_result(cfg, state, _approved_screen(cfg, state, "Take receipts"))
+    tail = (f"Printer: {event.detail or 'error'}", "Receipt queued")
+    return _to_result(cfg, state, _approved_screen(cfg, state, *tail), Beep("error"))
+
+
+def _on_result(cfg: SaleConfig, state: SaleState, event: Event) -> Step | None:
+    if event not in (Key("ENTER"), Key("CANCEL")) and not _is_timeout(state, event, "result"):
+        return None
+    if not state.card_present:
+        return _to_idle(state)
+    state, cancel = _leave_timer(replace(state, phase="REMOVE_CARD"))
+    return state, [*cancel, Show(_REMOVE_CARD)]
+
+
+def _on_remove_card(cfg: SaleConfig, state: SaleState, event: Event) -> Step | None:
+    if isinstance(event, CardRemoved):
+        return _to_idle(replace(state, card_present=False))
+    return None
+
+
+_HANDLERS = {
+    "IDLE": _on_idle,
+    "AMOUNT": _on_amount,
+    "PRESENT_CARD": _on_present_card,
+    "READING": _on_reading,
+    "PIN": _on_pin,
+    "AUTHORISING": _on_authorising,
+    "PRINTING": _on_printing,
+    "RESULT": _on_result,
+    "REMOVE_CARD": _on_remove_card,
+}

@@ -1,0 +1,202 @@
+"""Shared vocabulary of the transaction flows: screens, input events and output actions.
+
+Pure immutable values, any thread. A flow is `step(cfg, state, event) -> (state, actions)`;
+the app (on the asyncio loop) feeds it events and executes the actions in list order.
+Screens fit a 20x4 character LCD: a title plus at most 4 lines of at most 20 characters,
+checked on construction. Times are seconds (float). No event or action carries a PIN;
+only CardRead holds card data, and screens show only `CardData.masked_pan`.
+"""
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from typing import Union
+
+from firmware.emv.card import CardData
+
+__all__ = [
+    "LCD_COLS", "LCD_ROWS", "TONES", "KEYS", "DIGITS", "OUTCOMES", "BEEPS",
+    "Screen", "fit", "wrap",
+    "Key", "PinLength", "CardInserted", "CardRemoved", "CardRead", "CardReadFailed",
+    "AuthResult", "PrintDone", "Timeout", "Shutdown", "Event",
+    "Show", "Beep", "StartTimer", "CancelTimers", "ReadCard", "StartPin", "StopPin",
+    "Authorise", "Print", "Idle", "Action",
+]
+
+LCD_COLS = 20
+LCD_ROWS = 4
+TONES = ("info", "ok", "error")
+DIGITS = tuple("0123456789")
+KEYS = DIGITS + ("ENTER", "BACK", "CLEAR", "CANCEL")
+OUTCOMES = ("approved", "declined", "no_response", "not_sent")
+BEEPS = ("key", "ok", "error")
+
+
+@dataclass(frozen=True)
+class Screen:
+    """What the display shows; `tone` lets a display backend colour it."""
+
+    title: str
+    lines: tuple[str, ...] = ()
+    tone: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.tone not in TONES:
+            raise ValueError(f"Screen {self.title!r}: tone {self.tone!r} not in {TONES}")
+        if len(self.lines) > LCD_ROWS:
+            raise ValueError(f"Screen {self.title!r}: {len(self.lines)} lines > {LCD_ROWS}")
+        for text in (self.title, *self.lines):
+            if len(text) > LCD_COLS:
+                raise ValueError(f"Screen {self.title!r}: line {text!r} > {LCD_COLS} chars")
+
+
+def fit(text: str, width: int = LCD_COLS) -> str:
+    """One display line: `text` cut to `width` characters ('...' marks a cut)."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def wrap(text: str, max_lines: int, width: int = LCD_COLS) -> tuple[str, ...]:
+    """`text` word-wrapped to at most `max_lines` display lines; a cut ends in '...'."""
+    if max_lines <= 0:
+        return ()
+    lines = textwrap.wrap(text, width)
+    if len(lines) <= max_lines:
+        return tuple(lines)
+    rest = " ".join(lines[max_lines - 1:])  # longer than `width`, so fit() cuts it
+    return (*lines[: max_lines - 1], fit(rest, width))
+
+
+# ---- events (inputs to a flow) ----
+
+@dataclass(frozen=True)
+class Key:
+    key: str  # one of KEYS
+
+
+@dataclass(frozen=True)
+class PinLength:
+    """The PIN pad buffer changed; only its length reaches the flow, never the digits."""
+
+    length: int
+
+
+@dataclass(frozen=True)
+class CardInserted:
+    pass
+
+
+@dataclass(frozen=True)
+class CardRemoved:
+    pass
+
+
+@dataclass(frozen=True)
+class CardRead:
+    card: CardData
+
+
+@dataclass(frozen=True)
+class CardReadFailed:
+    reason: str  # short, safe to show and log (no card data)
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """The acquirer's answer (or its absence), prepared by the app."""
+
+    outcome: str  # one of OUTCOMES
+    code: str = ""  # field 39 response code
+    message: str = ""  # short operator text for the code
+    auth_code: str = ""  # field 38
+    rrn: str = ""  # field 37
+    txn_id: int | None = None  # journal row id, for Print
+
+
+@dataclass(frozen=True)
+class PrintDone:
+    ok: bool
+    detail: str = ""  # why printing failed (e.g. "paper out"); the receipt stays queued
+
+
+@dataclass(frozen=True)
+class Timeout:
+    """A StartTimer fired; stale unless name and token match the flow's live timer."""
+
+    name: str
+    token: int
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """The service is stopping: cancel anything interactive."""
+
+
+Event = Union[Key, PinLength, CardInserted, CardRemoved, CardRead, CardReadFailed,
+              AuthResult, PrintDone, Timeout, Shutdown]
+
+
+# ---- actions (outputs the app executes, in order) ----
+
+@dataclass(frozen=True)
+class Show:
+    screen: Screen
+
+
+@dataclass(frozen=True)
+class Beep:
+    kind: str  # one of BEEPS
+
+
+@dataclass(frozen=True)
+class StartTimer:
+    """Post Timeout(name, token) after `seconds`; replaces any running timer."""
+
+    name: str
+    seconds: float
+    token: int
+
+
+@dataclass(frozen=True)
+class CancelTimers:
+    pass
+
+
+@dataclass(frozen=True)
+class ReadCard:
+    """Read the inserted chip card on the reader worker -> CardRead or CardReadFailed."""
+
+
+@dataclass(frozen=True)
+class StartPin:
+    """Route digit keys (and BACK/CLEAR) to the PIN pad; it reports PinLength events."""
+
+    max_len: int
+
+
+@dataclass(frozen=True)
+class StopPin:
+    """Stop PIN entry and wipe the PIN buffer."""
+
+
+@dataclass(frozen=True)
+class Authorise:
+    """Build the PIN block (then wipe the PIN), persist, send -> AuthResult."""
+
+    kind: str  # "sale", later "void", "refund", ...
+    amount: int  # minor units
+
+
+@dataclass(frozen=True)
+class Print:
+    """Render and print merchant and customer copies of a journal row -> PrintDone."""
+
+    txn_id: int
+
+
+@dataclass(frozen=True)
+class Idle:
+    """The flow is back at idle (the app waits for this before shutting down)."""
+
+
+Action = Union[Show, Beep, StartTimer, CancelTimers, ReadCard, StartPin, StopPin,
+               Authorise, Print, Idle]

@@ -1,0 +1,112 @@
+"""Console front panel for `kpos sim`: the screen on stdout, keys and card commands from stdin.
+
+ConsoleDisplay.show runs on the loop (one short write). ConsolePanel reads stdin on its own
+daemon thread and only posts events (DESIGN §2); card commands go to the simulated reader,
+which posts its own events.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Callable, TextIO
+
+from firmware.flows.types import Key, Screen
+
+__all__ = ["ConsoleDisplay", "ConsolePanel", "parse_console_line", "HELP"]
+
+WIDTH = 22
+
+HELP = """\
+Keys:   a line of digits = those digits then ENTER (e.g. 1250 -> CNY 12.50, 1234 -> PIN)
+        (empty line) ENTER    b BACK    c CLEAR    x CANCEL    k <keys...> raw keys, no ENTER
+Cards:  insert <card>   tap <card>   remove   cards (list test cards)
+Other:  help   quit"""
+
+
+class ConsoleDisplay:
+    def __init__(self, out: TextIO | None = None):
+        self._out = out or sys.stdout
+
+    def show(self, screen: Screen) -> None:
+        mark = {"ok": "+", "error": "!"}.get(screen.tone, " ")
+        rows = [f"{mark} {screen.title}", *(f"  {line}" for line in screen.lines)]
+        bar = "+" + "-" * WIDTH + "+"
+        body = "\n".join(f"|{row[:WIDTH]:<{WIDTH}}|" for row in rows)
+        self._out.write(f"{bar}\n{body}\n{bar}\n")
+        self._out.flush()
+
+    def close(self) -> None:
+        pass
+
+
+KEY_WORDS = {"": ["ENTER"], "b": ["BACK"], "c": ["CLEAR"], "x": ["CANCEL"], "enter": ["ENTER"],
+             "back": ["BACK"], "clear": ["CLEAR"], "cancel": ["CANCEL"]}
+
+
+def parse_console_line(line: str) -> tuple[str, list[str]]:
+    """('keys', [...]) | ('insert'|'tap', [card]) | ('remove'|'cards'|'help'|'quit', []) | ('error', [msg])."""
+    words = line.strip().split()
+    head = words[0].lower() if words else ""
+    if line.strip().isdigit():
+        return "keys", [*line.strip(), "ENTER"]
+    if head in KEY_WORDS and len(words) <= 1:
+        return "keys", KEY_WORDS[head]
+    if head == "k":
+        keys = [w.upper() if not w.isdigit() else w for w in words[1:]]
+        flat = [k for w in keys for k in (list(w) if w.isdigit() else [w])]
+        bad = [k for k in flat if k not in {*"0123456789", "ENTER", "BACK", "CLEAR", "CANCEL"}]
+        return ("error", [f"unknown key {bad[0]}"]) if bad else ("keys", flat)
+    if head in ("insert", "tap") and len(words) == 2:
+        return head, [words[1]]
+    if head in ("remove", "cards", "help", "quit") and len(words) == 1:
+        return head, []
+    return "error", [f"not understood: {line.strip()!r} (type help)"]
+
+
+class ConsolePanel:
+    """Reads commands from a text stream on a daemon thread."""
+
+    def __init__(self, reader, stream: TextIO | None = None, out: TextIO | None = None):
+        self._reader = reader
+        self._in = stream or sys.stdin
+        self._out = out or sys.stdout
+        self._post: Callable[[object], None] = lambda event: None
+        self._on_quit: Callable[[], None] = lambda: None
+
+    def attach(self, post: Callable[[object], None], on_quit: Callable[[], None]) -> None:
+        self._post = post
+        self._on_quit = on_quit
+        threading.Thread(target=self._run, name="kpos-console", daemon=True).start()
+
+    def _run(self) -> None:
+        self._out.write(HELP + "\n")
+        for line in self._in:
+            if not self._command(line):
+                break
+        self._on_quit()
+
+    def _command(self, line: str) -> bool:
+        kind, args = parse_console_line(line)
+        if kind == "keys":
+            for key in args:
+                self._post(Key(key))
+        elif kind in ("insert", "tap"):
+            try:
+                self._reader.insert(args[0], contactless=kind == "tap")
+            except (KeyError, RuntimeError) as exc:
+                self._say(f"cannot {kind}: {exc}")
+        elif kind == "remove":
+            self._reader.remove()
+        elif kind == "cards":
+            self._say("test cards: " + ", ".join(self._reader.card_names()))
+        elif kind == "help":
+            self._say(HELP)
+        elif kind == "quit":
+            return False
+        else:
+            self._say(args[0])
+        return True
+
+    def _say(self, text: str) -> None:
+        self._out.write(text + "\n")
+        self._out.flush()

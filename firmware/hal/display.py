@@ -1,0 +1,67 @@
+"""Display contract, plus the recording display scripts and tests wait on.
+
+`show(screen)` is called on the loop and must not block: a backend that talks to slow
+hardware hands the frame to its own worker. Screens are `firmware.flows.types.Screen`.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from firmware.flows.types import Screen
+
+__all__ = ["Display", "RecordingDisplay", "screen_text"]
+
+
+class Display(Protocol):
+    def show(self, screen: Screen) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def screen_text(screen: Screen) -> str:
+    return "\n".join((screen.title, *screen.lines))
+
+
+class RecordingDisplay:
+    """Keeps every screen shown and lets loop code await one containing some text.
+
+    Optionally forwards each screen to another display (the console in `kpos sim --script`).
+    """
+
+    def __init__(self, forward: Display | None = None):
+        self.history: list[Screen] = []
+        self._forward = forward
+        self._changed = asyncio.Event()
+
+    @property
+    def current(self) -> Screen | None:
+        return self.history[-1] if self.history else None
+
+    def show(self, screen: Screen) -> None:
+        self.history.append(screen)
+        self._changed.set()
+        if self._forward is not None:
+            self._forward.show(screen)
+
+    async def wait_for(self, text: str, *, timeout: float, since: int = 0) -> Screen:
+        """The first screen at index >= `since` whose text contains `text` (TimeoutError if none)."""
+        async def scan() -> Screen:
+            index = since
+            while True:
+                while index < len(self.history):
+                    if text in screen_text(self.history[index]):
+                        return self.history[index]
+                    index += 1
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            return await asyncio.wait_for(scan(), timeout)
+        except asyncio.TimeoutError:
+            shown = screen_text(self.current) if self.current else "(nothing)"
+            raise TimeoutError(f"no screen with {text!r} within {timeout} s; showing:\n{shown}") from None
+
+    def close(self) -> None:
+        if self._forward is not None:
+            self._forward.close()

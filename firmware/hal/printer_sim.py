@@ -1,0 +1,74 @@
+"""Simulated receipt printer: each receipt becomes <name>.bin (exact bytes) and <name>.txt.
+
+Blocking file I/O; printer worker thread only (tests may flip `paper` from their own
+thread: a single attribute write). Each file is written atomically (temp file in
+out_dir, fsync, os.replace, then fsync of the directory), so a power cut leaves
+either the whole file or none. With `paper` False nothing is written and
+PrinterError("paper out") is raised, like a real printer reporting paper out.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from firmware.hal.printer import PAPER_OUT, STATUS_OK, PrinterError
+
+__all__ = ["SimPrinter"]
+
+log = logging.getLogger("kpos.printer")
+
+
+class SimPrinter:
+    def __init__(self, out_dir: Path, *, paper: bool = True):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.paper = paper
+        self.printed: list[str] = []  # names printed, in order
+
+    def __repr__(self) -> str:
+        return f"SimPrinter({str(self.out_dir)!r})"
+
+    def print_receipt(self, raw: bytes, preview: str, name: str) -> None:
+        _check_name(name)
+        if not self.paper:
+            raise PrinterError(PAPER_OUT, device=repr(self))
+        try:
+            _write_atomic(self.out_dir / f"{name}.bin", raw)
+            _write_atomic(self.out_dir / f"{name}.txt", preview.encode("utf-8"))
+        except OSError as err:
+            raise PrinterError(f"write failed: {err.strerror or err}", device=repr(self)) from err
+        self.printed.append(name)
+        log.info("printed receipt %s (%d bytes) to %s", name, len(raw), self.out_dir)
+
+    def status(self) -> str:
+        return STATUS_OK if self.paper else PAPER_OUT
+
+
+def _check_name(name: str) -> None:
+    """A receipt name is one plain file name inside out_dir."""
+    if not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"receipt name {name!r} is not a plain file name")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,488 @@
+"""SQLite journal: the source of truth for every transaction, reversal and counter (DESIGN §6).
+
+Contract: blocking sqlite3. Every call, `__init__` included, runs on the one journal worker
+thread; the connection keeps check_same_thread=True, so a call from any other thread raises
+sqlite3.ProgrammingError. WAL mode, synchronous=FULL, foreign keys on, secure_delete on.
+Each public write is one `BEGIN IMMEDIATE ... COMMIT` and has committed (fsync'd) before
+it returns: persist before send (invariant 1). Amounts are int minor units; times are
+ISO-8601 local time text from the injected `now()`.
+Card data: clear columns hold the masked PAN only; the request fields needed to forward
+(PAN, expiry, ICC data) are sealed with the Vault, aad bound to the txn id, and deleted once
+the acquirer acknowledges or nothing was sent. Track data and the PIN block are never
+stored (PCI DSS 3.3.1). The schema moves forward only (PRAGMA user_version); a journal
+written by a newer release is still opened, so a rolled-back release can drain its queue.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from firmware.emv.card import CardData
+from firmware.vault import Vault, VaultError
+
+__all__ = [
+    "Journal",
+    "JournalError",
+    "JournalCorrupt",
+    "TxnRecord",
+    "PendingReversal",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "NEVER_STORED_FIELDS",
+    "REVERSAL_REASONS",
+    "STAN_MAX",
+]
+
+log = logging.getLogger("kpos.journal")
+
+STAN_MAX = 999999
+BATCH_MAX = 999999
+# ISO 8583 fields never written to disk, not even sealed: track 2, track 3, track 1, PIN block.
+NEVER_STORED_FIELDS = ("35", "36", "45", "52")
+# Reversal reason codes (field 39 of the 0400) for an unknown outcome.
+REVERSAL_REASONS = {"98": "no response (timeout)", "A0": "bad response MAC", "06": "other error"}
+PRINT_COPIES = ("merchant", "customer")
+
+# Forward-only migrations: MIGRATIONS[i] takes the schema from version i to i + 1.
+# Never edit a shipped step; append a new one. Statements run one by one in one transaction.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE counter (
+            name  TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        )""",
+        "INSERT INTO counter (name, value) VALUES ('stan', 0), ('batch', 1)",
+        """CREATE TABLE txn (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids never reused: order and aad
+            terminal_id   TEXT NOT NULL,
+            kind          TEXT NOT NULL,
+            stan          INTEGER NOT NULL CHECK (stan BETWEEN 1 AND 999999),
+            batch         INTEGER NOT NULL CHECK (batch BETWEEN 1 AND 999999),
+            amount        INTEGER NOT NULL CHECK (amount >= 0),
+            currency      INTEGER NOT NULL,
+            status        TEXT NOT NULL
+                          CHECK (status IN ('SENDING', 'APPROVED', 'DECLINED', 'FAILED', 'UNKNOWN')),
+            operator      TEXT NOT NULL,
+            masked_pan    TEXT,
+            entry_mode    TEXT,
+            aid           TEXT,
+            app_label     TEXT,
+            arqc          TEXT,
+            created_at    TEXT NOT NULL,
+            updated_at    TEXT NOT NULL,
+            response_code TEXT,
+            rrn           TEXT,
+            auth_code     TEXT,
+            failure       TEXT,
+            printed_merchant_at TEXT,
+            printed_customer_at TEXT,
+            UNIQUE (terminal_id, batch, stan)
+        )""",
+        """CREATE TABLE sealed_request (
+            txn_id INTEGER PRIMARY KEY REFERENCES txn (id),
+            blob   BLOB NOT NULL
+        )""",
+        """CREATE TABLE reversal (
+            txn_id      INTEGER PRIMARY KEY REFERENCES txn (id),
+            status      TEXT NOT NULL
+                        CHECK (status IN ('ARMED', 'PENDING', 'SENT', 'ACKED', 'CANCELLED', 'EXPIRED')),
+            reason_code TEXT,
+            detail      TEXT,
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            created_at  TEXT NOT NULL,
+            updated_at  TEXT NOT NULL
+        )""",
+        "CREATE INDEX reversal_by_status ON reversal (status, txn_id)",
+        "CREATE INDEX txn_by_status ON txn (status, id)",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Legal transitions: (what, from status) -> allowed.  Data, checked in SQL by `_move`.
+_TXN_FROM = {"not_sent": ("SENDING",), "response": ("SENDING",), "no_response": ("SENDING",)}
+_REVERSAL_FROM = {"not_sent": ("ARMED",), "response": ("ARMED",), "no_response": ("ARMED",)}
+
+
+class JournalError(Exception):
+    """A journal operation was refused or failed; the message names the txn id / STAN."""
+
+
+class JournalCorrupt(JournalError):
+    """The database failed PRAGMA integrity_check (or is not a database): a visible fault."""
+
+
+@dataclass(frozen=True)
+class TxnRecord:
+    """The clear columns of one transaction: masked PAN only, no card data."""
+
+    id: int
+    terminal_id: str
+    kind: str
+    stan: int
+    batch: int
+    amount: int  # minor units
+    currency: int  # ISO 4217 numeric
+    status: str  # SENDING | APPROVED | DECLINED | FAILED | UNKNOWN
+    operator: str
+    masked_pan: str | None
+    entry_mode: str | None
+    aid: str | None
+    app_label: str | None
+    arqc: str | None
+    created_at: str
+    updated_at: str
+    response_code: str | None
+    rrn: str | None
+    auth_code: str | None
+    failure: str | None
+    printed_merchant_at: str | None
+    printed_customer_at: str | None
+    reversal_status: str | None  # None when the txn was not reversible
+
+
+@dataclass(frozen=True)
+class PendingReversal:
+    """A reversal waiting to be sent; `request` is the original field dict (unsealed, PAN inside)."""
+
+    txn_id: int
+    stan: int
+    batch: int
+    amount: int
+    currency: int
+    kind: str
+    reason_code: str
+    detail: str
+    attempts: int
+    created_at: str
+    request: dict[str, Any] = field(repr=False)
+
+
+class Journal:
+    """One SQLite journal file. Create, use and close it on the journal worker thread only."""
+
+    def __init__(self, path: Path, vault: Vault, *, now: Callable[[], datetime] = datetime.now):
+        self._path = Path(path)
+        self._vault = vault
+        self._now = now
+        self._db = _connect(self._path)
+        try:
+            _check_integrity(self._db, self._path)
+            _configure(self._db, self._path)
+            _migrate(self._db, self._path)
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- counters ---------------------------------------------------------------------------
+
+    def next_stan(self) -> int:
+        """The next STAN, 1..999999 then 1 again; committed before it is returned."""
+        with self._write() as db:
+            stan = _counter(db, "stan") % STAN_MAX + 1
+            db.execute("UPDATE counter SET value = ? WHERE name = 'stan'", (stan,))
+        return stan
+
+    def batch_no(self) -> int:
+        return _counter(self._db, "batch")
+
+    def close_batch(self) -> int:
+        """Start the next batch (settlement done); returns the new batch number, wraps to 1."""
+        with self._write() as db:
+            batch = _counter(db, "batch") % BATCH_MAX + 1
+            db.execute("UPDATE counter SET value = ? WHERE name = 'batch'", (batch,))
+        log.info("batch closed, now batch %06d", batch)
+        return batch
+
+    # -- the online request lifecycle -------------------------------------------------------
+
+    def record_request(
+        self,
+        *,
+        kind: str,
+        stan: int,
+        batch: int,
+        amount: int,
+        currency: int,
+        card: CardData | None,
+        request: dict,
+        reversible: bool,
+        operator: str = "01",
+    ) -> int:
+        """Persist a request before it is sent: txn 'SENDING', sealed request, ARMED reversal."""
+        _check_request_args(kind, stan, batch, amount, currency, request)
+        terminal_id = str(request.get("41", "")).strip()
+        sealed_json = _encode_request(request)
+        now = self._stamp()
+        try:
+            with self._write() as db:
+                txn_id = db.execute(
+                    """INSERT INTO txn (terminal_id, kind, stan, batch, amount, currency, status,
+                           operator, masked_pan, entry_mode, aid, app_label, arqc, created_at, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, 'SENDING', ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (terminal_id, kind, stan, batch, amount, currency, operator, *_card_columns(card), now, now),
+                ).lastrowid
+                blob = self._vault.seal(sealed_json, aad=_aad(txn_id))
+                db.execute("INSERT INTO sealed_request (txn_id, blob) VALUES (?, ?)", (txn_id, blob))
+                if reversible:
+                    db.execute(
+                        "INSERT INTO reversal (txn_id, status, created_at, updated_at) VALUES (?, 'ARMED', ?, ?)",
+                        (txn_id, now, now),
+                    )
+        except sqlite3.IntegrityError as exc:
+            what = f"STAN {stan:06d} already used in batch {batch}" if "UNIQUE" in str(exc) else str(exc)
+            raise JournalError(f"cannot record {kind}: {what} (terminal {terminal_id or '?'}): {exc}") from exc
+        log.info("txn %d %s STAN %06d batch %d amount %d recorded (SENDING)", txn_id, kind, stan, batch, amount)
+        return txn_id
+
+    def record_not_sent(self, txn_id: int, reason: str) -> None:
+        """Nothing left the box: txn FAILED, reversal CANCELLED, sealed data deleted."""
+        with self._write() as db:
+            self._move(db, txn_id, "not_sent", "FAILED", failure=reason)
+            self._move_reversal(db, txn_id, "not_sent", "CANCELLED")
+            db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (txn_id,))
+        log.info("txn %d not sent: %s", txn_id, reason)
+
+    def record_response(
+        self, txn_id: int, *, response_code: str, approved: bool, rrn: str | None, auth_code: str | None
+    ) -> None:
+        """The acquirer answered: txn APPROVED/DECLINED, reversal CANCELLED, sealed data deleted."""
+        status = "APPROVED" if approved else "DECLINED"
+        with self._write() as db:
+            self._move(db, txn_id, "response", status, response_code=response_code, rrn=rrn, auth_code=auth_code)
+            self._move_reversal(db, txn_id, "response", "CANCELLED")
+            db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (txn_id,))
+        log.info("txn %d %s (response code %s)", txn_id, status, response_code)
+
+    def record_no_response(self, txn_id: int, *, reason_code: str, detail: str) -> None:
+        """Outcome unknown: txn UNKNOWN, reversal PENDING; sealed data kept for the reversal."""
+        if reason_code not in REVERSAL_REASONS:
+            raise ValueError(f"txn {txn_id}: reversal reason code {reason_code!r} not in {sorted(REVERSAL_REASONS)}")
+        with self._write() as db:
+            self._move(db, txn_id, "no_response", "UNKNOWN", failure=detail)
+            moved = self._move_reversal(db, txn_id, "no_response", "PENDING", reason_code=reason_code, detail=detail)
+            if not moved:  # not reversible: nothing will ever forward the sealed request
+                db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (txn_id,))
+        log.warning("txn %d outcome unknown (%s: %s)", txn_id, reason_code, detail)
+
+    def pending_reversals(self) -> list[PendingReversal]:
+        """Reversals waiting to be sent, oldest first, each with its unsealed original request.
+
+        Oldest = lowest txn id: ids only grow (AUTOINCREMENT), while the wall clock can jump
+        (a Pi has no RTC).
+        """
+        rows = self._db.execute(
+            """SELECT r.txn_id, t.stan, t.batch, t.amount, t.currency, t.kind, r.reason_code, r.detail,
+                      r.attempts, r.created_at, s.blob
+               FROM reversal r JOIN txn t ON t.id = r.txn_id
+               LEFT JOIN sealed_request s ON s.txn_id = r.txn_id
+               WHERE r.status = 'PENDING' ORDER BY r.txn_id"""
+        ).fetchall()
+        return [self._pending(row) for row in rows]
+
+    # -- reading and receipts ---------------------------------------------------------------
+
+    def get(self, txn_id: int) -> TxnRecord:
+        row = self._db.execute(_SELECT_TXN + " WHERE t.id = ?", (txn_id,)).fetchone()
+        if row is None:
+            raise JournalError(f"txn {txn_id}: not in the journal")
+        return TxnRecord(**dict(row))
+
+    def last_approved(self) -> TxnRecord | None:
+        return self._newest(" WHERE t.status = 'APPROVED'")
+
+    def last(self) -> TxnRecord | None:
+        """The newest transaction whatever its status (None on an empty journal)."""
+        return self._newest("")
+
+    def _newest(self, where: str) -> TxnRecord | None:
+        row = self._db.execute(_SELECT_TXN + where + " ORDER BY t.id DESC LIMIT 1").fetchone()
+        return TxnRecord(**dict(row)) if row is not None else None
+
+    def mark_printed(self, txn_id: int, copy: str) -> None:
+        """Record the first time a receipt copy was printed; reprints keep the first time."""
+        if copy not in PRINT_COPIES:
+            raise ValueError(f"txn {txn_id}: receipt copy {copy!r} not in {PRINT_COPIES}")
+        column = f"printed_{copy}_at"  # from the fixed tuple above, never from input text
+        with self._write() as db:
+            cur = db.execute(f"UPDATE txn SET {column} = COALESCE({column}, ?) WHERE id = ?", (self._stamp(), txn_id))
+            if cur.rowcount != 1:
+                raise JournalError(f"txn {txn_id}: cannot mark {copy} copy printed: not in the journal")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- internals --------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _stamp(self) -> str:
+        return self._now().isoformat(timespec="seconds")
+
+    def _move(self, db: sqlite3.Connection, txn_id: int, what: str, to: str, **columns: Any) -> None:
+        """Txn status change, legal only from the statuses in _TXN_FROM[what]."""
+        allowed = _TXN_FROM[what]
+        sets = "".join(f", {name} = ?" for name in columns)
+        cur = db.execute(
+            f"UPDATE txn SET status = ?, updated_at = ?{sets} "
+            f"WHERE id = ? AND status IN ({', '.join('?' * len(allowed))})",
+            (to, self._stamp(), *columns.values(), txn_id, *allowed),
+        )
+        if cur.rowcount != 1:
+            raise self._illegal(db, txn_id, to)
+
+    def _move_reversal(self, db: sqlite3.Connection, txn_id: int, what: str, to: str, **columns: Any) -> bool:
+        """Reversal status change if the txn has a reversal; False when it has none."""
+        allowed = _REVERSAL_FROM[what]
+        sets = "".join(f", {name} = ?" for name in columns)
+        cur = db.execute(
+            f"UPDATE reversal SET status = ?, updated_at = ?{sets} "
+            f"WHERE txn_id = ? AND status IN ({', '.join('?' * len(allowed))})",
+            (to, self._stamp(), *columns.values(), txn_id, *allowed),
+        )
+        if cur.rowcount == 1:
+            return True
+        current = db.execute("SELECT status FROM reversal WHERE txn_id = ?", (txn_id,)).fetchone()
+        if current is not None:
+            raise JournalError(f"txn {txn_id}: reversal is {current[0]}, cannot become {to}")
+        return False
+
+    def _illegal(self, db: sqlite3.Connection, txn_id: int, to: str) -> JournalError:
+        row = db.execute("SELECT stan, status FROM txn WHERE id = ?", (txn_id,)).fetchone()
+        if row is None:
+            return JournalError(f"txn {txn_id}: not in the journal, cannot become {to}")
+        return JournalError(f"txn {txn_id} STAN {row['stan']:06d}: is {row['status']}, cannot become {to}")
+
+    def _pending(self, row: sqlite3.Row) -> PendingReversal:
+        txn_id, stan = row["txn_id"], row["stan"]
+        if row["blob"] is None:
+            raise JournalError(f"txn {txn_id} STAN {stan:06d}: pending reversal has no sealed request")
+        try:
+            request = _decode_request(self._vault.open_sealed(row["blob"], aad=_aad(txn_id)))
+        except VaultError as exc:
+            raise JournalError(f"txn {txn_id} STAN {stan:06d}: sealed request does not open: {exc}") from exc
+        values = {k: row[k] for k in row.keys() if k != "blob"}
+        return PendingReversal(**values, request=request)
+
+
+_SELECT_TXN = """SELECT t.id, t.terminal_id, t.kind, t.stan, t.batch, t.amount, t.currency, t.status,
+       t.operator, t.masked_pan, t.entry_mode, t.aid, t.app_label, t.arqc, t.created_at, t.updated_at,
+       t.response_code, t.rrn, t.auth_code, t.failure, t.printed_merchant_at, t.printed_customer_at,
+       r.status AS reversal_status
+    FROM txn t LEFT JOIN reversal r ON r.txn_id = t.id"""
+
+
+# -- opening -------------------------------------------------------------------------------
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise JournalError(f"journal {path}: cannot open: {exc}") from exc
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def _check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    try:
+        rows = [row[0] for row in db.execute("PRAGMA integrity_check")]
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+        raise JournalCorrupt(f"journal integrity check failed: {path}: {exc}") from exc
+    if rows != ["ok"]:
+        raise JournalCorrupt(f"journal integrity check failed: {path}: {'; '.join(rows[:5])}")
+
+
+def _configure(db: sqlite3.Connection, path: Path) -> None:
+    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise JournalError(f"journal {path}: journal_mode is {mode}, WAL required")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("PRAGMA secure_delete = ON")  # deleted sealed data is overwritten, not left in free pages
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        log.warning("journal %s: schema %d is newer than this release's %d; opening as is",
+                    path, version, SCHEMA_VERSION)
+        return
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[target - 1]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {target:d}")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise JournalError(f"journal {path}: migration to schema {target} failed: {exc}") from exc
+        db.execute("COMMIT")
+        log.info("journal %s: schema migrated to %d", path, target)
+
+
+def _counter(db: sqlite3.Connection, name: str) -> int:
+    return db.execute("SELECT value FROM counter WHERE name = ?", (name,)).fetchone()[0]
+
+
+# -- values --------------------------------------------------------------------------------
+
+
+def _check_request_args(kind: str, stan: int, batch: int, amount: int, currency: int, request: dict) -> None:
+    if not kind:
+        raise ValueError("record_request: kind is empty")
+    for name, value, low, high in (("stan", stan, 1, STAN_MAX), ("batch", batch, 1, BATCH_MAX),
+                                   ("amount", amount, 0, None), ("currency", currency, 1, 999)):
+        if type(value) is not int or value < low or (high is not None and value > high):
+            raise ValueError(f"record_request {kind}: {name} {value!r} out of range (STAN {stan!r})")
+    if "11" in request and str(request["11"]).strip().lstrip("0") != str(stan):
+        raise ValueError(f"record_request {kind}: field 11 {request['11']!r} does not match STAN {stan:06d}")
+
+
+def _card_columns(card: CardData | None) -> tuple[str | None, ...]:
+    if card is None:
+        return (None, None, None, None, None)
+    return (card.masked_pan, card.entry_mode, card.aid, card.app_label, card.cryptogram or None)
+
+
+def _aad(txn_id: int) -> bytes:
+    return f"kpos-journal-txn:{txn_id}".encode()
+
+
+def _encode_request(request: dict) -> bytes:
+    """ISO 8583 field dict -> JSON bytes, minus NEVER_STORED_FIELDS, bytes as {"$hex": ...}."""
+    kept = {key: value for key, value in request.items() if str(key) not in NEVER_STORED_FIELDS}
+    return json.dumps(_to_json(kept, "request"), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _decode_request(data: bytes) -> dict:
+    return json.loads(data, object_hook=_from_json)
+
+
+def _to_json(value: Any, where: str) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return {"$hex": bytes(value).hex()}
+    if isinstance(value, dict):
+        return {str(k): _to_json(v, f"{where}: field {k}") for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    raise JournalError(f"{where}: cannot store a {type(value).__name__}")
+
+
+def _from_json(obj: dict) -> Any:
+    if obj.keys() == {"$hex"}:
+        return bytes.fromhex(obj["$hex"])
+    return obj

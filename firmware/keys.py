@@ -1,0 +1,155 @@
+"""Key crypto both sides share: TDES key wrap, key check values, ISO 9564 format 0 PIN blocks.
+
+Pure functions, any thread, non-blocking (microseconds of CPU). Keys are bytes: 16-byte
+double-length TDES keys (24-byte triple-length accepted). PIN blocks are 8 bytes.
+Two-key TDES is handed to `cryptography` as k1|k2|k1 (24 bytes) so no deprecation warning
+is raised (FIELD-NOTES §5); psec.des is not used because it imports TripleDES from its old
+location, which warns in cryptography >= 43. psec.pinblock builds and parses the clear
+format 0 block. Nothing here logs; a clear PIN or key never appears in a message or repr.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from psec import pinblock as _pinblock
+
+if TYPE_CHECKING:  # avoid an import cycle at run time; only attributes are used
+    from firmware.acquirer.messages import WorkingKeys
+
+__all__ = [
+    "KeyCheckError",
+    "SessionKeys",
+    "kcv",
+    "wrap_key",
+    "unwrap_key",
+    "session_keys_from_working",
+    "pin_block_iso0",
+    "decrypt_pin_iso0",
+    "random_key",
+    "tdes_ecb_encrypt",
+    "tdes_ecb_decrypt",
+]
+
+KCV_LEN = 4
+BLOCK = 8
+
+
+class KeyCheckError(ValueError):
+    """A key failed its check value, or has a bad length; the message names the key."""
+
+    def __init__(self, message: str, *, name: str = "key"):
+        super().__init__(message)
+        self.name = name
+
+
+def _tdes(key: bytes) -> TripleDES:
+    if len(key) == 16:
+        key = key + key[:8]
+    elif len(key) != 24:
+        raise KeyCheckError(f"TDES key must be 16 or 24 bytes, got {len(key)}")
+    return TripleDES(bytes(key))
+
+
+def _check_blocks(data: bytes, what: str) -> None:
+    if not data or len(data) % BLOCK:
+        raise ValueError(f"{what} must be a non-empty multiple of 8 bytes, got {len(data)}")
+
+
+def tdes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
+    """TDES-ECB encrypt `data` (multiple of 8 bytes) under a 16- or 24-byte key."""
+    _check_blocks(data, "data")
+    enc = Cipher(_tdes(key), modes.ECB()).encryptor()
+    return enc.update(bytes(data)) + enc.finalize()
+
+
+def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
+    """TDES-ECB decrypt `data` (multiple of 8 bytes) under a 16- or 24-byte key."""
+    _check_blocks(data, "data")
+    dec = Cipher(_tdes(key), modes.ECB()).decryptor()
+    return dec.update(bytes(data)) + dec.finalize()
+
+
+def kcv(key: bytes) -> bytes:
+    """Key check value: first 4 bytes of TDES-ECB(key, 8 zero bytes)."""
+    return tdes_ecb_encrypt(key, bytes(BLOCK))[:KCV_LEN]
+
+
+def wrap_key(kek: bytes, key: bytes) -> bytes:
+    """Encrypt a 16-byte working key under the key-encrypting key (TDES-ECB)."""
+    if len(key) != 16:
+        raise KeyCheckError(f"working key must be 16 bytes, got {len(key)}")
+    return tdes_ecb_encrypt(kek, key)
+
+
+def unwrap_key(kek: bytes, wrapped: bytes, check: bytes, *, name: str = "key") -> bytes:
+    """Decrypt a wrapped 16-byte key and verify its check value; KeyCheckError if wrong."""
+    if len(wrapped) != 16:
+        raise KeyCheckError(f"{name} ciphertext must be 16 bytes, got {len(wrapped)}", name=name)
+    key = tdes_ecb_decrypt(kek, wrapped)
+    if not check or kcv(key)[: len(check)] != bytes(check):
+        raise KeyCheckError(f"{name} check value mismatch (expected {bytes(check).hex().upper()})",
+                            name=name)
+    return key
+
+
+@dataclass(frozen=True, repr=False)
+class SessionKeys:
+    """Clear session keys of one sign-on. Its repr shows only the check values."""
+
+    pik: bytes
+    mak: bytes
+
+    def __repr__(self) -> str:
+        return f"SessionKeys(pik_kcv={kcv(self.pik).hex().upper()}, mak_kcv={kcv(self.mak).hex().upper()})"
+
+    __str__ = __repr__
+
+
+def session_keys_from_working(tmk: bytes, wk: WorkingKeys) -> SessionKeys:
+    """Unwrap the 0810's PIK and MAK under the terminal master key, checking both KCVs."""
+    pik = unwrap_key(tmk, wk.pik_enc, wk.pik_kcv, name="PIK")
+    mak = unwrap_key(tmk, wk.mak_enc, wk.mak_kcv, name="MAK")
+    return SessionKeys(pik=pik, mak=mak)
+
+
+def _pin_text(pin: bytearray | bytes | str) -> str:
+    text = pin.decode("ascii") if isinstance(pin, (bytes, bytearray)) else pin
+    if not (4 <= len(text) <= 12 and text.isdigit() and text.isascii()):
+        raise ValueError("PIN must be 4 to 12 digits")  # never echo the PIN
+    return text
+
+
+def pin_block_iso0(pin: bytearray | bytes | str, pan: str, pik: bytes) -> bytes:
+    """ISO 9564 format 0 PIN block for `pan`, TDES-ECB encrypted under the PIK (8 bytes).
+
+    `pin` is ASCII digits (the PIN-entry buffer); the caller wipes its buffer afterwards.
+    """
+    clear = _pinblock.encode_pinblock_iso_0(_pin_text(pin), pan)
+    return tdes_ecb_encrypt(pik, clear)
+
+
+def decrypt_pin_iso0(block: bytes, pan: str, pik: bytes) -> str:
+    """Decrypt a format 0 PIN block under the PIK and return the PIN (simulator side).
+
+    ValueError when the block is not 8 bytes or does not decode as format 0 for `pan`.
+    """
+    if len(block) != BLOCK:
+        raise ValueError(f"PIN block must be 8 bytes, got {len(block)}")
+    try:
+        return _pinblock.decode_pinblock_iso_0(tdes_ecb_decrypt(pik, block), pan)
+    except ValueError:
+        # psec's message may quote decrypted PIN digits: replace it, keep no chain.
+        raise ValueError("PIN block does not decode as ISO format 0 for this PAN") from None
+
+
+def _odd_parity(byte: int) -> int:
+    return byte ^ (0 if bin(byte).count("1") % 2 else 1)
+
+
+def random_key() -> bytes:
+    """16 random bytes (double-length TDES key) with odd DES parity in every byte."""
+    return bytes(_odd_parity(b) for b in secrets.token_bytes(16))

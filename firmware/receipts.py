@@ -1,0 +1,324 @@
+"""Receipt layout: one list of styled lines, emitted as ESC/POS bytes or as plain text.
+
+Pure functions, any thread, no I/O: `render()` returns the bytes that the printer
+worker later writes (hal/printer.py); `preview()` returns the same receipt as text.
+Both are built from `layout()`, so the paper and the preview cannot drift apart.
+
+Bytes (python-escpos 3.1 `Dummy`, profile "default", so they are deterministic):
+  ESC @ (init), ESC t 0 (code page 437 forced: no automatic code-page switching),
+  FS & (enter Chinese/Kanji mode, GB18030/GBK only, only when a line is not ASCII),
+  per line: the style bytes when the style changes, then the line text and LF,
+  FS . (leave Chinese mode, if entered), ESC d 6 (feed), GS V 0 (full cut).
+ASCII lines go through `text()`; any other line is sent as `line.encode(encoding)`
+through `_raw()`, because python-escpos's own encoding guesser handles GB18030/GBK
+badly (python-escpos #491, #678). Sizes use GS ! (applies to Kanji too, unlike ESC !).
+Layout counts a wide (CJK) character as 2 columns, as the printer does in Chinese mode.
+No expiry date, no full PAN: `ReceiptData` refuses a masked_pan that is not masked.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+
+from escpos.printer import Dummy
+
+from firmware.money import CURRENCIES, currency_alpha, format_amount
+
+__all__ = ["ReceiptData", "render", "preview", "layout", "text_width", "COPIES", "LANGS", "ENCODINGS"]
+
+COPIES = ("merchant", "customer")
+LANGS = ("en", "zh")
+MIN_WIDTH, MAX_WIDTH = 32, 64  # 32 columns on 58 mm paper, 48 on 80 mm
+
+# Chinese mode per printer encoding: FS & on GB18030/GBK printers; UTF-8 printers
+# are switched to UTF-8 by their own setup tool and take the bytes as they are.
+ENCODINGS: dict[str, tuple[bytes, bytes]] = {
+    "GB18030": (b"\x1c&", b"\x1c."),
+    "GBK": (b"\x1c&", b"\x1c."),
+    "UTF-8": (b"", b""),
+}
+
+# style -> python-escpos set() arguments
+STYLES: dict[str, dict] = {
+    "normal": {"custom_size": True, "width": 1, "height": 1, "bold": False},
+    "bold": {"custom_size": True, "width": 1, "height": 1, "bold": True},
+    "big": {"custom_size": True, "width": 1, "height": 2, "bold": True},  # double height only
+}
+
+# label key -> (English, Chinese)
+LABELS: dict[str, tuple[str, str]] = {
+    "merchant": ("MERCHANT COPY", "商户存根"),
+    "customer": ("CUSTOMER COPY", "持卡人存根"),
+    "merchant_id": ("MERCHANT NO.", "商户编号"),
+    "terminal_id": ("TERMINAL NO.", "终端编号"),
+    "operator": ("OPERATOR NO.", "操作员号"),
+    "card": ("CARD NO.", "卡号"),
+    "entry_mode": ("ENTRY MODE", "输入方式"),
+    "txn_type": ("TXN TYPE", "交易类型"),
+    "batch": ("BATCH NO.", "批次号"),
+    "stan": ("STAN", "凭证号"),
+    "when": ("DATE/TIME", "日期时间"),
+    "rrn": ("REF NO.", "参考号"),
+    "auth_code": ("AUTH NO.", "授权码"),
+    "aid": ("AID", "AID"),
+    "app_label": ("APP LABEL", "应用标签"),
+    "tc": ("TC", "TC"),
+    "amount": ("AMOUNT:", "金额:"),
+    "offline": ("*** OFFLINE ***", "*** 离线交易 ***"),
+    "reprint": ("*** REPRINT ***", "*** 重打印 ***"),
+    "pin_verified": ("PIN VERIFIED", "密码验证"),
+    "signature": ("CARDHOLDER SIGNATURE:", "持卡人签名:"),
+    "acknowledge": (
+        "I ACKNOWLEDGE SATISFACTORY RECEIPT OF RELATIVE GOODS/SERVICES",
+        "本人确认以上交易，同意将其记入本卡账户",
+    ),
+}
+
+TXN_TYPES: dict[str, tuple[str, str]] = {
+    "SALE": ("SALE", "消费"),
+    "VOID": ("VOID", "撤销"),
+    "REFUND": ("REFUND", "退货"),
+    "PREAUTH": ("PRE-AUTH", "预授权"),
+    "PREAUTH_VOID": ("PRE-AUTH VOID", "预授权撤销"),
+    "COMPLETION": ("AUTH COMPLETE", "预授权完成"),
+    "COMPLETION_VOID": ("COMPLETE VOID", "预授权完成撤销"),
+}
+
+ENTRY_MODES: dict[str, tuple[str, str]] = {
+    "CHIP": ("CHIP", "插卡"),
+    "CONTACTLESS": ("CONTACTLESS", "挥卡"),
+    "SWIPE": ("SWIPE", "刷卡"),
+    "MANUAL": ("MANUAL", "手输"),
+    "QR": ("QR", "扫码"),
+}
+
+CURRENCY_SHOWN_ZH = {156: "RMB"}  # Chinese receipts print RMB for CNY
+
+SIGNATURE_BLANK_LINES = 2
+MAX_VISIBLE_PAN_DIGITS = 10  # first 6 + last 4 (PCI DSS 3.4.1)
+
+Line = tuple[str, str]  # (style, text already laid out to the paper width)
+
+
+@dataclass(frozen=True)
+class ReceiptData:
+    """One transaction as printed. Holds no expiry date and only a masked PAN."""
+
+    merchant_name: str
+    merchant_id: str
+    terminal_id: str
+    operator: str
+    txn_type: str  # key of TXN_TYPES
+    masked_pan: str  # mask_pan() output: first 6 / last 4
+    entry_mode: str  # key of ENTRY_MODES
+    amount: int  # minor units
+    currency: int  # ISO 4217 numeric
+    when: datetime
+    batch: int
+    stan: int
+    rrn: str | None
+    auth_code: str | None
+    aid: str | None = None
+    app_label: str | None = None
+    tc: str | None = None  # chip cryptogram (TC) hex
+    offline: bool = False
+    pin_verified: bool = False
+    reprint: bool = False
+
+    def __post_init__(self) -> None:
+        _check_masked_pan(self.masked_pan)
+        _check_in("txn_type", self.txn_type, TXN_TYPES)
+        _check_in("entry_mode", self.entry_mode, ENTRY_MODES)
+        _check_in("currency", self.currency, CURRENCIES)
+        if not isinstance(self.amount, int) or isinstance(self.amount, bool):
+            raise ValueError(f"receipt amount must be int minor units, got {self.amount!r}")
+        for name in ("batch", "stan"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= 999_999:
+                raise ValueError(f"receipt {name} must be an int 0..999999, got {value!r}")
+
+
+def _check_masked_pan(masked_pan: str) -> None:
+    digits = sum(ch.isdigit() for ch in masked_pan)
+    well_formed = all(ch.isdigit() or ch == "*" for ch in masked_pan)
+    if "*" not in masked_pan or not well_formed or digits > MAX_VISIBLE_PAN_DIGITS:
+        # the value itself is not repeated: it may be a clear PAN
+        raise ValueError(f"receipt masked_pan is not a masked PAN ({len(masked_pan)} chars, {digits} digits)")
+
+
+def _check_in(name: str, value: object, table: dict) -> None:
+    if value not in table:
+        raise ValueError(f"receipt {name} {value!r} unknown; expected one of {sorted(table)}")
+
+
+def _check_options(copy: str, lang: str, width: int) -> None:
+    if copy not in COPIES:
+        raise ValueError(f"receipt copy {copy!r} unknown; expected one of {COPIES}")
+    if lang not in LANGS:
+        raise ValueError(f"receipt lang {lang!r} unknown; expected one of {LANGS}")
+    if not isinstance(width, int) or not MIN_WIDTH <= width <= MAX_WIDTH:
+        raise ValueError(f"receipt width must be {MIN_WIDTH}..{MAX_WIDTH} columns, got {width!r}")
+
+
+# ---------------------------------------------------------------- width math
+
+
+def char_width(ch: str) -> int:
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def text_width(text: str) -> int:
+    """Printed columns: a wide (CJK) character takes 2."""
+    return sum(char_width(ch) for ch in text)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Split into lines of at most `width` columns, breaking at spaces or between CJK
+    characters; a word longer than a line is split where it must."""
+    lines, current = [], ""
+    for token in re.findall(r"[!-~]+| +|.", text):
+        if not current and token.isspace():
+            continue
+        if text_width(current) + text_width(token) <= width:
+            current += token
+            continue
+        if current.strip():
+            lines.append(current.rstrip())
+        current = "" if token.isspace() else token
+        while text_width(current) > width:
+            head = _fit(current, width)
+            lines.append(head)
+            current = current[len(head):]
+    return lines + [current.rstrip()] if current.strip() or not lines else lines
+
+
+def _fit(text: str, width: int) -> str:
+    """The longest prefix of `text` that fits in `width` columns."""
+    used = 0
+    for n, ch in enumerate(text):
+        used += char_width(ch)
+        if used > width:
+            return text[:n]
+    return text
+
+
+def _center(text: str, width: int) -> list[str]:
+    return [" " * ((width - text_width(part)) // 2) + part for part in _wrap(text, width)]
+
+
+def _pair(label: str, value: str, width: int) -> list[str]:
+    """Label left, value right; value on its own right-aligned line when both do not fit."""
+    gap = width - text_width(label) - text_width(value)
+    if gap >= 1:
+        return [label + " " * gap + value]
+    values = _wrap(value, width)
+    return _wrap(label, width) + [" " * (width - text_width(v)) + v for v in values]
+
+
+# ---------------------------------------------------------------- layout
+
+
+def layout(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) -> list[Line]:
+    """The receipt as (style, text) lines, each at most `width` columns."""
+    _check_options(copy, lang, width)
+    i = LANGS.index(lang)
+
+    def label(key: str) -> str:
+        return LABELS[key][i]
+
+    def styled(style: str, texts: list[str]) -> list[Line]:
+        return [(style, text) for text in texts]
+
+    def pair(key: str, value: str | None) -> list[Line]:
+        return [] if value is None else styled("normal", _pair(label(key), value, width))
+
+    rule = [("normal", "-" * width)]
+    lines = styled("big", _center(data.merchant_name, width))
+    lines += styled("normal", _center(label(copy), width))
+    if data.reprint:
+        lines += styled("bold", _center(label("reprint"), width))
+    lines += rule
+    lines += pair("merchant_id", data.merchant_id)
+    lines += pair("terminal_id", data.terminal_id)
+    lines += pair("operator", data.operator)
+    lines += rule
+    lines += pair("card", data.masked_pan)
+    lines += pair("entry_mode", ENTRY_MODES[data.entry_mode][i])
+    lines += pair("txn_type", TXN_TYPES[data.txn_type][i])
+    lines += pair("batch", f"{data.batch:06d}")
+    lines += pair("stan", f"{data.stan:06d}")
+    lines += pair("when", data.when.strftime("%Y/%m/%d %H:%M:%S"))
+    lines += pair("rrn", data.rrn)
+    lines += pair("auth_code", data.auth_code)
+    lines += pair("aid", data.aid)
+    lines += pair("app_label", data.app_label)
+    lines += pair("tc", data.tc)
+    lines += rule
+    lines += styled("big", _pair(label("amount"), _amount_text(data, lang), width))
+    if data.offline:
+        lines += styled("bold", _center(label("offline"), width))
+    lines += rule
+    lines += _cardholder_block(data, copy, label, width)
+    return lines
+
+
+def _amount_text(data: ReceiptData, lang: str) -> str:
+    shown = currency_alpha(data.currency)
+    if lang == "zh":
+        shown = CURRENCY_SHOWN_ZH.get(data.currency, shown)
+    return f"{shown} {format_amount(data.amount, data.currency)}"
+
+
+def _cardholder_block(data: ReceiptData, copy: str, label, width: int) -> list[Line]:
+    """'PIN VERIFIED' on both copies, else a signature area on the merchant copy only."""
+    if data.pin_verified:
+        return [("bold", label("pin_verified"))]
+    if copy != "merchant":
+        return []
+    blank = [("normal", "")] * SIGNATURE_BLANK_LINES
+    ack = [("normal", text) for text in _wrap(label("acknowledge"), width)]
+    return [("normal", label("signature"))] + blank + [("normal", "-" * width)] + ack
+
+
+# ---------------------------------------------------------------- emitters
+
+
+def preview(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) -> str:
+    """The receipt as a person reads it: one text line per printed line."""
+    return "".join(text + "\n" for _style, text in layout(data, copy, lang=lang, width=width))
+
+
+def render(
+    data: ReceiptData, copy: str, *, lang: str = "en", encoding: str = "GB18030", width: int = 32
+) -> bytes:
+    """The receipt as ESC/POS bytes (see the module docstring for the exact sequence)."""
+    _check_in("encoding", encoding, ENCODINGS)
+    lines = layout(data, copy, lang=lang, width=width)
+    cjk_on, cjk_off = ENCODINGS[encoding] if not all(t.isascii() for _s, t in lines) else (b"", b"")
+    printer = Dummy(profile="default")
+    printer.hw("INIT")
+    printer.charcode("CP437")
+    printer._raw(cjk_on)
+    style = "normal"  # the state ESC @ leaves
+    for number, (line_style, text) in enumerate(lines, start=1):
+        if line_style != style:
+            printer.set(**STYLES[line_style])
+            style = line_style
+        _emit(printer, text, encoding, number)
+    if style != "normal":
+        printer.set(**STYLES["normal"])
+    printer._raw(cjk_off)
+    printer.cut()  # ESC d 6 (feed) then GS V 0
+    return printer.output
+
+
+def _emit(printer: Dummy, text: str, encoding: str, number: int) -> None:
+    if text.isascii():
+        printer.text(text + "\n")
+        return
+    try:
+        printer._raw(text.encode(encoding) + b"\n")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"receipt line {number} cannot be printed in {encoding}: {err.reason}") from err

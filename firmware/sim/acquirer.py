@@ -1,0 +1,334 @@
+"""ISO 8583 acquirer host simulator: sign-on, sales, reversals, over asyncio TCP.
+
+Runs on the caller's asyncio loop; never blocks it. All sqlite work (the Ledger) runs on
+one named worker thread ("acq-ledger") through loop.run_in_executor, in arrival order.
+Each connection serves framed requests (2-byte length) one after another; connections are
+served concurrently. Decisions follow docs/acquirer-protocol.md and the catalog; every sale
+decision (declines and unanswered ones too) and every reversal is recorded in the ledger.
+Fault knobs (`Faults`) are read per request, so tests may change them at run time; delays
+are seconds. Logs (logger "kpos.sim.acquirer") carry messages.describe() output only,
+never a PAN, track 2 or PIN block. TEST HOST: catalog cards and keys only.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from firmware import keys
+from firmware.acquirer import messages
+from firmware.acquirer.messages import MessageError, WorkingKeys
+from firmware.cardsafe import mask_pan
+from firmware.sim.catalog import Catalog, TestCard, load_catalog
+from firmware.sim.ledger import PIN_TRIES_LIMIT, Authorisation, Ledger
+
+__all__ = ["Faults", "AcquirerSimulator", "serve", "sale_response", "NO_ANSWER"]
+
+log = logging.getLogger("kpos.sim.acquirer")
+T = TypeVar("T")
+
+NO_ANSWER = "no_response"  # decision: read the request, never answer (catalog term)
+
+# Response field 39 codes the simulator decides itself.
+RC_APPROVED, RC_BAD_TERMINAL, RC_BAD_TXN, RC_BAD_CARD = "00", "03", "12", "14"
+RC_FORMAT, RC_LOW_FUNDS, RC_EXPIRED, RC_WRONG_PIN = "30", "51", "54", "55"
+RC_PIN_TRIES, RC_SYSTEM, RC_DUPLICATE = "75", "96", "94"
+
+SALE_PROCESSING_CODE = "000000"
+
+# Fields a request must carry, per MTI (else 39 = "30" format error).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "0800": ("11", "41"),
+    "0200": ("2", "3", "4", "11", "41"),
+    "0400": ("4", "11", "41"),
+    "0401": ("4", "11", "41"),
+}
+
+# Request fields echoed in each response (docs/acquirer-protocol.md).
+ECHO: dict[str, tuple[str, ...]] = {
+    "0800": ("11", "12", "13", "41", "42", "60"),
+    "0200": ("2", "3", "4", "11", "12", "13", "41", "42", "49"),
+    "0400": ("3", "4", "11", "41", "42"),
+    "0401": ("3", "4", "11", "41", "42"),
+}
+ECHO_OTHER = ("11", "41", "42")
+
+GARBLE_LEN = 48
+
+
+@dataclass
+class Faults:
+    """Fault knobs, read per request. drop/disconnect still let the host decide (and debit)."""
+
+    delay: float = 0.0  # seconds to wait before answering
+    drop: bool = False  # read, decide, never answer
+    disconnect: bool = False  # read, decide, close the connection without answering
+    garble: bool = False  # answer random bytes, correctly framed
+
+
+def echo(req: dict, names: tuple[str, ...]) -> dict:
+    return {k: req[k] for k in names if k in req}
+
+
+def mmdd(now: datetime) -> str:
+    return now.strftime("%m%d")
+
+
+def expired(expiry_yymm: str, now: datetime) -> bool:
+    """True when the card's last valid month (YYMM) is before the transaction month."""
+    return expiry_yymm < now.strftime("%y%m")
+
+
+def original_stan(req: dict) -> str:
+    """STAN of the sale a reversal names: field 61 batch(6)+STAN(6), else field 11."""
+    f61 = req.get("61", "")
+    return f61[6:12] if len(f61) >= 12 else req["11"]
+
+
+def batch_of(req: dict) -> str:
+    """Field 60.2 batch number (6 digits) or '' when absent."""
+    return req.get("60", "")[2:8]
+
+
+class AcquirerSimulator:
+    """The host. start() binds and returns the port; stop() closes connections and ledger."""
+
+    def __init__(self, catalog: Catalog, ledger_path: Path, *, faults: Faults | None = None,
+                 clock: Callable[[], datetime] | None = None):
+        self.catalog = catalog
+        self.ledger_path = Path(ledger_path)
+        self.faults = faults or Faults()
+        self.clock = clock or datetime.now
+        self.port = 0
+        self.requests_seen = 0  # decodable requests read, all connections
+        self._server: asyncio.Server | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._ledger: Ledger | None = None
+        self._seen: asyncio.Condition | None = None
+        self._connections: set[asyncio.Task] = set()
+        self._handlers = {"0800": self._signon, "0200": self._sale,
+                          "0400": self._reversal, "0401": self._reversal}
+
+    # lifecycle (loop thread) ----------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="acq-ledger")
+        self._seen = asyncio.Condition()
+        self._ledger = await self.in_ledger(lambda _: Ledger(self.ledger_path, self.catalog))
+        self._server = await asyncio.start_server(self._serve_connection, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("acquirer simulator listening on %s:%d", host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(list(self._connections))  # each ends by closing its writer
+        await self._server.wait_closed()
+        await self.in_ledger(lambda ledger: ledger.close())
+        self._executor.shutdown(wait=True)
+        self._server = self._ledger = None
+        log.info("acquirer simulator on port %d stopped", self.port)
+
+    async def in_ledger(self, fn: Callable[[Ledger], T]) -> T:
+        """Run fn(ledger) on the ledger thread and await its result (tests use it too)."""
+        if self._executor is None:
+            raise RuntimeError("acquirer simulator not started")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(self._ledger))
+
+    async def wait_requests(self, n: int, timeout: float) -> None:
+        """Wait until `n` requests in total have been read; TimeoutError after `timeout` s."""
+        async with self._seen:
+            await asyncio.wait_for(self._seen.wait_for(lambda: self.requests_seen >= n), timeout)
+
+    # connections (loop thread) --------------------------------------------------------
+
+    async def _serve_connection(self, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        try:
+            while await self._serve_one(reader, writer, peer):
+                pass
+        except ConnectionError as exc:
+            log.info("connection from %s lost: %s", peer, exc)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _serve_one(self, reader, writer, peer) -> bool:
+        """Read, decide and answer one request; False when the connection must end."""
+        try:
+            req = messages.decode(await messages.read_frame(reader))
+        except asyncio.IncompleteReadError:
+            return False  # the terminal hung up
+        except MessageError as exc:
+            log.warning("malformed frame from %s, closing: %s", peer, exc)
+            return False
+        await self._count_request()
+        log.info("request from %s: %s", peer, messages.describe(req))
+        resp = await self.in_ledger(lambda _: self._respond(req))
+        faults = self.faults
+        if faults.disconnect:
+            log.info("fault: disconnect without answering STAN %s", req.get("11"))
+            return False
+        if resp is None or faults.drop:
+            log.info("no answer to STAN %s (%s)", req.get("11"), "fault: drop" if resp else "decision")
+            return True
+        if faults.delay:
+            await asyncio.sleep(faults.delay)  # the fault itself, not a wait for something
+        await self._send(writer, resp)
+        return True
+
+    async def _send(self, writer: asyncio.StreamWriter, resp: dict) -> None:
+        if self.faults.garble:
+            raw = b"\xff" + os.urandom(GARBLE_LEN - 1)  # 0xFF never starts an ASCII MTI
+            log.info("fault: garbled answer to STAN %s", resp.get("11"))
+        else:
+            raw = messages.encode(resp)
+            log.info("answer: %s", messages.describe(resp))
+        writer.write(messages.frame(raw))
+        await writer.drain()
+
+    async def _count_request(self) -> None:
+        async with self._seen:
+            self.requests_seen += 1
+            self._seen.notify_all()
+
+    # decisions (ledger thread) --------------------------------------------------------
+
+    def _respond(self, req: dict) -> dict | None:
+        """The response fields for `req`, or None for no answer. Ledger thread only."""
+        mti = req.get("t", "")
+        try:
+            resp_mti = messages.response_mti(mti)
+        except MessageError as exc:
+            log.warning("unanswerable request: %s", exc)
+            return None
+        missing = [f for f in REQUIRED.get(mti, ()) if f not in req]
+        if missing:
+            log.warning("MTI %s STAN %s: missing field %s", mti, req.get("11"), missing[0])
+            return {"t": resp_mti, **echo(req, ECHO_OTHER), "39": RC_FORMAT}
+        handler = self._handlers.get(mti)
+        if handler is None:
+            return {"t": resp_mti, **echo(req, ECHO_OTHER), "39": RC_BAD_TXN}
+        try:
+            resp = handler(req, self.clock())
+        except Exception:
+            log.exception("host error on MTI %s STAN %s", mti, req.get("11"))
+            return {"t": resp_mti, **echo(req, ECHO.get(mti, ECHO_OTHER)), "39": RC_SYSTEM}
+        if resp is not None:
+            resp["t"] = resp_mti
+        return resp
+
+    def _signon(self, req: dict, now: datetime) -> dict:
+        tid = req["41"]
+        resp = {**echo(req, ECHO["0800"]), "37": self._ledger.next_rrn()}
+        tmk = self.catalog.terminal_keys.get(tid)
+        if tmk is None:
+            log.warning("sign-on from unknown terminal %s", tid)
+            return {**resp, "39": RC_BAD_TERMINAL}
+        pik, mak = keys.random_key(), keys.random_key()
+        self._ledger.set_session_keys(tid, pik, mak)
+        wk = WorkingKeys(pik_enc=keys.wrap_key(tmk, pik), pik_kcv=keys.kcv(pik),
+                         mak_enc=keys.wrap_key(tmk, mak), mak_kcv=keys.kcv(mak))
+        log.info("terminal %s signed on: %r", tid, keys.SessionKeys(pik=pik, mak=mak))
+        return {**resp, "39": RC_APPROVED, "62": messages.working_keys_field(wk)}
+
+    def _sale(self, req: dict, now: datetime) -> dict | None:
+        rc = self._sale_code(req, now)
+        auth = self._ledger.authorise(
+            tid=req["41"], stan=req["11"], date=req.get("13") or mmdd(now), batch=batch_of(req),
+            pan=req["2"], amount=int(req["4"]), rc=None if rc == NO_ANSWER else rc)
+        log.info("sale STAN %s card %s amount %d: %s", auth.stan, auth.pan_masked, auth.amount,
+                 "no answer" if rc == NO_ANSWER else rc)
+        return None if rc == NO_ANSWER else sale_response(req, auth)
+
+    def _sale_code(self, req: dict, now: datetime) -> str:
+        """Response code of a sale, checks in the documented order (or NO_ANSWER)."""
+        tid, pan, amount = req["41"], req["2"], int(req["4"])
+        if tid not in self.catalog.terminal_keys:
+            return RC_BAD_TERMINAL
+        if req["3"] != SALE_PROCESSING_CODE:
+            return RC_BAD_TXN
+        if self._ledger.find(tid, req["11"], req.get("13") or mmdd(now)) is not None:
+            return RC_DUPLICATE
+        if amount in self.catalog.magic_amounts:
+            return self.catalog.magic_amounts[amount]
+        card = self.catalog.by_pan(pan)
+        if card is None or not self._ledger.has_account(pan):
+            return RC_BAD_CARD
+        if card.outcome == NO_ANSWER:
+            return NO_ANSWER
+        if card.forced_code:
+            return card.forced_code
+        if expired(req.get("14", card.expiry), now):
+            return RC_EXPIRED
+        pin_rc = self._pin_code(req, tid, card)
+        if pin_rc:
+            return pin_rc
+        if amount > self._ledger.balance(pan):
+            return RC_LOW_FUNDS
+        return RC_APPROVED
+
+    def _pin_code(self, req: dict, tid: str, card: TestCard) -> str | None:
+        """None when the online PIN is right; else 55 / 75 (tries) / 96 (no session key)."""
+        if "52" not in req:
+            return RC_WRONG_PIN  # online PIN required for every catalog card
+        if self._ledger.pin_tries(card.pan) >= PIN_TRIES_LIMIT:
+            return RC_PIN_TRIES
+        session = self._ledger.session_keys(tid)
+        if session is None:
+            log.warning("PIN block from terminal %s that never signed on", tid)
+            return RC_SYSTEM
+        try:
+            ok = keys.decrypt_pin_iso0(req["52"], card.pan, session[0]) == card.pin
+        except ValueError as exc:
+            log.info("PIN block for %s unreadable: %s", mask_pan(card.pan), exc)
+            ok = False
+        tries = self._ledger.record_pin(card.pan, ok)
+        if ok:
+            return None
+        return RC_PIN_TRIES if tries >= PIN_TRIES_LIMIT else RC_WRONG_PIN
+
+    def _reversal(self, req: dict, now: datetime) -> dict:
+        tid = req["41"]
+        resp = echo(req, ECHO["0400"])
+        if tid not in self.catalog.terminal_keys:
+            return {**resp, "39": RC_BAD_TERMINAL}
+        stan, date = original_stan(req), req.get("13") or mmdd(now)
+        result = self._ledger.reverse(tid, stan, date, mti=req["t"], reason=req.get("39", ""))
+        log.info("reversal %s of STAN %s: found=%s credited=%s", req["t"], stan,
+                 result.found, result.credited)
+        return {**resp, "39": RC_APPROVED}
+
+
+def sale_response(req: dict, auth: Authorisation) -> dict:
+    """0210 fields (without MTI) for a recorded sale decision."""
+    resp = {**echo(req, ECHO["0200"]), "37": auth.rrn, "39": auth.rc}
+    if auth.auth_code:
+        resp["38"] = auth.auth_code
+    return resp
+
+
+async def serve(catalog_path: str | Path | None, ledger_path: str | Path, host: str, port: int,
+                faults: Faults | None = None) -> None:
+    """`kpos acquirer`: run the simulator until this coroutine is cancelled."""
+    sim = AcquirerSimulator(load_catalog(catalog_path), Path(ledger_path), faults=faults)
+    await sim.start(host, port)
+    try:
+        await asyncio.Event().wait()  # forever, until cancelled
+    finally:
+        await sim.stop()

@@ -1,0 +1,80 @@
+"""`kpos sim`: the acquirer simulator on loopback plus a terminal with simulated peripherals.
+
+Everything runs on the caller's asyncio loop. `SimSession` is also what the scenario runner
+and the end-to-end tests use, so the simulator a developer drives by hand is the one tested.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import AsyncIterator
+
+from firmware.app import Devices, Terminal
+from firmware.config import Config
+from firmware.hal.display import RecordingDisplay
+from firmware.hal.printer_sim import SimPrinter
+from firmware.hal.reader_sim import SimCardReader
+from firmware.sim.acquirer import AcquirerSimulator, Faults
+from firmware.sim.catalog import Catalog, load_catalog
+
+__all__ = ["SimSession", "sim_session"]
+
+log = logging.getLogger("kpos.sim")
+
+
+class SimSession:
+    """A running simulator: `terminal`, `acquirer`, `reader`, `display`, `printer`, `catalog`."""
+
+    def __init__(self, cfg: Config, catalog: Catalog, acquirer: AcquirerSimulator,
+                 terminal: Terminal, reader: SimCardReader, display: RecordingDisplay,
+                 printer: SimPrinter):
+        self.cfg = cfg
+        self.catalog = catalog
+        self.acquirer = acquirer
+        self.terminal = terminal
+        self.reader = reader
+        self.display = display
+        self.printer = printer
+
+    @property
+    def receipts_dir(self) -> Path:
+        return self.cfg.terminal.data_dir / "receipts"
+
+
+@asynccontextmanager
+async def sim_session(cfg: Config, *, forward_display=None, inputs=(), faults: Faults | None = None,
+                      clock=None, start_acquirer: bool = True) -> AsyncIterator[SimSession]:
+    """Start acquirer + terminal; on exit stop the terminal (after its transaction) and the host."""
+    if cfg.sim is None:
+        raise ValueError(f"{cfg.path}: a [sim] section is needed to run the simulator")
+    catalog = load_catalog(cfg.sim.catalog)
+    data_dir = cfg.terminal.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    acquirer = AcquirerSimulator(catalog, cfg.sim.ledger, faults=faults)
+    if start_acquirer:
+        port = await acquirer.start("127.0.0.1", cfg.sim.acquirer_port)
+        cfg = replace(cfg, acquirer=replace(cfg.acquirer, host="127.0.0.1", port=port))
+    reader = SimCardReader(catalog)
+    display = RecordingDisplay(forward_display)
+    printer = SimPrinter(data_dir / "receipts")
+    devices = Devices(reader=reader, display=display, printer=printer, inputs=list(inputs))
+    terminal = Terminal(cfg, devices, clock=clock)
+    run_task = asyncio.get_running_loop().create_task(terminal.run(), name="terminal")
+    ready = asyncio.get_running_loop().create_task(terminal.ready.wait())
+    await asyncio.wait({run_task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if run_task.done():
+        ready.cancel()
+        await acquirer.stop()
+        run_task.result()  # raises the startup fault
+    session = SimSession(cfg, catalog, acquirer, terminal, reader, display, printer)
+    try:
+        yield session
+    finally:
+        terminal.request_stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(run_task), cfg.acquirer.response_timeout + 15)
+        finally:
+            await acquirer.stop()

@@ -1,0 +1,469 @@
+"""Tests for the acquirer host simulator and its ledger, over real TCP on 127.0.0.1.
+
+Each test runs its own simulator (port 0) on a fresh SQLite ledger under tmp_path, signs
+on for real, and builds PIN blocks under the PIK it unwrapped from the 0810.
+"""
+import asyncio
+import itertools
+import logging
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import pytest
+
+from firmware import keys
+from firmware.acquirer import messages
+from firmware.acquirer.messages import MessageError, TerminalIds
+from firmware.emv.card import CardData
+from firmware.sim.acquirer import AcquirerSimulator, Faults
+from firmware.sim.catalog import load_catalog
+from firmware.sim.ledger import Ledger, LedgerError, pan_key
+
+CATALOG = load_catalog()
+TID = "10000001"
+TMK = CATALOG.terminal_keys[TID]
+IDS = TerminalIds(TID, "898310048990001")
+NOW = datetime(2026, 5, 14, 10, 30, 0)
+CNY = 156
+ANSWER_TIMEOUT = 2.0
+SILENCE = 0.3  # how long "no frame arrives" is watched
+
+
+def card_data(name: str, pan: str | None = None) -> CardData:
+    c = CATALOG.cards[name]
+    pan = pan or c.pan
+    return CardData(pan=pan, expiry=c.expiry, pan_seq=c.psn, track2=f"{pan}={c.expiry}2010000000000",
+                    aid=c.aid, app_label=c.label, icc_data=b"")
+
+
+class Terminal:
+    """A minimal test terminal: one TCP connection, framed requests, real sign-on keys."""
+
+    def __init__(self, reader, writer):
+        self.reader, self.writer = reader, writer
+        self.stans = itertools.count(1)
+        self.session: keys.SessionKeys | None = None
+
+    @classmethod
+    async def connect(cls, port: int) -> "Terminal":
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def send(self, fields: dict) -> None:
+        await self.send_raw(messages.frame(messages.encode(fields)))
+
+    async def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def recv(self, timeout: float = ANSWER_TIMEOUT) -> dict:
+        return messages.decode(await asyncio.wait_for(messages.read_frame(self.reader), timeout))
+
+    async def ask(self, fields: dict) -> dict:
+        await self.send(fields)
+        return await self.recv()
+
+    async def assert_silent(self) -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(messages.read_frame(self.reader), SILENCE)
+
+    async def assert_closed(self) -> None:
+        assert await asyncio.wait_for(self.reader.read(), ANSWER_TIMEOUT) == b""
+
+    async def sign_on(self) -> dict:
+        resp = await self.ask(messages.signon_request(IDS, stan=next(self.stans), batch=1, now=NOW))
+        assert resp["39"] == "00"
+        self.session = keys.session_keys_from_working(TMK, messages.parse_working_keys(resp))
+        return resp
+
+    def sale(self, name: str, amount: int, *, pin: str | None = "catalog", stan: int | None = None,
+             pan: str | None = None) -> dict:
+        card = card_data(name, pan)
+        if pin == "catalog":
+            pin = CATALOG.cards[name].pin
+        block = None if pin is None else keys.pin_block_iso0(bytearray(pin.encode()), card.pan,
+                                                             self.session.pik)
+        return messages.sale_request(IDS, stan=stan or next(self.stans), batch=1, amount=amount,
+                                     currency=CNY, card=card, pin_block=block, now=NOW)
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except ConnectionError:
+            pass  # server already closed it; nothing left to release
+
+
+@asynccontextmanager
+async def running(tmp_path, faults: Faults | None = None):
+    sim = AcquirerSimulator(CATALOG, tmp_path / "acq.sqlite", faults=faults, clock=lambda: NOW)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+@asynccontextmanager
+async def signed_on(tmp_path, faults: Faults | None = None):
+    async with running(tmp_path, faults) as sim:
+        term = await Terminal.connect(sim.port)
+        await term.sign_on()
+        try:
+            yield sim, term
+        finally:
+            await term.close()
+
+
+async def balance(sim: AcquirerSimulator, name: str) -> int:
+    return await sim.in_ledger(lambda ledger: ledger.balance(CATALOG.cards[name].pan))
+
+
+# --- sign-on -----------------------------------------------------------------------
+
+
+def test_signon_delivers_keys_whose_kcvs_check(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            stored = await sim.in_ledger(lambda ledger: ledger.session_keys(TID))
+            assert stored == (term.session.pik, term.session.mak)
+            assert term.session.pik != term.session.mak
+            resp = await term.ask(messages.signon_request(IDS, stan=77, batch=5, now=NOW))
+            assert resp["t"] == "0810" and resp["11"] == "000077"
+            assert resp["60"] == "00000005003" and len(resp["37"]) == 12
+            fresh = keys.session_keys_from_working(TMK, messages.parse_working_keys(resp))
+            assert fresh.pik != term.session.pik  # every sign-on gives new keys
+    asyncio.run(main())
+
+
+def test_signon_unknown_terminal_gets_03_and_no_keys(tmp_path):
+    async def main():
+        async with running(tmp_path) as sim:
+            term = await Terminal.connect(sim.port)
+            other = TerminalIds("99999999", IDS.merchant_id)
+            resp = await term.ask(messages.signon_request(other, stan=1, batch=1, now=NOW))
+            assert resp["39"] == "03" and "62" not in resp
+            await term.close()
+    asyncio.run(main())
+
+
+# --- sales ---------------------------------------------------------------------------
+
+
+def test_approved_sale_debits_exactly_and_returns_rrn_and_auth_code(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, "approve")
+            req = term.sale("approve", 12345)
+            resp = await term.ask(req)
+            assert resp["t"] == "0210" and resp["39"] == "00"
+            assert resp["37"].isdigit() and len(resp["37"]) == 12
+            assert resp["38"].isdigit() and len(resp["38"]) == 6
+            assert messages.match_response(req, resp) is None
+            assert await balance(sim, "approve") == before - 12345
+            second = await term.ask(term.sale("approve", 1))
+            assert second["39"] == "00" and second["37"] != resp["37"]
+            assert await balance(sim, "approve") == before - 12346
+    asyncio.run(main())
+
+
+DECLINES = [
+    ("low_balance", 1001, "catalog", "51"),
+    ("expired", 100, "catalog", "54"),
+    ("approve", 100, "9999", "55"),
+    ("approve", 100, None, "55"),  # PIN required, block absent
+    ("stolen", 100, "catalog", "43"),
+    ("do_not_honour", 100, "catalog", "05"),
+    ("issuer_down", 100, "catalog", "91"),
+    ("approve", 90051, "catalog", "51"),
+    ("approve", 90005, "catalog", "05"),
+    ("visa", 90054, "catalog", "54"),
+]
+
+
+@pytest.mark.parametrize("name,amount,pin,code", DECLINES)
+def test_declines_leave_balance_alone(tmp_path, name, amount, pin, code):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, name)
+            req = term.sale(name, amount, pin=pin)
+            resp = await term.ask(req)
+            assert resp["39"] == code
+            assert "38" not in resp and len(resp["37"]) == 12
+            assert await balance(sim, name) == before
+            decisions = await sim.in_ledger(lambda l: l.decisions(TID, req["11"], req["13"]))
+            assert decisions == [code]
+    asyncio.run(main())
+
+
+def test_low_balance_card_approves_within_balance(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            assert (await term.ask(term.sale("low_balance", 1000)))["39"] == "00"
+            assert await balance(sim, "low_balance") == 0
+    asyncio.run(main())
+
+
+def test_unknown_card_gets_14(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            resp = await term.ask(term.sale("approve", 100, pan="6226099999999999"))
+            assert resp["39"] == "14"
+    asyncio.run(main())
+
+
+def test_three_wrong_pins_give_75_even_for_the_right_pin_after(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            codes = [(await term.ask(term.sale("visa", 100, pin="0000")))["39"] for _ in range(3)]
+            assert codes == ["55", "55", "75"]
+            assert (await term.ask(term.sale("visa", 100)))["39"] == "75"
+            assert await balance(sim, "visa") == CATALOG.cards["visa"].balance
+    asyncio.run(main())
+
+
+def test_right_pin_resets_the_try_counter(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            for _ in range(2):
+                assert (await term.ask(term.sale("visa", 100, pin="0000")))["39"] == "55"
+            assert (await term.ask(term.sale("visa", 100)))["39"] == "00"
+            assert (await term.ask(term.sale("visa", 100, pin="0000")))["39"] == "55"
+    asyncio.run(main())
+
+
+def test_duplicate_stan_gets_94_without_second_debit(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, "approve")
+            req = term.sale("approve", 500, stan=4242)
+            assert (await term.ask(req))["39"] == "00"
+            dup = await term.ask(term.sale("approve", 500, stan=4242))
+            assert dup["39"] == "94" and "38" not in dup
+            assert await balance(sim, "approve") == before - 500
+            decisions = await sim.in_ledger(lambda l: l.decisions(TID, "004242", req["13"]))
+            assert decisions == ["00", "94"]
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("name,amount", [("no_response", 100), ("approve", 90098)])
+def test_no_response_reads_and_never_answers(tmp_path, name, amount):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            seen = sim.requests_seen
+            before = await balance(sim, name)
+            await term.send(term.sale(name, amount))
+            await sim.wait_requests(seen + 1, ANSWER_TIMEOUT)
+            await term.assert_silent()
+            assert await balance(sim, name) == before
+            # the same connection still serves the next request
+            assert (await term.ask(term.sale("approve", 100)))["39"] == "00"
+    asyncio.run(main())
+
+
+# --- reversals -----------------------------------------------------------------------
+
+
+def test_reversal_restores_balance_once(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, "approve")
+            sale = term.sale("approve", 2500)
+            assert (await term.ask(sale))["39"] == "00"
+            assert await balance(sim, "approve") == before - 2500
+            rev = await term.ask(messages.reversal_request(sale, "98"))
+            assert rev["t"] == "0410" and rev["39"] == "00"
+            assert (rev["11"], rev["4"], rev["3"]) == (sale["11"], sale["4"], "000000")
+            assert await balance(sim, "approve") == before
+            repeat = await term.ask(messages.reversal_request(sale, "98", repeat=True))
+            assert repeat["t"] == "0410" and repeat["39"] == "00"
+            assert await balance(sim, "approve") == before
+            count = await sim.in_ledger(lambda l: l.reversal_count(TID, sale["11"], sale["13"]))
+            assert count == 2
+    asyncio.run(main())
+
+
+def test_reversal_of_unknown_or_declined_sale_is_acknowledged_without_credit(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, "low_balance")
+            declined = term.sale("low_balance", 5000)
+            assert (await term.ask(declined))["39"] == "51"
+            assert (await term.ask(messages.reversal_request(declined, "98")))["39"] == "00"
+            never_sent = term.sale("low_balance", 700)
+            assert (await term.ask(messages.reversal_request(never_sent, "06")))["39"] == "00"
+            assert await balance(sim, "low_balance") == before
+    asyncio.run(main())
+
+
+# --- robustness ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("garbage", [b"\x00\x00", b"\x00\x05hello", b"\x00\x060200\xff\xff"])
+def test_garbage_frame_closes_connection_and_server_keeps_serving(tmp_path, caplog, garbage):
+    async def main():
+        async with running(tmp_path) as sim:
+            bad = await Terminal.connect(sim.port)
+            await bad.send_raw(garbage)
+            await bad.assert_closed()
+            await bad.close()
+            good = await Terminal.connect(sim.port)
+            await good.sign_on()
+            await good.close()
+    caplog.set_level(logging.WARNING, logger="kpos.sim.acquirer")
+    asyncio.run(main())
+    assert "malformed frame" in caplog.text
+
+
+def test_unknown_mti_answers_12(tmp_path):
+    async def main():
+        async with running(tmp_path) as sim:
+            term = await Terminal.connect(sim.port)
+            resp = await term.ask({"t": "0300", "11": "000009", "41": TID})
+            assert (resp["t"], resp["39"], resp["11"]) == ("0310", "12", "000009")
+            await term.close()
+    asyncio.run(main())
+
+
+def test_missing_mandatory_field_answers_30(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            req = term.sale("approve", 100)
+            del req["4"]
+            assert (await term.ask(req))["39"] == "30"
+    asyncio.run(main())
+
+
+def test_concurrent_connections(tmp_path):
+    async def one_connection(port: int, session: keys.SessionKeys, amount: int) -> list[str]:
+        term = await Terminal.connect(port)
+        term.session, term.stans = session, itertools.count(1000 * amount)
+        codes = [(await term.ask(term.sale("approve", amount)))["39"] for _ in range(3)]
+        await term.close()
+        return codes
+
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):  # one terminal id, one session
+            before = await balance(sim, "approve")
+            results = await asyncio.gather(
+                *(one_connection(sim.port, term.session, a) for a in (1, 2, 3, 4)))
+            assert results == [["00"] * 3] * 4
+            assert await balance(sim, "approve") == before - 3 * 10
+    asyncio.run(main())
+
+
+def test_ledger_survives_restart(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            assert (await term.ask(term.sale("approve", 3000)))["39"] == "00"
+            session = term.session
+        async with running(tmp_path) as sim2:
+            assert await balance(sim2, "approve") == CATALOG.cards["approve"].balance - 3000
+            stored = await sim2.in_ledger(lambda l: l.session_keys(TID))
+            assert stored == (session.pik, session.mak)
+            term2 = await Terminal.connect(sim2.port)
+            term2.session, term2.stans = session, itertools.count(500)  # no new sign-on
+            assert (await term2.ask(term2.sale("approve", 1000)))["39"] == "00"
+            assert await balance(sim2, "approve") == CATALOG.cards["approve"].balance - 4000
+            await term2.close()
+    asyncio.run(main())
+
+
+# --- faults --------------------------------------------------------------------------
+
+
+def test_fault_drop_decides_but_never_answers(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, "approve")
+            sim.faults.drop = True
+            seen = sim.requests_seen
+            await term.send(term.sale("approve", 100))
+            await sim.wait_requests(seen + 1, ANSWER_TIMEOUT)
+            await term.assert_silent()
+            assert await balance(sim, "approve") == before - 100  # the host did approve
+            sim.faults.drop = False
+            assert (await term.ask(term.sale("approve", 100)))["39"] == "00"
+    asyncio.run(main())
+
+
+def test_fault_disconnect_closes_after_reading(tmp_path):
+    async def main():
+        async with signed_on(tmp_path, Faults()) as (sim, term):
+            sim.faults.disconnect = True
+            await term.send(term.sale("approve", 100))
+            await term.assert_closed()
+    asyncio.run(main())
+
+
+def test_fault_garble_sends_undecodable_frame(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            sim.faults.garble = True
+            await term.send(term.sale("approve", 100))
+            raw = await asyncio.wait_for(messages.read_frame(term.reader), ANSWER_TIMEOUT)
+            with pytest.raises(MessageError):
+                messages.decode(raw)
+    asyncio.run(main())
+
+
+def test_fault_delay_holds_the_answer(tmp_path):
+    async def main():
+        async with signed_on(tmp_path, Faults(delay=0.25)) as (sim, term):
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            assert (await term.ask(term.sale("approve", 100)))["39"] == "00"
+            assert loop.time() - start >= 0.25
+    asyncio.run(main())
+
+
+def test_logs_never_show_pan_or_pin_block(tmp_path, caplog):
+    pan = CATALOG.cards["approve"].pan
+    blocks = []
+
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            req = term.sale("approve", 100)
+            blocks.append(req["52"].hex())
+            await term.ask(req)
+            await term.ask(messages.reversal_request(req, "98"))
+            await term.ask(term.sale("approve", 100, pin="0000"))
+
+    caplog.set_level(logging.DEBUG)
+    asyncio.run(main())
+    text = caplog.text
+    assert "622609******0014" in text  # the sale was logged, masked
+    assert pan not in text and blocks[0] not in text.lower()
+
+
+# --- ledger alone ----------------------------------------------------------------------
+
+
+def test_ledger_overdraw_is_refused_atomically(tmp_path):
+    ledger = Ledger(tmp_path / "new-dir" / "l.sqlite", CATALOG)
+    pan = CATALOG.cards["low_balance"].pan
+    with pytest.raises(LedgerError, match="overdraw 622609\\*\\*\\*\\*\\*\\*0022: STAN 000001"):
+        ledger.authorise(tid=TID, stan="000001", date="0514", batch="000001", pan=pan,
+                         amount=1001, rc="00")
+    assert ledger.balance(pan) == 1000
+    assert ledger.find(TID, "000001", "0514") is None
+    ledger.close()
+
+
+def test_ledger_keeps_balances_across_reopen_and_stores_no_clear_pan(tmp_path):
+    path = tmp_path / "l.sqlite"
+    pan = CATALOG.cards["approve"].pan
+    ledger = Ledger(path, CATALOG)
+    auth = ledger.authorise(tid=TID, stan="000002", date="0514", batch="000001", pan=pan,
+                            amount=700, rc="00")
+    assert auth.auth_code and auth.pan_masked == "622609******0014"
+    assert ledger.reverse(TID, "000002", "0514").credited
+    assert not ledger.reverse(TID, "000002", "0514", mti="0401").credited
+    ledger.authorise(tid=TID, stan="000003", date="0514", batch="000001", pan=pan,
+                     amount=50, rc="00")
+    ledger.close()
+    reopened = Ledger(path, CATALOG)
+    assert reopened.balance(pan) == CATALOG.cards["approve"].balance - 50
+    assert reopened.find(TID, "000002", "0514").reversed
+    reopened.close()
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("l.sqlite*"))
+    assert pan_key(pan).encode() in stored and pan.encode() not in stored

@@ -1,0 +1,475 @@
+"""Sale flow state machine: event tables in, actions and screens out; no I/O."""
+from __future__ import annotations
+
+import pytest
+
+from firmware.emv.card import CardData
+from firmware.flows.sale import BUSY_PHASES, PHASES, SaleConfig, SaleState, busy, start, step
+from firmware.flows.types import (
+    LCD_COLS, LCD_ROWS, AuthResult, Authorise, Beep, CancelTimers, CardInserted, CardRead,
+    CardReadFailed, CardRemoved, Idle, Key, PinLength, Print, PrintDone, ReadCard, Screen, Show,
+    Shutdown, StartPin, StartTimer, StopPin, Timeout, wrap,
+)
+
+PAN = "6226090000000014"
+CARD = CardData(pan=PAN, expiry="3012", pan_seq="01", track2=PAN + "=3012201",
+                aid="A000000333010101", app_label="UnionPay Debit",
+                icc_data=b"\x9f\x26\x08" + bytes(8))
+CFG = SaleConfig(max_amount=9_999_999)
+
+IDLE = Screen("KPOS", ("SALE", "Key in amount"))
+READING = Screen("Reading card", ("Do not remove",))
+PROCESSING = Screen("Processing", ("Please wait",))
+REMOVE = Screen("Remove card", ("Please take card",))
+TO_IDLE = [CancelTimers(), Show(IDLE), Idle()]
+SEEN: list[Screen] = []  # every screen any test reached
+
+
+def amount_screen(text: str, note: str | None = None) -> Screen:
+    return Screen("SALE", ("Amount", text) + ((note,) if note else ()) + ("ENTER to confirm",))
+
+
+def pin_screen(n: int) -> Screen:
+    return Screen("CNY 12.50", ("Enter PIN", "*" * n, "622609******0014"))
+
+
+def keys(text: str) -> list[Key]:
+    return [Key(k) for k in text]
+
+
+def check_screen(screen: Screen) -> None:
+    SEEN.append(screen)
+    assert len(screen.lines) <= LCD_ROWS, screen
+    for line in (screen.title, *screen.lines):
+        assert len(line) <= LCD_COLS, (line, screen)
+        assert PAN not in line and "0000000014" not in line, screen
+
+
+def drive(events, state: SaleState | None = None, cfg: SaleConfig = CFG):
+    """Feed events; return the final state and the action list of each step."""
+    if state is None:
+        state, _ = start(cfg)
+    per_step = []
+    for event in events:
+        state, actions = step(cfg, state, event)
+        for action in actions:
+            if isinstance(action, Show):
+                check_screen(action.screen)
+        per_step.append(actions)
+    return state, per_step
+
+
+def flat(per_step) -> list:
+    return [a for actions in per_step for a in actions]
+
+
+def shows(per_step) -> list[Screen]:
+    return [a.screen for a in flat(per_step) if isinstance(a, Show)]
+
+
+# Prefixes: how far into a sale of CNY 12.50
+TO_PRESENT = keys("1250") + [Key("ENTER")]
+TO_READING = TO_PRESENT + [CardInserted()]
+TO_PIN = TO_READING + [CardRead(CARD)]
+TO_AUTH = TO_PIN + [PinLength(1), PinLength(2), PinLength(3), PinLength(4), Key("ENTER")]
+
+
+def approved_screen(last: str) -> Screen:
+    return Screen("APPROVED", ("CNY 12.50", "Auth 123456", last), "ok")
+
+
+HAPPY = [
+    (Key("1"), [Beep("key"), Show(amount_screen("CNY 0.01"))]),
+    (Key("2"), [Beep("key"), Show(amount_screen("CNY 0.12"))]),
+    (Key("5"), [Beep("key"), Show(amount_screen("CNY 1.25"))]),
+    (Key("0"), [Beep("key"), Show(amount_screen("CNY 12.50"))]),
+    (Key("ENTER"), [Beep("key"), Show(Screen("SALE CNY 12.50", ("Insert card",))),
+                    StartTimer("card", 60, 1)]),
+    (CardInserted(), [CancelTimers(), Show(READING), ReadCard()]),
+    (CardRead(CARD), [Show(pin_screen(0)), StartPin(12), StartTimer("pin", 60, 2)]),
+    (PinLength(1), [Beep("key"), Show(pin_screen(1))]),
+    (PinLength(2), [Beep("key"), Show(pin_screen(2))]),
+    (PinLength(3), [Beep("key"), Show(pin_screen(3))]),
+    (PinLength(4), [Beep("key"), Show(pin_screen(4))]),
+    (Key("ENTER"), [CancelTimers(), Show(PROCESSING), Authorise("sale", 1250)]),
+    (AuthResult("approved", "00", "Approved", "123456", "000000000042", 7),
+     [Show(approved_screen("Printing...")), Beep("ok"), Print(7)]),
+    (PrintDone(True), [Show(approved_screen("Take receipts")), StartTimer("result", 5, 3)]),
+    (Timeout("result", 3), [CancelTimers(), Show(REMOVE)]),
+    (CardRemoved(), TO_IDLE),
+]
+
+
+def test_start_shows_idle():
+    state, actions = start(CFG)
+    assert state == SaleState() and actions == [Show(IDLE)]
+
+
+def test_happy_path_step_by_step():
+    state, _ = start(CFG)
+    phases = []
+    for event, expected in HAPPY:
+        state, actions = step(CFG, state, event)
+        for action in actions:
+            if isinstance(action, Show):
+                check_screen(action.screen)
+        assert actions == expected, event
+        phases.append(state.phase)
+    assert phases == ["AMOUNT"] * 4 + ["PRESENT_CARD", "READING"] + ["PIN"] * 5 + [
+        "AUTHORISING", "PRINTING", "RESULT", "REMOVE_CARD", "IDLE"]
+    assert state == SaleState(token=3)  # back to a clean idle, card data dropped
+
+
+@pytest.mark.parametrize("events, amount, last", [
+    (keys("0"), None, None),  # "0" in idle does nothing
+    (keys("00") + [Key("ENTER")] + keys("0012"), 12, amount_screen("CNY 0.12")),
+    (keys("1234") + [Key("BACK")], 123, amount_screen("CNY 1.23")),
+    (keys("12") + [Key("BACK"), Key("BACK"), Key("BACK")], 0, amount_screen("CNY 0.00")),
+    (keys("1234") + [Key("CLEAR")] + keys("5"), 5, amount_screen("CNY 0.05")),
+    (keys("9999999") + keys("9"), 9_999_999,
+     amount_screen("CNY 99999.99", "Max CNY 99999.99")),
+    (keys("1000000") + keys("0") + keys("1"), 1_000_000,
+     amount_screen("CNY 10000.00", "Max CNY 99999.99")),
+])
+def test_amount_editing(events, amount, last):
+    state, per_step = drive(events)
+    if amount is None:
+        assert state.phase == "IDLE" and flat(per_step) == []
+        return
+    assert state.phase == "AMOUNT" and state.amount == amount
+    assert shows(per_step)[-1] == last
+
+
+def test_max_amount_refused_with_error_beep_and_unchanged_amount():
+    state, per_step = drive(keys("9999999"))
+    after, actions = step(CFG, state, Key("9"))
+    assert after == state
+    assert actions == [Beep("error"), Show(amount_screen("CNY 99999.99", "Max CNY 99999.99"))]
+    # the next accepted key drops the note again
+    _, actions = step(CFG, after, Key("BACK"))
+    assert actions == [Beep("key"), Show(amount_screen("CNY 9999.99"))]
+
+
+def test_leading_zero_produces_no_action():
+    state, _ = drive([Key("ENTER")])
+    assert state.phase == "AMOUNT"
+    assert step(CFG, state, Key("0")) == (state, [])
+
+
+def test_enter_on_zero_amount_refused():
+    state, per_step = drive([Key("ENTER"), Key("ENTER")])
+    assert state.phase == "AMOUNT" and state.amount == 0
+    assert per_step[1] == [Beep("error")]
+
+
+def test_single_digit_over_a_tiny_max_refused_from_idle():
+    cfg = SaleConfig(max_amount=5)
+    state, per_step = drive(keys("7"), cfg=cfg)
+    assert state.phase == "AMOUNT" and state.amount == 0
+    assert per_step[0] == [Beep("error"), Show(amount_screen("CNY 0.00", "Max CNY 0.05"))]
+
+
+def test_cancel_during_amount_goes_idle():
+    state, per_step = drive(keys("12") + [Key("CANCEL")])
+    assert state == SaleState()
+    assert per_step[-1] == TO_IDLE
+
+
+CANCELLED = Screen("Cancelled", ("Sale not done",))
+RESULT_TIMER = StartTimer("result", 5, 2)
+
+
+@pytest.mark.parametrize("prefix, event, expected", [
+    (TO_PRESENT, Key("CANCEL"), [CancelTimers(), Show(CANCELLED), RESULT_TIMER]),
+    (TO_PRESENT, Timeout("card", 1),
+     [CancelTimers(), Show(Screen("Timed out", ("No card presented",), "error")), Beep("error"),
+      RESULT_TIMER]),
+    (TO_PIN, Key("CANCEL"),
+     [StopPin(), CancelTimers(), Show(CANCELLED), StartTimer("result", 5, 3)]),
+    (TO_PIN, Timeout("pin", 2),
+     [StopPin(), CancelTimers(), Show(Screen("PIN timeout", ("Sale not done",), "error")),
+      Beep("error"), StartTimer("result", 5, 3)]),
+    (TO_PIN, CardRemoved(),
+     [StopPin(), CancelTimers(), Show(Screen("Card removed", ("Sale not done",), "error")),
+      Beep("error"), StartTimer("result", 5, 3)]),
+    (TO_READING, CardRemoved(),
+     [Show(Screen("Card removed", ("Sale not done",), "error")), Beep("error"), RESULT_TIMER]),
+    (TO_READING, CardReadFailed("no application"),
+     [Show(Screen("Card read error", ("no application",), "error")), Beep("error"), RESULT_TIMER]),
+])
+def test_early_exits_to_result(prefix, event, expected):
+    state, _ = drive(prefix)
+    state, per_step = drive([event], state)
+    assert state.phase == "RESULT"
+    assert per_step[0] == expected
+
+
+def test_result_then_idle_when_no_card():
+    state, _ = drive(TO_PRESENT + [Key("CANCEL")])
+    assert state.phase == "RESULT" and not state.card_present
+    for leave in (Key("ENTER"), Key("CANCEL"), Timeout("result", state.token)):
+        after, actions = step(CFG, state, leave)
+        assert after.phase == "IDLE" and actions == TO_IDLE, leave
+
+
+def test_result_then_remove_card_when_card_present():
+    state, _ = drive(TO_PIN + [Key("CANCEL")])
+    assert state.phase == "RESULT" and state.card_present
+    state, per_step = drive([Key("ENTER"), Key("ENTER"), CardRemoved()], state)
+    assert per_step == [[CancelTimers(), Show(REMOVE)], [], TO_IDLE]
+    assert state.phase == "IDLE" and not state.card_present
+
+
+def test_card_removed_while_result_shown_skips_remove_card():
+    state, _ = drive(TO_PIN + [Key("CANCEL"), CardRemoved()])
+    assert state.phase == "RESULT" and not state.card_present
+    state, per_step = drive([Timeout("result", state.token)], state)
+    assert state.phase == "IDLE" and per_step[0] == TO_IDLE
+
+
+@pytest.mark.parametrize("prefix, stale", [
+    (TO_PRESENT, Timeout("card", 0)),  # old token
+    (TO_PRESENT, Timeout("pin", 1)),  # right token, wrong name
+    (TO_PRESENT, Timeout("result", 1)),
+    (TO_PIN, Timeout("card", 2)),
+    (TO_PIN, Timeout("pin", 1)),  # the PIN timer's name, a stale token
+    (TO_PIN, Timeout("pin", 3)),  # a token never issued
+])
+def test_stale_timer_ignored(prefix, stale):
+    state, _ = drive(prefix)
+    assert state.timer in ("card", "pin") and state.token in (1, 2)
+    assert step(CFG, state, stale) == (state, [])
+
+
+def test_timer_of_a_left_phase_ignored_later():
+    # card timer token 1 fires late, while the PIN timer (token 2) runs
+    state, _ = drive(TO_PIN)
+    assert step(CFG, state, Timeout("card", 1)) == (state, [])
+    # the result timer of a finished sale does not touch the next sale
+    done, _ = drive(TO_PRESENT + [Key("CANCEL"), Key("ENTER")])
+    assert done.phase == "IDLE" and done.token == 2
+    fresh, _ = drive(keys("5") + [Key("ENTER")], done)
+    assert fresh.phase == "PRESENT_CARD" and fresh.token == 3
+    assert step(CFG, fresh, Timeout("result", 2)) == (fresh, [])
+
+
+def test_pin_too_short_stays_in_pin():
+    state, _ = drive(TO_PIN + [PinLength(3)])
+    after, actions = step(CFG, state, Key("ENTER"))
+    assert after == state and actions == [Beep("error")]
+    after, actions = step(CFG, state, PinLength(0))
+    assert after.pin_length == 0 and actions == [Beep("key"), Show(pin_screen(0))]
+
+
+def test_pin_length_clamped_to_pin_max():
+    state, per_step = drive(TO_PIN + [PinLength(40)])
+    assert state.pin_length == 12
+    assert shows(per_step)[-1].lines[1] == "*" * 12
+    assert step(CFG, state, PinLength(13)) == (state, [Beep("error")])  # pad full
+
+
+def test_pin_length_unchanged_beeps_error():
+    state, _ = drive(TO_PIN)
+    assert step(CFG, state, PinLength(0)) == (state, [Beep("error")])  # BACK on empty
+
+
+def test_keys_ignored_while_authorising_and_card_removal_tracked():
+    state, _ = drive(TO_AUTH)
+    assert state.phase == "AUTHORISING"
+    for event in (Key("CANCEL"), Key("1"), PinLength(2), Timeout("pin", 2), PrintDone(True)):
+        assert step(CFG, state, event) == (state, []), event
+    state, actions = step(CFG, state, CardRemoved())
+    assert state.phase == "AUTHORISING" and not state.card_present and actions == []
+    # approved then printed: RESULT, then idle directly (no card to remove)
+    state, per_step = drive([AuthResult("approved", "00", auth_code="123456", txn_id=9),
+                             PrintDone(True), Key("ENTER")], state)
+    assert per_step[0][-1] == Print(9)
+    assert state.phase == "IDLE" and per_step[-1] == TO_IDLE
+
+
+@pytest.mark.parametrize("result, screen", [
+    (AuthResult("declined", "51", "Insufficient funds"),
+     Screen("DECLINED", ("Insufficient funds", "Code 51"), "error")),
+    (AuthResult("declined", "05", "Do not honour - contact your issuing bank please"),
+     Screen("DECLINED", ("Do not honour -", "contact your issu...", "Code 05"), "error")),
+    (AuthResult("no_response"), Screen("NO RESPONSE", ("Reversal pending",), "error")),
+    (AuthResult("not_sent", message="Connection refused"),
+     Screen("NOT SENT", ("Host unreachable", "Connection refused"), "error")),
+    (AuthResult("not_sent"), Screen("NOT SENT", ("Host unreachable",), "error")),
+    (AuthResult("maybe"), Screen("ERROR", ("Unknown outcome", "maybe", "Check journal"), "error")),
+])
+def test_unsuccessful_outcomes(result, screen):
+    state, _ = drive(TO_AUTH)
+    state, actions = step(CFG, state, result)
+    assert state.phase == "RESULT"
+    assert actions == [Show(screen), Beep("error"), StartTimer("result", 5, 3)]
+    check_screen(screen)
+
+
+def test_printer_failure_keeps_approval_and_says_receipt_queued():
+    state, per_step = drive(TO_AUTH + [AuthResult("approved", "00", auth_code="123456", txn_id=7),
+                                       PrintDone(False, "paper out")])
+    assert state.phase == "RESULT"
+    screen = Screen("APPROVED", ("CNY 12.50", "Auth 123456", "Printer: paper out",
+                                 "Receipt queued"), "ok")
+    assert per_step[-1] == [Beep("error"), Show(screen), StartTimer("result", 5, 3)]
+
+
+def test_approved_without_journal_row_shows_no_receipt():
+    state, per_step = drive(TO_AUTH + [AuthResult("approved", "00", auth_code="123456")])
+    assert state.phase == "RESULT"
+    assert not any(isinstance(a, Print) for a in per_step[-1])
+    assert Show(approved_screen("No receipt")) in per_step[-1]
+
+
+def test_card_already_inserted_before_enter_reads_at_once():
+    state, per_step = drive([CardInserted()] + keys("1250") + [Key("ENTER")])
+    assert per_step[0] == [] and state.card_present
+    assert state.phase == "READING"
+    assert per_step[-1] == [Show(READING), ReadCard()]
+
+
+def test_card_insert_and_remove_in_idle_only_tracked():
+    state, per_step = drive([CardInserted()])
+    assert state == SaleState(card_present=True) and per_step == [[]]
+    state, per_step = drive([CardRemoved()], state)
+    assert state == SaleState() and per_step == [[]]
+
+
+def test_read_failure_reason_too_long_is_cut():
+    reason = "the card answered 6A82 to SELECT of every known application id"
+    state, per_step = drive(TO_READING + [CardReadFailed(reason)])
+    screen = shows(per_step)[-1]
+    assert screen.title == "Card read error" and screen.tone == "error"
+    assert screen.lines == wrap(reason, 2) and screen.lines[-1].endswith("...")
+
+
+def test_shutdown_during_pin_goes_idle_with_stoppin():
+    state, _ = drive(TO_PIN + [PinLength(2)])
+    state, actions = step(CFG, state, Shutdown())
+    assert actions == [StopPin()] + TO_IDLE
+    assert state == SaleState(card_present=True, token=2)
+
+
+@pytest.mark.parametrize("prefix", [keys("12"), TO_PRESENT, TO_PRESENT + [Key("CANCEL")],
+                                    TO_PIN + [Key("CANCEL"), Key("ENTER")]])
+def test_shutdown_in_interactive_phases_goes_idle(prefix):
+    state, _ = drive(prefix)
+    assert state.phase in ("AMOUNT", "PRESENT_CARD", "RESULT", "REMOVE_CARD")
+    state, actions = step(CFG, state, Shutdown())
+    assert state.phase == "IDLE" and actions == TO_IDLE
+
+
+def test_shutdown_in_idle_just_reports_idle():
+    state, _ = start(CFG)
+    assert step(CFG, state, Shutdown()) == (state, [Idle()])
+
+
+def test_shutdown_during_authorising_deferred_until_receipt_printed():
+    state, _ = drive(TO_AUTH)
+    state, actions = step(CFG, state, Shutdown())
+    assert actions == [] and state.phase == "AUTHORISING" and state.stopping
+    state, per_step = drive([AuthResult("approved", "00", auth_code="123456", txn_id=7)], state)
+    assert state.phase == "PRINTING" and per_step[0][-1] == Print(7)  # receipts still print
+    state, per_step = drive([PrintDone(True)], state)
+    assert state.phase == "IDLE" and per_step[0] == TO_IDLE
+    assert not state.stopping
+
+
+@pytest.mark.parametrize("result", [AuthResult("declined", "51", "Insufficient funds"),
+                                    AuthResult("no_response")])
+def test_shutdown_during_authorising_then_failure_goes_idle(result):
+    state, _ = drive(TO_AUTH + [Shutdown()])
+    state, actions = step(CFG, state, result)
+    assert state.phase == "IDLE" and actions == TO_IDLE
+
+
+@pytest.mark.parametrize("event", [CardRead(CARD), CardReadFailed("mute card"), CardRemoved()])
+def test_shutdown_during_reading_deferred(event):
+    state, _ = drive(TO_READING + [Shutdown()])
+    assert state.phase == "READING" and state.stopping
+    state, actions = step(CFG, state, event)
+    assert state.phase == "IDLE" and actions == TO_IDLE
+    assert not any(isinstance(a, StartPin) for a in actions)
+
+
+def test_busy_only_in_blocking_phases():
+    prefixes = {"IDLE": [], "AMOUNT": keys("1"), "PRESENT_CARD": TO_PRESENT,
+                "READING": TO_READING, "PIN": TO_PIN, "AUTHORISING": TO_AUTH,
+                "PRINTING": TO_AUTH + [AuthResult("approved", txn_id=1)],
+                "RESULT": TO_PRESENT + [Key("CANCEL")],
+                "REMOVE_CARD": TO_PIN + [Key("CANCEL"), Key("ENTER")]}
+    assert set(prefixes) == set(PHASES)
+    for phase, events in prefixes.items():
+        state, _ = drive(events)
+        assert state.phase == phase
+        assert busy(state) == (phase in {"READING", "AUTHORISING", "PRINTING"}), phase
+    assert BUSY_PHASES == {"READING", "AUTHORISING", "PRINTING"}
+
+
+ODD_EVENTS = [Key("1"), Key("0"), Key("ENTER"), Key("BACK"), Key("CLEAR"), Key("CANCEL"), Key("F1"),
+              PinLength(3), CardInserted(), CardRemoved(), CardRead(CARD), CardReadFailed("x"),
+              AuthResult("approved", txn_id=1), AuthResult("declined", "51"), PrintDone(True),
+              PrintDone(False), Timeout("card", 99), Timeout("pin", 99), Timeout("result", 99)]
+
+
+def test_every_event_in_every_phase_never_raises_and_screens_fit():
+    prefixes = [[], keys("1"), TO_PRESENT, TO_READING, TO_PIN, TO_AUTH,
+                TO_AUTH + [AuthResult("approved", txn_id=1)], TO_PRESENT + [Key("CANCEL")],
+                TO_PIN + [Key("CANCEL"), Key("ENTER")]]
+    for prefix in prefixes:
+        base, _ = drive(prefix)
+        for event in ODD_EVENTS:
+            state, actions = step(CFG, base, event)  # drive() checks the screens
+            assert state.phase in PHASES
+            for action in actions:
+                if isinstance(action, Show):
+                    check_screen(action.screen)
+
+
+def test_key_ignored_in_reading_leaves_state_identical():
+    state, _ = drive(TO_READING)
+    for event in (Key("1"), Key("CANCEL"), PinLength(4), PrintDone(True), CardInserted()):
+        assert step(CFG, state, event) == (state, [])
+
+
+def test_all_reached_screens_fit_lcd_and_hide_pan():
+    # run every table here, then inspect every screen reached anywhere in this module
+    drive([e for e, _ in HAPPY])
+    test_every_event_in_every_phase_never_raises_and_screens_fit()
+    titles = {s.title for s in SEEN}
+    assert {"KPOS", "SALE", "SALE CNY 12.50", "Reading card", "CNY 12.50", "Processing",
+            "APPROVED", "Remove card", "Cancelled"} <= titles
+    for screen in SEEN:
+        assert len(screen.lines) <= 4
+        assert all(len(line) <= 20 for line in (screen.title, *screen.lines)), screen
+        assert all(PAN not in line for line in (screen.title, *screen.lines)), screen
+    assert any("622609******0014" in s.lines for s in SEEN)  # the masked PAN was shown
+
+
+def test_state_repr_never_holds_full_pan():
+    state, _ = drive(TO_PIN)
+    assert state.card is CARD
+    assert PAN not in repr(state) and "622609******0014" in repr(state)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(title="x" * 21),
+    dict(title="t", lines=("y" * 21,)),
+    dict(title="t", lines=("a", "b", "c", "d", "e")),
+    dict(title="t", tone="blue"),
+])
+def test_screen_rejects_what_an_lcd_cannot_show(bad):
+    with pytest.raises(ValueError):
+        Screen(**bad)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(max_amount=0), "max_amount"), (dict(max_amount=100, currency=999), "currency"),
+    (dict(max_amount=100, pin_timeout=0), "pin_timeout"),
+    (dict(max_amount=100, pin_min=6, pin_max=4), "pin_min/pin_max"),
+    (dict(max_amount=100, pin_min=3), "pin_min/pin_max"),
+])
+def test_config_errors_name_the_key(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SaleConfig(**kwargs)

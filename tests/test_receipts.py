@@ -1,0 +1,325 @@
+"""Receipts: golden ESC/POS bytes, content of the preview, PAN hygiene, the simulated printer.
+
+Goldens live in tests/golden/receipts/; regenerate with KPOS_REGEN_GOLDEN=1 (and review
+the .txt previews written beside them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from firmware.cardsafe import mask_pan
+from firmware.hal.printer import Printer, PrinterError
+from firmware.hal.printer_sim import SimPrinter
+from firmware.receipts import ReceiptData, layout, preview, render, text_width
+
+GOLDEN_DIR = Path(__file__).parent / "golden" / "receipts"
+REGEN = os.environ.get("KPOS_REGEN_GOLDEN") == "1"
+
+FULL_PAN = "6226090000000014"
+TC = "8E1F2A3B4C5D6E7F"
+
+SALE = ReceiptData(
+    merchant_name="KPOS DEMO STORE",
+    merchant_id="898310048990001",
+    terminal_id="10000001",
+    operator="01",
+    txn_type="SALE",
+    masked_pan="622609******0014",
+    entry_mode="CHIP",
+    amount=12345,
+    currency=156,
+    when=datetime(2025, 3, 14, 10, 21, 5),
+    batch=1,
+    stan=42,
+    rrn="000000000042",
+    auth_code="123456",
+    aid="A000000333010101",
+    app_label="UnionPay Debit",
+    tc=TC,
+    pin_verified=True,
+)
+SIGNED = dataclasses.replace(SALE, pin_verified=False)
+
+INIT = b"\x1b@"
+CUT = b"\x1dV\x00"
+CHINESE_MODE = b"\x1c&"
+
+
+def golden(name: str, data: bytes) -> bytes:
+    path = GOLDEN_DIR / name
+    if REGEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    if not path.exists():
+        pytest.fail(f"golden {path} missing; run with KPOS_REGEN_GOLDEN=1 and review it")
+    return path.read_bytes()
+
+
+# ---------------------------------------------------------------- golden bytes
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("copy", ["merchant", "customer"])
+def test_golden_bytes_and_preview(copy, lang):
+    raw = render(SALE, copy, lang=lang)
+    text = preview(SALE, copy, lang=lang)
+    assert raw == golden(f"sale_chip_{lang}_{copy}.bin", raw)
+    assert text == golden(f"sale_chip_{lang}_{copy}.txt", text.encode("utf-8")).decode("utf-8")
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_golden_signed_offline_reprint(lang):
+    data = dataclasses.replace(SIGNED, offline=True, reprint=True)
+    raw = render(data, "merchant", lang=lang)
+    text = preview(data, "merchant", lang=lang)
+    assert raw == golden(f"sale_signed_offline_reprint_{lang}_merchant.bin", raw)
+    assert text == golden(f"sale_signed_offline_reprint_{lang}_merchant.txt", text.encode()).decode()
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_bytes_framing(lang):
+    raw = render(SALE, "merchant", lang=lang)
+    assert raw.startswith(INIT)
+    assert raw.endswith(b"\x1bd\x06" + CUT)  # feed 6 lines, then full cut
+    assert b"123.45" in raw
+    assert raw == render(SALE, "merchant", lang=lang)  # deterministic
+
+
+def test_english_bytes():
+    raw = render(SALE, "merchant", lang="en")
+    assert b"AMOUNT:               CNY 123.45\n" in raw
+    assert b"\x1d!\x01\x1bE\x01" in raw  # amount and header: GS ! double height, bold
+    assert CHINESE_MODE not in raw  # all ASCII: no Chinese mode
+    assert raw.isascii()
+
+
+def test_chinese_bytes_gb18030():
+    raw = render(SALE, "customer", lang="zh")
+    assert raw.startswith(INIT + b"\x1bt\x00" + CHINESE_MODE)
+    assert "金额".encode("gb18030") in raw
+    assert "金额".encode("utf-8") not in raw
+    assert "持卡人存根".encode("gb18030") in raw
+    assert "RMB 123.45".encode() in raw
+    assert raw.endswith(b"\x1c." + b"\x1bd\x06" + CUT)  # leave Chinese mode, feed, cut
+
+
+def test_chinese_bytes_utf8():
+    raw = render(SALE, "customer", lang="zh", encoding="UTF-8")
+    assert "金额".encode("utf-8") in raw
+    assert "金额".encode("gb18030") not in raw
+    assert CHINESE_MODE not in raw
+
+
+def test_gbk_matches_gb18030_for_common_chinese():
+    assert render(SALE, "merchant", lang="zh", encoding="GBK") == render(SALE, "merchant", lang="zh")
+
+
+def test_render_emits_every_layout_line_in_order():
+    """render and preview come from one layout: every preview line is in the bytes, in order."""
+    for lang, encoding in (("en", "GB18030"), ("zh", "GB18030"), ("zh", "UTF-8")):
+        raw = render(SIGNED, "merchant", lang=lang, encoding=encoding)
+        pos = 0
+        for _style, text in layout(SIGNED, "merchant", lang=lang):
+            found = raw.find(text.encode(encoding) + b"\n", pos)
+            assert found >= 0, (lang, encoding, text)
+            pos = found + 1
+        assert preview(SIGNED, "merchant", lang=lang) == "".join(
+            t + "\n" for _s, t in layout(SIGNED, "merchant", lang=lang)
+        )
+
+
+# ---------------------------------------------------------------- content
+
+
+def design_fields(lang: str) -> list[str]:
+    """DESIGN §7 fields as they must read on the paper."""
+    common = ["KPOS DEMO STORE", "898310048990001", "10000001", "622609******0014", "000001",
+              "000042", "2025/03/14 10:21:05", "000000000042", "123456", "A000000333010101",
+              "UnionPay Debit", TC]
+    if lang == "en":
+        return common + ["OPERATOR NO.                  01", "ENTRY MODE                  CHIP",
+                         "TXN TYPE                    SALE", "AMOUNT:               CNY 123.45"]
+    return common + ["操作员号                      01", "输入方式                    插卡",
+                     "交易类型                    消费", "金额:                 RMB 123.45"]
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("copy", ["merchant", "customer"])
+def test_preview_has_every_field(copy, lang):
+    text = preview(SALE, copy, lang=lang)
+    for field in design_fields(lang):
+        assert field in text, field
+    copy_name = {("merchant", "en"): "MERCHANT COPY", ("customer", "en"): "CUSTOMER COPY",
+                 ("merchant", "zh"): "商户存根", ("customer", "zh"): "持卡人存根"}[copy, lang]
+    assert copy_name in text
+    assert ("PIN VERIFIED" if lang == "en" else "密码验证") in text
+
+
+def test_chip_lines_absent_without_chip_data():
+    swiped = dataclasses.replace(SIGNED, entry_mode="SWIPE", aid=None, app_label=None, tc=None)
+    text = preview(swiped, "merchant")
+    assert "SWIPE" in text
+    for label in ("AID", "APP LABEL", "TC "):
+        assert label not in text
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_signature_on_merchant_copy_only(lang):
+    signature = "CARDHOLDER SIGNATURE:" if lang == "en" else "持卡人签名:"
+    ack = "I ACKNOWLEDGE SATISFACTORY" if lang == "en" else "本人确认以上交易"
+    pin = "PIN VERIFIED" if lang == "en" else "密码验证"
+    merchant = preview(SIGNED, "merchant", lang=lang)
+    customer = preview(SIGNED, "customer", lang=lang)
+    assert signature in merchant and ack in merchant and pin not in merchant
+    assert signature not in customer and ack not in customer and pin not in customer
+    assert signature not in preview(SALE, "merchant", lang=lang)  # PIN verified: no signature
+
+
+def test_english_acknowledgement_wrapped_by_words():
+    lines = preview(SIGNED, "merchant").splitlines()
+    assert lines[-3:] == ["I ACKNOWLEDGE SATISFACTORY", "RECEIPT OF RELATIVE", "GOODS/SERVICES"]
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_offline_and_reprint_marks(lang):
+    offline, reprint = ("OFFLINE", "REPRINT") if lang == "en" else ("离线交易", "重打印")
+    plain = preview(SALE, "customer", lang=lang)
+    assert offline not in plain and reprint not in plain
+    marked = preview(dataclasses.replace(SALE, offline=True, reprint=True), "customer", lang=lang)
+    assert offline in marked and reprint in marked
+    raw = render(dataclasses.replace(SALE, offline=True, reprint=True), "customer", lang=lang)
+    assert offline.encode("gb18030") in raw and reprint.encode("gb18030") in raw
+
+
+def test_no_expiry_field():
+    assert not [f.name for f in dataclasses.fields(ReceiptData) if "expir" in f.name]
+
+
+# ---------------------------------------------------------------- PAN hygiene
+
+
+@pytest.mark.parametrize("bad", [FULL_PAN, "62260900000*0014", "6226 0900 0000 0014", "622609******0014x"])
+def test_clear_pan_refused(bad):
+    with pytest.raises(ValueError) as info:
+        dataclasses.replace(SALE, masked_pan=bad)
+    assert FULL_PAN not in str(info.value)  # the error does not repeat the PAN
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("encoding", ["GB18030", "UTF-8"])
+def test_render_never_contains_full_pan(lang, encoding):
+    data = dataclasses.replace(SIGNED, masked_pan=mask_pan(FULL_PAN), offline=True, reprint=True)
+    for copy in ("merchant", "customer"):
+        raw = render(data, copy, lang=lang, encoding=encoding)
+        assert FULL_PAN.encode() not in raw
+        assert FULL_PAN not in preview(data, copy, lang=lang)
+        assert mask_pan(FULL_PAN).encode() in raw
+
+
+# ---------------------------------------------------------------- layout and arguments
+
+
+@pytest.mark.parametrize("width", [32, 48])
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_lines_fit_width_and_values_right_aligned(width, lang):
+    long_name = dataclasses.replace(SIGNED, merchant_name="演示商店 KPOS DEMO STORE 南京西路分店", offline=True)
+    lines = preview(long_name, "merchant", lang=lang, width=width).splitlines()
+    assert all(text_width(line) <= width for line in lines), lines
+    card_line = next(line for line in lines if "622609******0014" in line)
+    assert text_width(card_line) == width and card_line.endswith("0014")
+    assert "南京西路分店" in "".join(line.strip() for line in lines[:2])  # wrapped, nothing cut off
+
+
+def test_long_word_split_where_it_must():
+    data = dataclasses.replace(SALE, merchant_name="X" * 40)
+    lines = preview(data, "customer").splitlines()
+    assert lines[:2] == ["X" * 32, " " * 12 + "X" * 8]
+
+
+def test_text_width_counts_cjk_as_two():
+    assert text_width("金额: RMB") == 4 + 5
+    assert text_width("ABC") == 3
+
+
+def test_long_value_goes_below_its_label():
+    data = dataclasses.replace(SALE, app_label="A VERY LONG APPLICATION LABEL X")
+    lines = preview(data, "customer").splitlines()
+    i = lines.index("APP LABEL")
+    assert lines[i + 1] == " " + "A VERY LONG APPLICATION LABEL X"
+
+
+@pytest.mark.parametrize("kwargs", [{"copy": "bank"}, {"lang": "fr"}, {"width": 20}])
+def test_bad_arguments_refused(kwargs):
+    args = {"copy": "merchant", "lang": "en", **kwargs}
+    with pytest.raises(ValueError):
+        render(SALE, args.pop("copy"), **args)
+    with pytest.raises(ValueError):
+        preview(SALE, kwargs.get("copy", "merchant"), lang=kwargs.get("lang", "en"),
+                width=kwargs.get("width", 32))
+
+
+def test_bad_encoding_and_unprintable_text_refused():
+    with pytest.raises(ValueError, match="encoding"):
+        render(SALE, "merchant", encoding="latin-1")
+    with pytest.raises(ValueError, match="GBK"):
+        render(dataclasses.replace(SALE, merchant_name="SHOP \U0001F600"), "merchant", encoding="GBK")
+
+
+@pytest.mark.parametrize("field,value", [("txn_type", "TIP"), ("entry_mode", "NFC"), ("amount", 1.5),
+                                         ("currency", 999), ("stan", 1_000_000), ("batch", -1)])
+def test_bad_receipt_data_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(SALE, **{field: value})
+
+
+# ---------------------------------------------------------------- simulated printer
+
+
+def test_sim_printer_writes_exact_files(tmp_path):
+    printer = SimPrinter(tmp_path / "out")
+    assert isinstance(printer, Printer)
+    raw, text = render(SALE, "customer", lang="zh"), preview(SALE, "customer", lang="zh")
+    printer.print_receipt(raw, text, "b000001-s000042-customer")
+    assert (tmp_path / "out" / "b000001-s000042-customer.bin").read_bytes() == raw
+    assert (tmp_path / "out" / "b000001-s000042-customer.txt").read_text(encoding="utf-8") == text
+    assert printer.printed == ["b000001-s000042-customer"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "b000001-s000042-customer.bin", "b000001-s000042-customer.txt"]  # no temp files left
+    assert printer.status() == "ok"
+
+
+def test_sim_printer_paper_out_then_refill(tmp_path):
+    printer = SimPrinter(tmp_path, paper=False)
+    assert printer.status() == "paper out"
+    with pytest.raises(PrinterError) as info:
+        printer.print_receipt(b"\x1b@x", "x\n", "r1")
+    assert info.value.reason == "paper out"
+    assert list(tmp_path.iterdir()) == [] and printer.printed == []
+    printer.paper = True
+    assert printer.status() == "ok"
+    printer.print_receipt(b"\x1b@x", "x\n", "r1")
+    printer.print_receipt(b"\x1b@y", "y\n", "r2")
+    assert printer.printed == ["r1", "r2"]
+    assert (tmp_path / "r1.bin").read_bytes() == b"\x1b@x"
+    assert (tmp_path / "r2.txt").read_text(encoding="utf-8") == "y\n"
+
+
+def test_sim_printer_write_failure_is_a_printer_error(tmp_path):
+    printer = SimPrinter(tmp_path / "out")
+    (tmp_path / "out" / "r1.bin").mkdir()  # os.replace onto a directory fails
+    with pytest.raises(PrinterError) as info:
+        printer.print_receipt(b"x", "x\n", "r1")
+    assert info.value.reason.startswith("write failed: ")
+    assert printer.printed == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["r1.bin"]  # temp file cleaned up
+
+
+@pytest.mark.parametrize("name", ["", "../escape", "a/b", ".hidden"])
+def test_sim_printer_refuses_paths_as_names(tmp_path, name):
+    with pytest.raises(ValueError):
+        SimPrinter(tmp_path).print_receipt(b"x", "x\n", name)
