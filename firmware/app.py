@@ -83,7 +83,9 @@ class Terminal:
         self.state = sale.SaleState()
         self.ready = asyncio.Event()
         self.signed_on = asyncio.Event()
+        self.online = asyncio.Event()  # signed on and no reversal left pending from earlier runs
         self._signon_lock = asyncio.Lock()
+        self._reversal_lock = asyncio.Lock()
         self.stopped = asyncio.Event()
         self._bridge: EventBridge | None = None
         self._timers: list[asyncio.TimerHandle] = []
@@ -133,7 +135,7 @@ class Terminal:
         self.devices.reader.attach(self._bridge.post)
         self.state, actions = sale.start(self.flow_cfg)
         self._execute_all(actions)
-        self._spawn(self._sign_on(), "sign-on")
+        self._spawn(self._connect(), "sign-on")
         self.ready.set()
         log.info("terminal %s ready (acquirer %s:%d)", self.ids.terminal_id,
                  self.cfg.acquirer.host, self.cfg.acquirer.port)
@@ -262,6 +264,28 @@ class Terminal:
         self.signed_on.set()
         return True
 
+    async def _connect(self) -> None:
+        """At start: sign on, then send any reversal a previous run left pending."""
+        if await self._sign_on() and await self._send_reversals():
+            self.online.set()
+
+    async def _send_reversals(self) -> bool:
+        """DESIGN §6 invariant 2: pending reversals go before any new online request, oldest
+        first, 0400 then 0401 repeats, each attempt committed before it is sent. False when
+        one is still pending (no answer), so the caller must not send anything new."""
+        journal = self.journal
+        async with self._reversal_lock:
+            for rev in await self.journal_worker.run(journal.pending_reversals):
+                request = messages.reversal_request(rev.request, rev.reason_code, repeat=rev.attempts > 0)
+                await self.journal_worker.run(journal.record_reversal_attempt, rev.txn_id)
+                try:
+                    response = await self.link.exchange(request)
+                except (NotSent, NoResponse) as exc:
+                    log.warning("reversal of stan %06d still pending: %s", rev.stan, exc.reason)
+                    return False
+                await self.journal_worker.run(journal.record_reversal_acked, rev.txn_id, response.get("39", ""))
+        return True
+
     async def _authorise(self, kind: str, amount: int, card) -> None:
         """Persist, send, record the outcome, then post AuthResult (DESIGN §6 invariants 1-2)."""
         if not await self._sign_on():
@@ -269,6 +293,9 @@ class Terminal:
             self._bridge.post(AuthResult("not_sent", message="Sign-on failed"))
             return
         pin_block = self.pinpad.pin_block(card.pan, self.session_keys.pik)
+        if not await self._send_reversals():
+            self._bridge.post(AuthResult("not_sent", message="Reversal pending, host unreachable"))
+            return
         journal = self.journal
         stan = await self.journal_worker.run(journal.next_stan)
         batch = await self.journal_worker.run(journal.batch_no)

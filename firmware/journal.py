@@ -67,7 +67,7 @@ MIGRATIONS: list[list[str]] = [
             amount        INTEGER NOT NULL CHECK (amount >= 0),
             currency      INTEGER NOT NULL,
             status        TEXT NOT NULL
-                          CHECK (status IN ('SENDING', 'APPROVED', 'DECLINED', 'FAILED', 'UNKNOWN')),
+                          CHECK (status IN ('SENDING', 'APPROVED', 'DECLINED', 'FAILED', 'UNKNOWN', 'REVERSED')),
             operator      TEXT NOT NULL,
             masked_pan    TEXT,
             entry_mode    TEXT,
@@ -105,8 +105,10 @@ MIGRATIONS: list[list[str]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Legal transitions: (what, from status) -> allowed.  Data, checked in SQL by `_move`.
-_TXN_FROM = {"not_sent": ("SENDING",), "response": ("SENDING",), "no_response": ("SENDING",)}
-_REVERSAL_FROM = {"not_sent": ("ARMED",), "response": ("ARMED",), "no_response": ("ARMED",)}
+_TXN_FROM = {"not_sent": ("SENDING",), "response": ("SENDING",), "no_response": ("SENDING",),
+             "reversed": ("UNKNOWN",)}
+_REVERSAL_FROM = {"not_sent": ("ARMED",), "response": ("ARMED",), "no_response": ("ARMED",),
+                  "reversed": ("PENDING",)}
 
 
 class JournalError(Exception):
@@ -284,6 +286,24 @@ class Journal:
                WHERE r.status = 'PENDING' ORDER BY r.txn_id"""
         ).fetchall()
         return [self._pending(row) for row in rows]
+
+    def record_reversal_attempt(self, txn_id: int) -> int:
+        """Commit one more attempt BEFORE the 0400/0401 is written; returns the attempts so far."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE reversal SET attempts = attempts + 1, updated_at = ? WHERE txn_id = ? AND status = 'PENDING'",
+                (self._stamp(), txn_id))
+            if cur.rowcount != 1:
+                raise JournalError(f"txn {txn_id}: no pending reversal to attempt")
+            return db.execute("SELECT attempts FROM reversal WHERE txn_id = ?", (txn_id,)).fetchone()[0]
+
+    def record_reversal_acked(self, txn_id: int, response_code: str) -> None:
+        """The acquirer answered the reversal: txn REVERSED, reversal ACKED, sealed data deleted."""
+        with self._write() as db:
+            self._move(db, txn_id, "reversed", "REVERSED")
+            self._move_reversal(db, txn_id, "reversed", "ACKED", detail=f"acknowledged with {response_code}")
+            db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (txn_id,))
+        log.info("txn %d reversal acknowledged (%s)", txn_id, response_code)
 
     # -- reading and receipts ---------------------------------------------------------------
 
