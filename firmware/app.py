@@ -26,7 +26,7 @@ from firmware.emv.reader import TerminalParams, read_card
 from firmware.flows import sale
 from firmware.flows.types import (
     Authorise, AuthResult, Beep, CancelTimers, CardRead, CardReadFailed, Idle, Key, PinLength,
-    Print, PrintDone, ReadCard, Screen, Show, Shutdown, StartPin, StartTimer, StopPin, Timeout,
+    Print, PrintDone, ReadCard, Screen, Show, Shutdown, StartPin, StartTimer, StopPin, Timeout, wrap,
 )
 from firmware.hal.pinpad import PIN_KEYS, SoftPinPad
 from firmware.hal.printer import PrinterError
@@ -127,7 +127,7 @@ class Terminal:
             self.journal = await self.journal_worker.run(
                 lambda: Journal(data_dir / "journal.db", vault, now=self.clock.now))
         except Exception as exc:
-            self.devices.display.show(Screen("TERMINAL FAULT", _wrap(str(exc)), tone="error"))
+            self.devices.display.show(Screen("TERMINAL FAULT", wrap(str(exc), 3), tone="error"))
             raise StartupFault(str(exc)) from exc
         self._tmk = tmk
         for source in self.devices.inputs:
@@ -309,13 +309,14 @@ class Terminal:
             response = await self.link.exchange(request)
         except NotSent as exc:
             await self.journal_worker.run(journal.record_not_sent, txn_id, exc.reason)
-            self._bridge.post(AuthResult("not_sent", message=_short(exc.reason), txn_id=txn_id))
+            self._bridge.post(AuthResult("not_sent", message=exc.reason, txn_id=txn_id))
             return
         except NoResponse as exc:
-            code = "98" if exc.reason.startswith("no response") else "06"
+            detail = exc.reason
+            code = "98" if detail.startswith("no response") else "06"
             await self.journal_worker.run(
-                lambda: journal.record_no_response(txn_id, reason_code=code, detail=exc.reason))
-            self._bridge.post(AuthResult("no_response", code=code, message=_short(exc.reason), txn_id=txn_id))
+                lambda: journal.record_no_response(txn_id, reason_code=code, detail=detail))
+            self._bridge.post(AuthResult("no_response", code=code, message=detail, txn_id=txn_id))
             return
         code = response.get("39", "")
         approved = code in APPROVED_CODES
@@ -365,19 +366,3 @@ class Terminal:
 
 class _Wake:
     """Internal event: re-check the stop condition after a task ended."""
-
-
-def _short(text: str, width: int = 20) -> str:
-    return text if len(text) <= width else text[: width - 1] + "~"
-
-
-def _wrap(text: str, width: int = 20, lines: int = 3) -> tuple[str, ...]:
-    words, out, line = text.split(), [], ""
-    for word in words:
-        if line and len(line) + 1 + len(word) > width:
-            out.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    out.append(line)
-    return tuple(part[:width] for part in out[:lines])

@@ -17,14 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from firmware.emv.card import CardData
 from firmware.vault import Vault, VaultError
+from firmware.dbutil import immediate
 
 __all__ = [
     "Journal",
@@ -339,15 +339,8 @@ class Journal:
 
     # -- internals --------------------------------------------------------------------------
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _write(self):
+        return immediate(self._db)
 
     def _stamp(self) -> str:
         return self._now().isoformat(timespec="seconds")

@@ -6,7 +6,6 @@ import asyncio
 import pytest
 
 from firmware.app import StartupFault
-from firmware.flows.types import Key
 from firmware.sim.runner import sim_session
 from firmware.sim.script import parse_script, run_script
 

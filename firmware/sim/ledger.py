@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sqlite3
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 from firmware.cardsafe import mask_pan
 from firmware.sim.catalog import Catalog
+from firmware.dbutil import immediate
 
 __all__ = ["Ledger", "LedgerError", "Authorisation", "ReversalResult", "pan_key", "PIN_TRIES_LIMIT"]
 
@@ -105,15 +104,8 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self):
+        return immediate(self._db)
 
     # accounts -----------------------------------------------------------------------
 
