@@ -45,8 +45,10 @@ setup_venv() {
   stamp="$VENV/.kpos-installed"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing Python packages into $VENV ($extras)"
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+           "$VENV/bin/python" -m pip install -q -e ".[$extras]"; } >"$VENV/pip.log" 2>&1; then
+      cat "$VENV/pip.log" >&2; say "pip install failed (log above, also in $VENV/pip.log)"; exit 2
+    fi
     echo "$want" > "$stamp"
   fi
 }
