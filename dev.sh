@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(python3 python3-venv python3-dev gcc)
+# pcscd + vsmartcard-vpcd: the real PC/SC stack the tests drive; libpcsclite-dev + swig build pyscard.
+APT_PACKAGES=(python3 python3-venv python3-dev gcc pcscd vsmartcard-vpcd libpcsclite-dev swig)
 VENV=.venv
 
 say() { printf '\033[1mdev.sh:\033[0m %s\n' "$*" >&2; }
