@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
@@ -223,7 +224,6 @@ class Terminal:
     # ---- card ------------------------------------------------------------------------
 
     async def _read_card(self, amount: int) -> None:
-        import os
         reader = self.devices.reader
         try:
             card = await self.reader_worker.run(
