@@ -1,21 +1,29 @@
 """Tests for the acquirer host simulator and its ledger, over real TCP on 127.0.0.1.
 
 Each test runs its own simulator (port 0) on a fresh SQLite ledger under tmp_path, signs
-on for real, and builds PIN blocks under the PIK it unwrapped from the 0810.
+on for real, and builds PIN blocks under the PIK it unwrapped from the 0810. Chip sales
+carry real field 55: read_card run against the EMV card emulator for that amount.
 """
 import asyncio
 import itertools
 import logging
+import sqlite3
+import warnings
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 
+import pyemv
 import pytest
 
 from firmware import keys
 from firmware.acquirer import messages
 from firmware.acquirer.messages import MessageError, TerminalIds
-from firmware.emv.card import CardData
-from firmware.sim.acquirer import AcquirerSimulator, Faults
+from firmware.emv import cryptogram, tlv
+from firmware.emv.card import ENTRY_MAGSTRIPE, CardData
+from firmware.emv.reader import TerminalParams, read_card
+from firmware.sim.acquirer import AcquirerSimulator, Faults, ac_session_key, compute_arpc
+from firmware.sim.card_emulator import CardEmulator
 from firmware.sim.catalog import load_catalog
 from firmware.sim.ledger import Ledger, LedgerError, pan_key
 
@@ -27,13 +35,37 @@ NOW = datetime(2026, 5, 14, 10, 30, 0)
 CNY = 156
 ANSWER_TIMEOUT = 2.0
 SILENCE = 0.3  # how long "no frame arrives" is watched
+UNKNOWN_PAN = "6226099999999995"  # Luhn-valid, not in the catalog
 
 
-def card_data(name: str, pan: str | None = None) -> CardData:
+def chip_card(name: str, amount: int, pan: str | None = None, *,
+              contactless: bool = False) -> CardData:
+    """What the terminal reads from catalog card `name` for `amount`: real ARQC, field 55."""
+    card = CATALOG.cards[name]
+    if pan:
+        card = replace(card, pan=pan)
+    emulator = CardEmulator(card, CATALOG.imk_ac, contactless=contactless)
+    return read_card(emulator.transmit, TerminalParams(), amount=amount, currency=CNY, when=NOW,
+                     unpredictable=bytes.fromhex("1A2B3C4D"), contactless=contactless)
+
+
+def swiped_card(name: str) -> CardData:
+    """A magstripe read: no field 55."""
     c = CATALOG.cards[name]
-    pan = pan or c.pan
-    return CardData(pan=pan, expiry=c.expiry, pan_seq=c.psn, track2=f"{pan}={c.expiry}2010000000000",
-                    aid=c.aid, app_label=c.label, icc_data=b"")
+    return CardData(pan=c.pan, expiry=c.expiry, pan_seq=None,
+                    track2=f"{c.pan}={c.expiry}2010000000000", aid="", app_label="",
+                    icc_data=b"", entry_mode=ENTRY_MAGSTRIPE)
+
+
+def retag(icc: bytes, tag: str, value: bytes) -> bytes:
+    """Field 55 re-encoded with `tag` set to `value` (the tag must be present)."""
+    nodes = tlv.parse(icc)
+    assert any(n.tag == tag for n in nodes), tag
+    return tlv.encode_nodes([tlv.Tlv(n.tag, value) if n.tag == tag else n for n in nodes])
+
+
+def icc_values(icc: bytes) -> dict[str, bytes]:
+    return tlv.flatten(tlv.parse(icc))
 
 
 class Terminal:
@@ -76,8 +108,8 @@ class Terminal:
         return resp
 
     def sale(self, name: str, amount: int, *, pin: str | None = "catalog", stan: int | None = None,
-             pan: str | None = None) -> dict:
-        card = card_data(name, pan)
+             pan: str | None = None, card: CardData | None = None) -> dict:
+        card = card or chip_card(name, amount, pan)
         if pin == "catalog":
             pin = CATALOG.cards[name].pin
         block = None if pin is None else keys.pin_block_iso0(bytearray(pin.encode()), card.pan,
@@ -206,7 +238,7 @@ def test_low_balance_card_approves_within_balance(tmp_path):
 def test_unknown_card_gets_14(tmp_path):
     async def main():
         async with signed_on(tmp_path) as (sim, term):
-            resp = await term.ask(term.sale("approve", 100, pan="6226099999999999"))
+            resp = await term.ask(term.sale("approve", 100, pan=UNKNOWN_PAN))
             assert resp["39"] == "14"
     asyncio.run(main())
 
@@ -257,6 +289,180 @@ def test_no_response_reads_and_never_answers(tmp_path, name, amount):
             assert await balance(sim, name) == before
             # the same connection still serves the next request
             assert (await term.ask(term.sale("approve", 100)))["39"] == "00"
+    asyncio.run(main())
+
+
+# --- chip data: field 55 checks, ARQC, ARPC ----------------------------------------------
+
+
+def expected_arpc(pan: str, psn: str, icc: bytes, arc: bytes) -> bytes:
+    """ARPC method 1 computed here straight with pyemv, independently of the simulator."""
+    values = icc_values(icc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyemv's TDES deprecation warnings
+        icc_mk = pyemv.kd.derive_icc_mk_a(CATALOG.imk_ac, pan, psn)
+        session_key = pyemv.kd.derive_common_sk(icc_mk, values["9F36"] + bytes(6))
+        return pyemv.ac.generate_arpc_1(session_key, values["9F26"], arc)
+
+
+def assert_issuer_data(req: dict, resp: dict, rc: str) -> None:
+    """The 0210's field 55 is 91 (ARPC over the request's ARQC + ARC) then 8A (ARC)."""
+    nodes = tlv.parse(resp["55"])
+    assert [n.tag for n in nodes] == ["91", "8A"]
+    arc = rc.encode("ascii")
+    psn = req["23"][1:]
+    assert nodes[0].value == expected_arpc(req["2"], psn, req["55"], arc) + arc
+    assert nodes[1].value == arc
+
+
+async def decision(sim: AcquirerSimulator, req: dict):
+    return await sim.in_ledger(lambda l: l.find(TID, req["11"], req["13"]))
+
+
+@pytest.mark.parametrize("contactless", [False, True], ids=["contact", "contactless"])
+def test_genuine_arqc_approves_and_0210_carries_verifiable_arpc(tmp_path, contactless):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, "approve")
+            req = term.sale("approve", 4321, card=chip_card("approve", 4321,
+                                                            contactless=contactless))
+            assert req["22"] == ("071" if contactless else "051") and req["23"] == "001"
+            resp = await term.ask(req)
+            assert resp["39"] == "00" and messages.match_response(req, resp) is None
+            assert_issuer_data(req, resp, "00")
+            assert await balance(sim, "approve") == before - 4321
+            auth = await decision(sim, req)
+            assert (auth.rc, auth.reason, auth.arqc) == ("00", "approved", "verified")
+    asyncio.run(main())
+
+
+def test_simulator_session_key_reproduces_the_cards_arqc():
+    card = chip_card("visa", 500)
+    values = icc_values(card.icc_data)
+    session_key = ac_session_key(CATALOG.imk_ac, card.pan, card.pan_seq, values["9F36"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arqc = pyemv.ac.generate_ac(session_key, cryptogram.arqc_input(values))
+    assert arqc == values["9F26"]
+    arpc = compute_arpc(CATALOG.imk_ac, card.pan, card.pan_seq, values["9F36"], arqc, "51")
+    assert arpc == expected_arpc(card.pan, card.pan_seq, card.icc_data, b"51")
+    with pytest.raises(ValueError, match="ARC must be 2 characters"):
+        compute_arpc(CATALOG.imk_ac, card.pan, card.pan_seq, values["9F36"], arqc, "5")
+
+
+def _bcd(number: int, length: int) -> bytes:
+    return bytes.fromhex(f"{number:0{length * 2}d}")
+
+
+def _flip_arqc(req: dict) -> None:
+    arqc = icc_values(req["55"])["9F26"]
+    req["55"] = retag(req["55"], "9F26", bytes([arqc[0] ^ 0x01]) + arqc[1:])
+
+
+def _amount_9f02(req: dict) -> None:
+    req["55"] = retag(req["55"], "9F02", _bcd(200000, 6))
+
+
+def _amount_field_4(req: dict) -> None:
+    req["4"] = f"{200000:012d}"
+
+
+def _amount_both(req: dict) -> None:  # consistent, but not what the card signed
+    _amount_9f02(req)
+    _amount_field_4(req)
+
+
+def _currency_5f2a(req: dict) -> None:
+    req["55"] = retag(req["55"], "5F2A", _bcd(840, 2))
+
+
+def _atc(req: dict) -> None:
+    req["55"] = retag(req["55"], "9F36", b"\x7f\x00")
+
+
+def _psn(req: dict) -> None:
+    req["23"] = "002"
+
+
+def _drop_55(req: dict) -> None:
+    del req["55"]
+
+
+def _garble_55(req: dict) -> None:
+    req["55"] = b"\x9f\x26\x08\x01"  # length runs past the end
+
+
+TAMPERED = [
+    # name, change to the genuine request, code, ledger reason, ARQC verdict, 91 in 0210
+    ("arqc-byte-flipped", _flip_arqc, "05", "ARQC failed", "failed", True),
+    ("9F02-tampered", _amount_9f02, "05", "amount mismatch 9F02", "", True),
+    ("field4-differs", _amount_field_4, "05", "amount mismatch 9F02", "", True),
+    ("both-amounts-changed", _amount_both, "05", "ARQC failed", "failed", True),
+    ("5F2A-tampered", _currency_5f2a, "05", "currency mismatch 5F2A", "", True),
+    ("atc-changed", _atc, "05", "ARQC failed", "failed", True),
+    ("wrong-psn", _psn, "05", "ARQC failed", "failed", True),
+    ("55-absent-on-chip", _drop_55, "30", "field 55 absent on chip entry", "", False),
+    ("55-malformed", _garble_55, "30", "field 55 malformed", "", False),
+]
+
+
+@pytest.mark.parametrize("tamper,code,reason,arqc,has_91",
+                         [t[1:] for t in TAMPERED], ids=[t[0] for t in TAMPERED])
+def test_tampered_chip_data_declines_and_leaves_balance(tmp_path, tamper, code, reason, arqc,
+                                                        has_91):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, "approve")
+            req = term.sale("approve", 1000)
+            tamper(req)
+            resp = await term.ask(req)
+            assert resp["39"] == code and "38" not in resp
+            assert messages.match_response(req, resp) is None
+            if has_91:
+                assert_issuer_data(req, resp, code)
+            else:
+                assert "55" not in resp
+            assert await balance(sim, "approve") == before
+            auth = await decision(sim, req)
+            assert auth.rc == code and auth.reason.startswith(reason) and auth.arqc == arqc
+            # the host still serves the genuine card afterwards
+            assert (await term.ask(term.sale("approve", 1000)))["39"] == "00"
+            assert await balance(sim, "approve") == before - 1000
+    asyncio.run(main())
+
+
+def test_forged_arqc_is_refused_before_the_pin_so_no_try_is_counted(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            req = term.sale("visa", 100, pin="0000")
+            _flip_arqc(req)
+            assert (await term.ask(req))["39"] == "05"
+            pan = CATALOG.cards["visa"].pan
+            assert await sim.in_ledger(lambda l: l.pin_tries(pan)) == 0
+    asyncio.run(main())
+
+
+def test_magstripe_sale_needs_no_field_55_and_gets_none(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            req = term.sale("approve", 700, card=swiped_card("approve"))
+            assert req["22"] == "021" and "55" not in req
+            resp = await term.ask(req)
+            assert resp["39"] == "00" and "55" not in resp
+            auth = await decision(sim, req)
+            assert (auth.reason, auth.arqc) == ("approved", "")
+    asyncio.run(main())
+
+
+def test_declines_for_other_reasons_still_carry_arpc(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            req = term.sale("low_balance", 5000)
+            resp = await term.ask(req)
+            assert resp["39"] == "51"
+            assert_issuer_data(req, resp, "51")
+            auth = await decision(sim, req)
+            assert (auth.reason, auth.arqc) == ("insufficient funds", "verified")
     asyncio.run(main())
 
 
@@ -424,6 +630,7 @@ def test_logs_never_show_pan_or_pin_block(tmp_path, caplog):
         async with signed_on(tmp_path) as (sim, term):
             req = term.sale("approve", 100)
             blocks.append(req["52"].hex())
+            blocks.append(req["55"].hex())
             await term.ask(req)
             await term.ask(messages.reversal_request(req, "98"))
             await term.ask(term.sale("approve", 100, pin="0000"))
@@ -433,6 +640,7 @@ def test_logs_never_show_pan_or_pin_block(tmp_path, caplog):
     text = caplog.text
     assert "622609******0014" in text  # the sale was logged, masked
     assert pan not in text and blocks[0] not in text.lower()
+    assert blocks[1][:32] not in text.lower()  # field 55 (its first 16 bytes: the ARQC)
 
 
 # --- ledger alone ----------------------------------------------------------------------
@@ -467,3 +675,28 @@ def test_ledger_keeps_balances_across_reopen_and_stores_no_clear_pan(tmp_path):
     reopened.close()
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("l.sqlite*"))
     assert pan_key(pan).encode() in stored and pan.encode() not in stored
+
+
+def test_ledger_from_before_the_reason_columns_is_upgraded(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE authorisations (
+            id INTEGER PRIMARY KEY, tid TEXT NOT NULL, stan TEXT NOT NULL, date TEXT NOT NULL,
+            batch TEXT NOT NULL, pan_masked TEXT NOT NULL, pan_key TEXT NOT NULL,
+            amount INTEGER NOT NULL, rc TEXT, rrn TEXT NOT NULL, auth_code TEXT,
+            reversed INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL);
+        INSERT INTO authorisations (tid, stan, date, batch, pan_masked, pan_key, amount, rc, rrn,
+            created_at) VALUES ('10000001', '000009', '0514', '000001', 'x', 'y', 5, '51',
+            '000000000001', '2026-05-14T10:00:00');
+    """)
+    db.close()
+    ledger = Ledger(path, CATALOG)
+    old = ledger.find(TID, "000009", "0514")
+    assert (old.rc, old.reason, old.arqc) == ("51", "", "")
+    pan = CATALOG.cards["approve"].pan
+    ledger.authorise(tid=TID, stan="000010", date="0514", batch="000001", pan=pan, amount=5,
+                     rc="05", reason="ARQC failed", arqc="failed")
+    new = ledger.find(TID, "000010", "0514")
+    assert (new.rc, new.reason, new.arqc) == ("05", "ARQC failed", "failed")
+    ledger.close()

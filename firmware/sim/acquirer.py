@@ -1,4 +1,4 @@
-"""ISO 8583 acquirer host simulator: sign-on, sales, reversals, over asyncio TCP.
+"""ISO 8583 acquirer host simulator: sign-on, sales (PIN and ARQC checked), reversals, over TCP.
 
 Runs on the caller's asyncio loop; never blocks it. All sqlite work (the Ledger) runs on
 one named worker thread ("acq-ledger") through loop.run_in_executor, in arrival order.
@@ -7,7 +7,13 @@ served concurrently. Decisions follow docs/acquirer-protocol.md and the catalog;
 decision (declines and unanswered ones too) and every reversal is recorded in the ledger.
 Fault knobs (`Faults`) are read per request, so tests may change them at run time; delays
 are seconds. Logs (logger "kpos.sim.acquirer") carry messages.describe() output only,
-never a PAN, track 2 or PIN block. TEST HOST: catalog cards and keys only.
+never a PAN, track 2, PIN block or ICC data. TEST HOST: catalog cards and keys only.
+
+Chip data (docs/acquirer-protocol.md §8): field 55 of a sale must agree with fields 4 and
+49 and carry an ARQC that verifies under the catalog's IMK-AC; every 0210 to a request
+with an ARQC carries field 55 = 91 (ARPC method 1 + ARC) and 8A. The AC session key is
+derived here exactly as firmware/emv/cryptogram.py derives it for the card (EMV option A,
+common session key); `ac_session_key` would belong there once the terminal checks ARPCs.
 """
 from __future__ import annotations
 
@@ -15,19 +21,29 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, Mapping, TypeVar
+
+import pyemv
+from cryptography.utils import CryptographyDeprecationWarning
 
 from firmware import keys
 from firmware.acquirer import messages
 from firmware.acquirer.messages import MessageError, WorkingKeys
 from firmware.cardsafe import mask_pan
+from firmware.emv import cryptogram, tlv
 from firmware.sim.catalog import Catalog, TestCard, load_catalog
 from firmware.sim.ledger import PIN_TRIES_LIMIT, Authorisation, Ledger
 
-__all__ = ["Faults", "AcquirerSimulator", "serve", "sale_response", "NO_ANSWER"]
+__all__ = [
+    "Faults", "AcquirerSimulator", "serve", "sale_response", "NO_ANSWER", "Decision",
+    "check_icc", "check_arqc", "card_psn", "ac_session_key", "compute_arpc", "issuer_icc_data",
+    "ARQC_VERIFIED", "ARQC_FAILED", "ARQC_NOT_CHECKED",
+]
 
 log = logging.getLogger("kpos.sim.acquirer")
 T = TypeVar("T")
@@ -35,11 +51,21 @@ T = TypeVar("T")
 NO_ANSWER = "no_response"  # decision: read the request, never answer (catalog term)
 
 # Response field 39 codes the simulator decides itself.
-RC_APPROVED, RC_BAD_TERMINAL, RC_BAD_TXN, RC_BAD_CARD = "00", "03", "12", "14"
+RC_APPROVED, RC_DO_NOT_HONOUR = "00", "05"
+RC_BAD_TERMINAL, RC_BAD_TXN, RC_BAD_CARD = "03", "12", "14"
 RC_FORMAT, RC_LOW_FUNDS, RC_EXPIRED, RC_WRONG_PIN = "30", "51", "54", "55"
 RC_PIN_TRIES, RC_SYSTEM, RC_DUPLICATE = "75", "96", "94"
 
 SALE_PROCESSING_CODE = "000000"
+
+# Field 22 PAN entry (first two digits) that reads a chip: contact, contactless.
+CHIP_ENTRY_MODES = ("05", "07")
+# Chip data failures answer 05 "do not honour", as UnionPay does for card verification
+# (CVN) failures and as issuers do to avoid telling a forger which check failed; the
+# ledger keeps the precise reason. Field 55 absent or unparsable is a format error (30).
+RC_CHIP_DATA = RC_DO_NOT_HONOUR
+ARQC_VERIFIED, ARQC_FAILED, ARQC_NOT_CHECKED = "verified", "failed", ""
+_TDES_WARNINGS = (r"TripleDES has been moved", r"Two-key TripleDES", r"Single-key TripleDES")
 
 # Fields a request must carry, per MTI (else 39 = "30" format error).
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -69,6 +95,21 @@ class Faults:
     drop: bool = False  # read, decide, never answer
     disconnect: bool = False  # read, decide, close the connection without answering
     garble: bool = False  # answer random bytes, correctly framed
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A sale decision: field 39 (or NO_ANSWER), why, and the ARQC verdict for the ledger.
+
+    `rc` "" means "no objection" (only from check_icc). `reason` is short and log-safe.
+    """
+
+    rc: str
+    reason: str
+    arqc: str = ARQC_NOT_CHECKED
+
+
+_PASS = Decision("", "")
 
 
 def echo(req: dict, names: tuple[str, ...]) -> dict:
@@ -248,51 +289,67 @@ class AcquirerSimulator:
         return {**resp, "39": RC_APPROVED, "62": messages.working_keys_field(wk)}
 
     def _sale(self, req: dict, now: datetime) -> dict | None:
-        rc = self._sale_code(req, now)
+        decision = self._sale_decision(req, now)
+        rc = None if decision.rc == NO_ANSWER else decision.rc
         auth = self._ledger.authorise(
             tid=req["41"], stan=req["11"], date=req.get("13") or mmdd(now), batch=batch_of(req),
-            pan=req["2"], amount=int(req["4"]), rc=None if rc == NO_ANSWER else rc)
-        log.info("sale STAN %s card %s amount %d: %s", auth.stan, auth.pan_masked, auth.amount,
-                 "no answer" if rc == NO_ANSWER else rc)
-        return None if rc == NO_ANSWER else sale_response(req, auth)
+            pan=req["2"], amount=int(req["4"]), rc=rc, reason=decision.reason,
+            arqc=decision.arqc)
+        log.info("sale STAN %s card %s amount %d: %s (%s; ARQC %s)", auth.stan, auth.pan_masked,
+                 auth.amount, rc or "no answer", decision.reason, decision.arqc or "not checked")
+        if rc is None:
+            return None
+        return sale_response(req, auth, issuer_icc_data(req, self.catalog.imk_ac, rc))
 
-    def _sale_code(self, req: dict, now: datetime) -> str:
-        """Response code of a sale, checks in the documented order (or NO_ANSWER)."""
+    def _sale_decision(self, req: dict, now: datetime) -> Decision:
+        """The sale's decision, checks in the documented order (protocol doc §8)."""
         tid, pan, amount = req["41"], req["2"], int(req["4"])
         if tid not in self.catalog.terminal_keys:
-            return RC_BAD_TERMINAL
+            return Decision(RC_BAD_TERMINAL, "unknown terminal")
         if req["3"] != SALE_PROCESSING_CODE:
-            return RC_BAD_TXN
+            return Decision(RC_BAD_TXN, "processing code is not a sale")
         if self._ledger.find(tid, req["11"], req.get("13") or mmdd(now)) is not None:
-            return RC_DUPLICATE
+            return Decision(RC_DUPLICATE, "duplicate STAN")
+        icc = check_icc(req)
+        if icc.rc:
+            return icc
         if amount in self.catalog.magic_amounts:
-            return self.catalog.magic_amounts[amount]
+            return Decision(self.catalog.magic_amounts[amount], "magic amount")
         card = self.catalog.by_pan(pan)
         if card is None or not self._ledger.has_account(pan):
-            return RC_BAD_CARD
+            return Decision(RC_BAD_CARD, "unknown card")
         if card.outcome == NO_ANSWER:
-            return NO_ANSWER
+            return Decision(NO_ANSWER, "catalog: no response")
         if card.forced_code:
-            return card.forced_code
-        if expired(req.get("14", card.expiry), now):
-            return RC_EXPIRED
-        pin_rc = self._pin_code(req, tid, card)
-        if pin_rc:
-            return pin_rc
-        if amount > self._ledger.balance(pan):
-            return RC_LOW_FUNDS
-        return RC_APPROVED
+            return Decision(card.forced_code, "catalog: forced code")
+        arqc = check_arqc(req, self.catalog.imk_ac)
+        if arqc == ARQC_FAILED:
+            return Decision(RC_CHIP_DATA, "ARQC failed", arqc)
+        rc, reason = self._account_code(req, tid, card, now)
+        return Decision(rc, reason, arqc)
 
-    def _pin_code(self, req: dict, tid: str, card: TestCard) -> str | None:
-        """None when the online PIN is right; else 55 / 75 (tries) / 96 (no session key)."""
+    def _account_code(self, req: dict, tid: str, card: TestCard,
+                      now: datetime) -> tuple[str, str]:
+        """(code, reason) from expiry, PIN and balance, in that order."""
+        if expired(req.get("14", card.expiry), now):
+            return RC_EXPIRED, "card expired"
+        pin = self._pin_code(req, tid, card)
+        if pin is not None:
+            return pin
+        if int(req["4"]) > self._ledger.balance(card.pan):
+            return RC_LOW_FUNDS, "insufficient funds"
+        return RC_APPROVED, "approved"
+
+    def _pin_code(self, req: dict, tid: str, card: TestCard) -> tuple[str, str] | None:
+        """None when the online PIN is right; else (55 / 75 tries / 96 no session key, reason)."""
         if "52" not in req:
-            return RC_WRONG_PIN  # online PIN required for every catalog card
+            return RC_WRONG_PIN, "PIN block absent"  # online PIN required for every catalog card
         if self._ledger.pin_tries(card.pan) >= PIN_TRIES_LIMIT:
-            return RC_PIN_TRIES
+            return RC_PIN_TRIES, "PIN tries exceeded"
         session = self._ledger.session_keys(tid)
         if session is None:
             log.warning("PIN block from terminal %s that never signed on", tid)
-            return RC_SYSTEM
+            return RC_SYSTEM, "no session key (never signed on)"
         try:
             ok = keys.decrypt_pin_iso0(req["52"], card.pan, session[0]) == card.pin
         except ValueError as exc:
@@ -301,7 +358,9 @@ class AcquirerSimulator:
         tries = self._ledger.record_pin(card.pan, ok)
         if ok:
             return None
-        return RC_PIN_TRIES if tries >= PIN_TRIES_LIMIT else RC_WRONG_PIN
+        if tries >= PIN_TRIES_LIMIT:
+            return RC_PIN_TRIES, "wrong PIN, tries exceeded"
+        return RC_WRONG_PIN, "wrong PIN"
 
     def _reversal(self, req: dict, now: datetime) -> dict:
         tid = req["41"]
@@ -315,12 +374,136 @@ class AcquirerSimulator:
         return {**resp, "39": RC_APPROVED}
 
 
-def sale_response(req: dict, auth: Authorisation) -> dict:
-    """0210 fields (without MTI) for a recorded sale decision."""
+def sale_response(req: dict, auth: Authorisation, icc: bytes | None = None) -> dict:
+    """0210 fields (without MTI) for a recorded sale decision; `icc` is field 55 if any."""
     resp = {**echo(req, ECHO["0200"]), "37": auth.rrn, "39": auth.rc}
     if auth.auth_code:
         resp["38"] = auth.auth_code
+    if icc:
+        resp["55"] = icc
     return resp
+
+
+# --- chip data: field 55 checks, ARQC, ARPC (pure, any thread) -----------------------
+
+
+def _chip_entry(req: Mapping[str, object]) -> bool:
+    return str(req.get("22", ""))[:2] in CHIP_ENTRY_MODES
+
+
+def _icc_values(req: Mapping[str, object]) -> dict[str, bytes] | None:
+    """Field 55 as tag -> value; None when absent. TlvError when malformed."""
+    icc = req.get("55")
+    return None if icc is None else tlv.flatten(tlv.parse(icc))
+
+
+def _bcd_int(value: bytes | None) -> int | None:
+    """The number in a BCD value (n format, e.g. 9F02, 5F2A), None if absent or not BCD."""
+    text = value.hex() if value else ""
+    return int(text) if text.isdigit() else None
+
+
+def _field_int(req: Mapping[str, object], field: str) -> int | None:
+    text = req.get(field)
+    return int(text) if isinstance(text, str) and text.isdigit() else None
+
+
+def check_icc(req: Mapping[str, object]) -> Decision:
+    """Field 55 verdict: Decision with rc "" (no objection), or the decline and its reason.
+
+    A chip or contactless entry (22 = 05x / 07x) must carry 55 (else 30); a magstripe
+    entry carries none. When present, 9F02 must equal field 4 and 5F2A field 49, so a
+    terminal that shows the card one amount and asks the host for another is refused (05).
+    """
+    try:
+        values = _icc_values(req)
+    except tlv.TlvError as exc:
+        return Decision(RC_FORMAT, f"field 55 malformed: {exc}")
+    if values is None:
+        return Decision(RC_FORMAT, "field 55 absent on chip entry") if _chip_entry(req) else _PASS
+    if _bcd_int(values.get("9F02")) != _field_int(req, "4"):
+        return Decision(RC_CHIP_DATA, "amount mismatch 9F02")
+    if _bcd_int(values.get("5F2A")) != _field_int(req, "49"):
+        return Decision(RC_CHIP_DATA, "currency mismatch 5F2A")
+    return _PASS
+
+
+def card_psn(req: Mapping[str, object], values: Mapping[str, bytes]) -> str | None:
+    """PAN sequence number, 2 digits: field 23 ("0" + PSN), else tag 5F34, else None."""
+    f23 = req.get("23")
+    if isinstance(f23, str) and len(f23) == 3 and f23.isdigit():
+        return f23[1:]
+    psn = values.get("5F34")
+    return psn.hex() if psn and len(psn) == 1 and psn.hex().isdigit() else None
+
+
+def check_arqc(req: Mapping[str, object], imk_ac: bytes) -> str:
+    """ARQC_VERIFIED / ARQC_FAILED for field 55's 9F26, ARQC_NOT_CHECKED without field 55."""
+    if req.get("55") is None:
+        return ARQC_NOT_CHECKED
+    try:
+        psn = card_psn(req, _icc_values(req))
+    except tlv.TlvError:
+        return ARQC_FAILED
+    ok = cryptogram.verify_arqc(imk_ac, str(req["2"]), psn, req["55"])
+    return ARQC_VERIFIED if ok else ARQC_FAILED
+
+
+@contextmanager
+def _quiet_tdes() -> Iterator[None]:
+    """pyemv's TDES deprecation warnings off, as in firmware/emv/cryptogram.py."""
+    with warnings.catch_warnings():
+        for message in _TDES_WARNINGS:
+            warnings.filterwarnings("ignore", message=message,
+                                    category=CryptographyDeprecationWarning)
+        yield
+
+
+def ac_session_key(imk_ac: bytes, pan: str, psn: str | None, atc: bytes) -> bytes:
+    """The card's AC session key, derived as cryptogram.compute_arqc does (option A + common SK)."""
+    if len(imk_ac) == 24 and imk_ac[16:] == imk_ac[:8]:
+        imk_ac = imk_ac[:16]
+    if len(imk_ac) != 16:
+        raise ValueError(f"IMK-AC must be a double-length TDES key, got {len(imk_ac)} bytes")
+    if len(atc) != 2:
+        raise ValueError(f"ATC must be 2 bytes, got {len(atc)}")
+    with _quiet_tdes():
+        icc_mk = pyemv.kd.derive_icc_mk_a(imk_ac, pan, psn or "00")
+        return pyemv.kd.derive_common_sk(icc_mk, atc + bytes(6))
+
+
+def compute_arpc(imk_ac: bytes, pan: str, psn: str | None, atc: bytes, arqc: bytes,
+                 arc: str) -> bytes:
+    """8-byte ARPC, EMV method 1: TDES under the AC session key of ARQC XOR (ARC || 00..00).
+
+    `arc` is the 2-character authorisation response code (field 39), sent as ASCII.
+    """
+    arc_bytes = arc.encode("ascii")
+    if len(arc_bytes) != 2:
+        raise ValueError(f"ARC must be 2 characters, got {len(arc_bytes)}")
+    session_key = ac_session_key(imk_ac, pan, psn, atc)
+    with _quiet_tdes():
+        return pyemv.ac.generate_arpc_1(session_key, arqc, arc_bytes)
+
+
+def issuer_icc_data(req: Mapping[str, object], imk_ac: bytes, rc: str) -> bytes | None:
+    """Field 55 of the 0210: 91 = ARPC + ARC, then 8A = ARC (ASCII of `rc`).
+
+    None when the request has no usable ARQC to answer (no field 55, malformed TLV,
+    9F26 not 8 bytes or 9F36 not 2 bytes). Sent on approvals and declines alike.
+    """
+    try:
+        values = _icc_values(req)
+    except tlv.TlvError:
+        return None
+    if values is None:
+        return None
+    arqc, atc = values.get("9F26", b""), values.get("9F36", b"")
+    if len(arqc) != 8 or len(atc) != 2:
+        return None
+    arc = rc.encode("ascii")
+    arpc = compute_arpc(imk_ac, str(req["2"]), card_psn(req, values), atc, arqc, rc)
+    return tlv.encode("91", arpc + arc) + tlv.encode("8A", arc)
 
 
 async def serve(catalog_path: str | Path | None, ledger_path: str | Path, host: str, port: int,

@@ -5,7 +5,9 @@ worker thread only (sqlite3's same-thread check enforces it). WAL, synchronous=F
 write in one `BEGIN IMMEDIATE` transaction, so a debit and its authorisation row (or a credit
 and its reversal row) land together or not at all. Amounts are int minor units. Clear PANs
 are never stored: accounts and authorisations hold mask_pan() plus a SHA-256 pan key.
-Session keys are stored in clear: this is a TEST host (catalog data only).
+Session keys are stored in clear: this is a TEST host (catalog data only). Each sale
+decision keeps a short log-safe `reason` and the ARQC verdict (`arqc`: "verified",
+"failed", "" = not checked); older ledger files gain those columns when opened.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ CREATE TABLE IF NOT EXISTS authorisations (
     id INTEGER PRIMARY KEY, tid TEXT NOT NULL, stan TEXT NOT NULL, date TEXT NOT NULL,
     batch TEXT NOT NULL, pan_masked TEXT NOT NULL, pan_key TEXT NOT NULL,
     amount INTEGER NOT NULL, rc TEXT, rrn TEXT NOT NULL, auth_code TEXT,
-    reversed INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL);
+    reversed INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '', arqc TEXT NOT NULL DEFAULT '');
 CREATE UNIQUE INDEX IF NOT EXISTS authorisations_one_approval
     ON authorisations (tid, stan, date) WHERE rc = '00';
 CREATE TABLE IF NOT EXISTS reversals (
@@ -45,6 +48,11 @@ CREATE TABLE IF NOT EXISTS reversals (
     credited INTEGER NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# Columns added after the first release, for ledgers created before them.
+_ADDED_COLUMNS = (("authorisations", "reason", "TEXT NOT NULL DEFAULT ''"),
+                  ("authorisations", "arqc", "TEXT NOT NULL DEFAULT ''"))
+_AUTH_COLUMNS = ("tid, stan, date, batch, pan_masked, amount, rc, rrn, auth_code, reversed,"
+                 " reason, arqc")
 
 
 class LedgerError(RuntimeError):
@@ -65,6 +73,8 @@ class Authorisation:
     rrn: str
     auth_code: str | None
     reversed: bool
+    reason: str = ""  # why, short and log-safe ("ARQC failed", "insufficient funds")
+    arqc: str = ""  # "verified", "failed", or "" = not checked (no chip data / not reached)
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,11 @@ def _now() -> str:
     return datetime.now().isoformat(timespec="seconds")
 
 
+def _authorisation(row: tuple) -> Authorisation:
+    """An Authorisation from a row selected as _AUTH_COLUMNS."""
+    return Authorisation(*row[:9], reversed=bool(row[9]), reason=row[10], arqc=row[11])
+
+
 class Ledger:
     """Open (creating if needed) the ledger at `path` and seed accounts from `catalog`.
 
@@ -96,6 +111,7 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
         with self._tx() as db:
             for card in catalog.cards.values():
                 db.execute("INSERT OR IGNORE INTO accounts (pan_key, pan_masked, balance)"
@@ -103,6 +119,13 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+    def _add_missing_columns(self) -> None:
+        with self._tx() as db:
+            for table, column, decl in _ADDED_COLUMNS:
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def _tx(self):
         return immediate(self._db)
@@ -166,14 +189,15 @@ class Ledger:
     def find(self, tid: str, stan: str, date: str) -> Authorisation | None:
         """The original (non-duplicate) sale decision for tid + STAN + MMDD, if any."""
         row = self._db.execute(
-            "SELECT tid, stan, date, batch, pan_masked, amount, rc, rrn, auth_code, reversed"
-            " FROM authorisations WHERE tid = ? AND stan = ? AND date = ? AND rc IS NOT '94'"
-            " ORDER BY id LIMIT 1", (tid, stan, date)).fetchone()
-        return Authorisation(*row[:9], reversed=bool(row[9])) if row else None
+            f"SELECT {_AUTH_COLUMNS} FROM authorisations WHERE tid = ? AND stan = ? AND date = ?"
+            " AND rc IS NOT '94' ORDER BY id LIMIT 1", (tid, stan, date)).fetchone()
+        return _authorisation(row) if row else None
 
     def authorise(self, *, tid: str, stan: str, date: str, batch: str, pan: str, amount: int,
-                  rc: str | None) -> Authorisation:
+                  rc: str | None, reason: str = "", arqc: str = "") -> Authorisation:
         """Record a sale decision; on rc "00" debit the account in the same transaction.
+
+        `reason` and `arqc` are stored as given (see Authorisation); never card data.
 
         Allocates an RRN (and an auth code for approvals). LedgerError, with nothing
         written, if an approval would overdraw or the card has no account.
@@ -188,11 +212,12 @@ class Ledger:
             auth_code = f"{secrets.randbelow(10**6):06d}" if approved else None
             db.execute(
                 "INSERT INTO authorisations (tid, stan, date, batch, pan_masked, pan_key, amount,"
-                " rc, rrn, auth_code, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " rc, rrn, auth_code, created_at, reason, arqc)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (tid, stan, date, batch, mask_pan(pan), pan_key(pan), amount, rc, rrn,
-                 auth_code, _now()))
+                 auth_code, _now(), reason, arqc))
         return Authorisation(tid, stan, date, batch, mask_pan(pan), amount, rc, rrn, auth_code,
-                             reversed=False)
+                             reversed=False, reason=reason, arqc=arqc)
 
     def _debit(self, db: sqlite3.Connection, pan: str, amount: int, stan: str) -> None:
         balance = self._account(pan)[0]
@@ -226,6 +251,12 @@ class Ledger:
         """How many reversal messages were recorded for that sale (tests, reports)."""
         return self._db.execute("SELECT COUNT(*) FROM reversals WHERE tid = ? AND stan = ?"
                                 " AND date = ?", (tid, stan, date)).fetchone()[0]
+
+    def last_authorisation(self) -> Authorisation | None:
+        """The most recently recorded sale decision (duplicates too), or None (tests, reports)."""
+        row = self._db.execute(f"SELECT {_AUTH_COLUMNS} FROM authorisations"
+                               " ORDER BY id DESC LIMIT 1").fetchone()
+        return _authorisation(row) if row else None
 
     def decisions(self, tid: str, stan: str, date: str) -> list[str | None]:
         """Every response code recorded for tid + STAN + MMDD, oldest first (duplicates too)."""
