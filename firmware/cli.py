@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--config", type=Path, default=Path("config/sim.toml"))
     sim.add_argument("--script", type=Path, help="run a scenario file instead of the console")
     sim.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
+    sim.add_argument("--pcsc", action="store_true",
+                     help="read cards through pcscd and vsmartcard's vpcd (pcscd must be running)")
     sim.set_defaults(handler=_cmd_sim)
 
     acq = sub.add_parser("acquirer", help="run the ISO 8583 acquirer simulator")
@@ -114,16 +116,21 @@ def _cmd_sim(args) -> int:
     from firmware.hal.console import ConsoleDisplay, ConsolePanel
     from firmware.sim.runner import sim_session
     from firmware.sim.script import ScriptError, load_script, run_script
+    pcsc_error: tuple = ()
+    if args.pcsc:
+        from firmware.hal.reader_pcsc import PcscReaderError
+        pcsc_error = (PcscReaderError,)
 
     async def go() -> int:
         if args.script:
             steps = load_script(args.script)
-            async with sim_session(cfg, forward_display=ConsoleDisplay()) as session:
+            async with sim_session(cfg, forward_display=ConsoleDisplay(), pcsc=args.pcsc) as session:
                 await run_script(session, steps)
             print(f"scenario passed: {args.script}")
             return 0
         panel = _LatePanel()
-        async with sim_session(cfg, forward_display=ConsoleDisplay(), inputs=[panel]) as session:
+        async with sim_session(cfg, forward_display=ConsoleDisplay(), inputs=[panel],
+                               pcsc=args.pcsc) as session:
             panel.bind(ConsolePanel(session.reader))
             _install_signals(session.terminal.request_stop)
             print(f"KPOS simulator: acquirer on 127.0.0.1:{session.cfg.acquirer.port}, "
@@ -138,6 +145,10 @@ def _cmd_sim(args) -> int:
         return 1
     except StartupFault as exc:
         print(f"kpos: terminal fault: {exc}", file=sys.stderr)
+        return 3
+    except pcsc_error as exc:
+        print(f"kpos: --pcsc: {exc}. Needs pcscd with the vsmartcard vpcd driver "
+              "(apt install pcscd vsmartcard-vpcd; then start `pcscd` as root)", file=sys.stderr)
         return 3
 
 

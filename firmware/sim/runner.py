@@ -24,6 +24,8 @@ __all__ = ["SimSession", "sim_session"]
 
 log = logging.getLogger("kpos.sim")
 
+PCSC_SIM_READER = "Virtual PCD"  # vsmartcard's vpcd reader in pcscd
+
 
 class SimSession:
     """A running simulator: `terminal`, `acquirer`, `reader`, `display`, `printer`, `catalog`."""
@@ -46,21 +48,26 @@ class SimSession:
 
 @asynccontextmanager
 async def sim_session(cfg: Config, *, forward_display=None, inputs=(), faults: Faults | None = None,
-                      clock=None, start_acquirer: bool = True) -> AsyncIterator[SimSession]:
-    """Start acquirer + terminal; on exit stop the terminal (after its transaction) and the host."""
+                      clock=None, start_acquirer: bool = True,
+                      pcsc: bool = False) -> AsyncIterator[SimSession]:
+    """Start acquirer + terminal; on exit stop the terminal (after its transaction) and the host.
+
+    `pcsc`: the terminal reads cards through pcscd's "Virtual PCD" reader (PcscCardReader) and
+    `session.reader` is a SimPcscSlot putting test cards into vpcd. PcscReaderError naming
+    pcscd when it is not reachable."""
     if cfg.sim is None:
         raise ValueError(f"{cfg.path}: a [sim] section is needed to run the simulator")
     catalog = load_catalog(cfg.sim.catalog)
+    reader, device_reader = _card_reader(catalog, pcsc)
     data_dir = cfg.terminal.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     acquirer = AcquirerSimulator(catalog, cfg.sim.ledger, faults=faults)
     if start_acquirer:
         port = await acquirer.start("127.0.0.1", cfg.sim.acquirer_port)
         cfg = replace(cfg, acquirer=replace(cfg.acquirer, host="127.0.0.1", port=port))
-    reader = SimCardReader(catalog)
     display = RecordingDisplay(forward_display)
     printer = SimPrinter(data_dir / "receipts")
-    devices = Devices(reader=reader, display=display, printer=printer, inputs=list(inputs))
+    devices = Devices(reader=device_reader, display=display, printer=printer, inputs=list(inputs))
     terminal = Terminal(cfg, devices, clock=clock)
     run_task = asyncio.get_running_loop().create_task(terminal.run(), name="terminal")
     ready = asyncio.get_running_loop().create_task(terminal.ready.wait())
@@ -78,3 +85,16 @@ async def sim_session(cfg: Config, *, forward_display=None, inputs=(), faults: F
             await asyncio.wait_for(asyncio.shield(run_task), cfg.acquirer.response_timeout + 15)
         finally:
             await acquirer.stop()
+            if reader is not device_reader:
+                reader.close()
+
+
+def _card_reader(catalog: Catalog, pcsc: bool):
+    """(what scripts and the console insert cards into, what the terminal reads from)."""
+    if not pcsc:
+        reader = SimCardReader(catalog)
+        return reader, reader
+    from firmware.hal.reader_pcsc import PcscCardReader, probe
+    from firmware.sim.vpicc import SimPcscSlot
+    probe(PCSC_SIM_READER)
+    return SimPcscSlot(catalog), PcscCardReader(PCSC_SIM_READER)
