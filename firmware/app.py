@@ -235,6 +235,9 @@ class Terminal:
             reason = getattr(exc, "reason", str(exc))
             log.warning("card read failed: %s", reason)
             self._bridge.post(CardReadFailed(reason))
+        except Exception:  # a kernel bug must not leave the customer at "Reading card"
+            log.exception("card read crashed")
+            self._bridge.post(CardReadFailed("internal error"))
         else:
             log.info("card read: %r", card)
             self._bridge.post(CardRead(card))

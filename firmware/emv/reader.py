@@ -31,6 +31,11 @@ PSE = b"1PAY.SYS.DDF01"
 PPSE = b"2PAY.SYS.DDF01"
 MAX_DIRECTORY_RECORDS = 16
 MAX_AFL_RECORDS = 64
+MAX_RECORD_DATA = 256  # a short R-APDU carries at most 256 data bytes (ISO 7816-4 Ne)
+MAX_PAN_DIGITS = 19  # 5A is cn..19; field 2 is n..19
+MAX_TRACK2 = 37  # 57 as text with its '=' separator; field 35 is z..37
+MAX_LABEL = 16  # 50 / 9F12 are ans 1-16; longer labels are cut for screens and receipts
+MAX_IAD = 32  # 9F10 issuer application data is b..32
 SW_NO_PSE = (0x6A82, 0x6A81, 0x6283)  # not found, function not supported, PSE blocked
 SW_RECORD_NOT_FOUND = 0x6A83
 
@@ -123,13 +128,14 @@ def _read(card: Card, params: TerminalParams, terminal: dict[str, bytes],
     card_data.update({k: v for k, v in gpo.items() if k != "94"})
     for tag, value in _read_records(card, _afl(gpo)).items():
         card_data.setdefault(tag, value)
+    identity = _identity(card_data)  # before GENERATE AC: no ARQC from a card we refuse
     if "9F26" not in gpo:
         sent_cdol, gen_ac = _generate_ac(card, card_data, terminal)
         sent.update(sent_cdol)
         card_data.update(gen_ac)
     _check_cryptogram(card_data)
-    result = _card_data(card_data, app, _field55(terminal, sent, card_data, app.aid),
-                        contactless)
+    result = _card_data(identity, card_data, app,
+                        _field55(terminal, sent, card_data, app.aid), contactless)
     log.info("chip read ok: %s aid=%s", mask_pan(result.pan), result.aid)
     return result
 
@@ -173,7 +179,7 @@ def _directory_records(card: Card, sfi: int) -> list[tlv.Tlv]:
             break
         if not resp.ok:
             raise ApduError("READ RECORD", resp.sw, "PSE directory")
-        records += _template(resp.data, "70", "malformed directory record")
+        records += _record(resp.data, "malformed directory record")
     return records
 
 
@@ -212,7 +218,8 @@ def _priority(value: bytes | None) -> int:
 
 def _label(fields: Mapping[str, bytes]) -> str:
     raw = fields.get("50") or fields.get("9F12") or b""
-    return "".join(ch for ch in raw.decode("latin-1") if ch.isprintable()).strip()
+    text = "".join(ch for ch in raw.decode("latin-1") if ch.isprintable())
+    return text[:MAX_LABEL].strip()
 
 
 def _select_app(card: Card, aid: str) -> dict[str, bytes]:
@@ -222,6 +229,13 @@ def _select_app(card: Card, aid: str) -> dict[str, bytes]:
         raise CardReadError("malformed application FCI")
     log.debug("selected aid=%s", aid)
     return fields
+
+
+def _record(data: bytes, reason: str) -> list[tlv.Tlv]:
+    """The objects in a READ RECORD answer: one 70 template that fits a short R-APDU."""
+    if len(data) > MAX_RECORD_DATA:
+        raise CardReadError("oversized record")
+    return _template(data, "70", reason)
 
 
 def _template(data: bytes, tag: str, reason: str) -> list[tlv.Tlv]:
@@ -278,8 +292,7 @@ def _afl(gpo: Mapping[str, bytes]) -> list[tuple[int, int]]:
 def _read_records(card: Card, afl: list[tuple[int, int]]) -> dict[str, bytes]:
     fields: dict[str, bytes] = {}
     for sfi, number in afl:
-        children = _template(card.command(apdu.read_record(sfi, number)), "70",
-                             "malformed record")
+        children = _record(card.command(apdu.read_record(sfi, number)), "malformed record")
         for tag, value in tlv.flatten(children).items():
             fields.setdefault(tag, value)
     return fields
@@ -311,6 +324,8 @@ def _check_cryptogram(card_data: Mapping[str, bytes]) -> None:
     ac = card_data.get("9F26", b"")
     if len(cid) != 1 or len(atc) != 2 or len(ac) != 8:
         raise CardReadError("malformed cryptogram")
+    if len(card_data.get("9F10", b"")) > MAX_IAD:
+        raise CardReadError("malformed tag 9F10")
     if cid[0] & 0xC0 == 0x00:
         raise CardReadError("card declined (AAC)")
     if cid[0] & 0xC0 != CID_ARQC:
@@ -342,29 +357,54 @@ def _digits(raw: bytes, tag: str) -> str:
 
 def _track2(raw: bytes, pan: str) -> str:
     text = raw.hex().upper().rstrip("F").replace("D", "=")
-    if text.count("=") != 1 or not text.replace("=", "").isdigit():
+    if (text.count("=") != 1 or not text.replace("=", "").isdigit()
+            or len(text) > MAX_TRACK2):
         raise CardReadError("malformed track 2 equivalent")
     if text.split("=", 1)[0] != pan:
         raise CardReadError("track 2 does not match the PAN")
     return text
 
 
-def _card_data(fields: Mapping[str, bytes], app: _App, icc_data: bytes,
-               contactless: bool) -> CardData:
+@dataclass(frozen=True, repr=False)
+class _Identity:
+    """The card's static data, checked before GENERATE AC (repr hides the PAN)."""
+
+    pan: str
+    expiry: str  # YYMM
+    pan_seq: str | None
+    track2: str
+
+
+def _identity(fields: Mapping[str, bytes]) -> _Identity:
     for tag in ("5A", "5F24", "57"):
         if tag not in fields:
             raise CardReadError(f"missing tag {tag}")
     pan = _digits(fields["5A"], "5A")
+    if len(pan) > MAX_PAN_DIGITS:
+        raise CardReadError("malformed tag 5A")
     if not luhn_ok(pan):
         raise CardReadError("PAN fails the Luhn check")
     expiry = _digits(fields["5F24"], "5F24")
     if len(expiry) != 6 or not 1 <= int(expiry[2:4]) <= 12:
         raise CardReadError("malformed tag 5F24")
     psn = fields.get("5F34")
+    return _Identity(pan, expiry[:4], _pan_seq(psn) if psn else None,
+                     _track2(fields["57"], pan))
+
+
+def _pan_seq(raw: bytes) -> str:
+    """5F34 is n2 in one byte: exactly two decimal digits."""
+    text = raw.hex()
+    if len(raw) != 1 or not text.isdigit():
+        raise CardReadError("malformed tag 5F34")
+    return text
+
+
+def _card_data(identity: _Identity, fields: Mapping[str, bytes], app: _App, icc_data: bytes,
+               contactless: bool) -> CardData:
     return CardData(
-        pan=pan, expiry=expiry[:4], pan_seq=f"{_digits(psn, '5F34'):0>2}" if psn else None,
-        track2=_track2(fields["57"], pan), aid=app.aid,
-        app_label=_label(fields) or app.label, icc_data=icc_data,
-        entry_mode=ENTRY_CONTACTLESS if contactless else ENTRY_CHIP,
+        pan=identity.pan, expiry=identity.expiry, pan_seq=identity.pan_seq,
+        track2=identity.track2, aid=app.aid, app_label=_label(fields) or app.label,
+        icc_data=icc_data, entry_mode=ENTRY_CONTACTLESS if contactless else ENTRY_CHIP,
         cryptogram=fields["9F26"].hex().upper(),
     )

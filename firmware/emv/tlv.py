@@ -162,7 +162,9 @@ def encode(tag: str, value: bytes) -> bytes:
         tag_bytes = bytes.fromhex(tag)
     except ValueError:
         raise TlvError("tag is not hex", 0, tag) from None
-    if not tag_bytes or _read_tag(tag_bytes, 0) != (tag.upper(), len(tag_bytes)):
+    if not tag_bytes or tag_bytes[0] in PADDING:  # parse would skip it as padding
+        raise TlvError("not a well-formed tag", 0, tag)
+    if _read_tag(tag_bytes, 0) != (tag.upper(), len(tag_bytes)):
         raise TlvError("not a well-formed tag", 0, tag)
     return tag_bytes + _encode_length(len(value)) + bytes(value)
 

@@ -10,6 +10,10 @@ AIP + AFL) -> records -> GENERATE AC (ARQC over CDOL1 data, format 2). Contactle
 (`contactless=True`): PPSE 2PAY.SYS.DDF01 with the directory in BF0C, and the ARQC comes
 back in the GPO response (qPBOC/qVSDC style), computed over the PDOL data.
 outcome "garbage": once the application is selected every answer is malformed TLV.
+outcome "broken:KIND": one deterministic defect in the application records (contact and
+contactless alike): "tlv_length" record 2's template length runs 16 bytes past its end,
+"oversized_record" record 1 is well formed but longer than a short APDU can carry (>256
+bytes), "missing_pan" record 2 lacks tag 5A, "bad_sw" READ RECORD answers 6F00.
 """
 from __future__ import annotations
 
@@ -41,6 +45,9 @@ SW_OK, SW_WRONG_LENGTH, SW_WRONG_DATA = b"\x90\x00", b"\x67\x00", b"\x6A\x80"
 SW_NOT_FOUND, SW_RECORD_NOT_FOUND, SW_BAD_P1P2 = b"\x6A\x82", b"\x6A\x83", b"\x6A\x86"
 SW_DATA_NOT_FOUND, SW_ORDER = b"\x6A\x88", b"\x69\x85"
 SW_UNKNOWN_INS, SW_UNKNOWN_CLA = b"\x6D\x00", b"\x6E\x00"
+SW_NO_DIAGNOSIS = b"\x6F\x00"
+OVERRUN = 16  # broken:tlv_length: bytes the record's template length claims beyond its end
+OVERSIZED_FILLER = 300  # broken:oversized_record: bytes of proprietary data (tag DF7F)
 
 
 def _split(apdu: bytes) -> tuple[bytes, bytes] | None:
@@ -124,6 +131,8 @@ class CardEmulator:
         if self._selected == "PSE" and not self.contactless:
             records = [self._directory_record()]
         elif self._selected == "APP" and self._gpo_data is not None:
+            if self.card.broken == "bad_sw":
+                return SW_NO_DIAGNOSIS
             records = self._app_records()
         else:
             return SW_ORDER
@@ -183,14 +192,15 @@ class CardEmulator:
         track2 += "F" * (len(track2) % 2)
         name = b"TEST/" + self.card.name.upper().encode("ascii")[:21]
         record1 = T("57", bytes.fromhex(track2)) + T("5F20", name)
-        record2 = (T("5A", bytes.fromhex(pan_hex))
+        pan = b"" if self.card.broken == "missing_pan" else T("5A", bytes.fromhex(pan_hex))
+        record2 = (pan
                    + T("5F24", bytes.fromhex(f"{self.card.expiry}{last_day:02d}"))
                    + T("5F25", bytes.fromhex("200101")) + T("5F34", bytes.fromhex(self.card.psn))
                    + T("5F28", bytes.fromhex("0156")) + T("8C", CDOL1) + T("8D", CDOL2)
                    + T("9F07", bytes.fromhex("FF00")) + T("9F08", bytes.fromhex("0030"))
                    + T("9F0D", bytes.fromhex("D8609CA800")) + T("9F0E", bytes.fromhex("0010000000"))
                    + T("9F0F", bytes.fromhex("D8689CF800")))
-        return [T("70", record1), T("70", record2)]
+        return _with_defect(self.card.broken, record1, record2)
 
     def _cryptogram(self, sent: dict[str, bytes]) -> bytes:
         self.atc = (self.atc + 1) & 0xFFFF
@@ -207,6 +217,16 @@ class CardEmulator:
         if self._rng.random() < 0.5:
             return bytes.fromhex("7781FF8202") + self._rng.randbytes(6) + SW_OK
         return self._rng.randbytes(self._rng.randint(1, 40)) + SW_OK
+
+
+def _with_defect(broken: str | None, body1: bytes, body2: bytes) -> list[bytes]:
+    """The two application records (70 templates), with a `broken:` card's defect."""
+    if broken == "oversized_record":
+        body1 += T("DF7F", bytes(OVERSIZED_FILLER))
+    record2 = T("70", body2)
+    if broken == "tlv_length":  # encoded as if OVERRUN bytes more followed, then cut
+        record2 = T("70", body2 + bytes(OVERRUN))[:-OVERRUN]
+    return [T("70", body1), record2]
 
 
 _HANDLERS = {

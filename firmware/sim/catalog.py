@@ -12,9 +12,12 @@ from pathlib import Path
 
 from firmware.cardsafe import luhn_ok
 
-__all__ = ["TestCard", "Catalog", "CatalogError", "load_catalog", "default_catalog_path"]
+__all__ = ["TestCard", "Catalog", "CatalogError", "load_catalog", "default_catalog_path",
+           "BROKEN_KINDS"]
 
 OUTCOMES_FIXED = {"approve", "no_response", "garbage"}
+# "broken:KIND": the chip answers one deterministic defect (see firmware.sim.card_emulator).
+BROKEN_KINDS = frozenset({"tlv_length", "oversized_record", "missing_pan", "bad_sw"})
 
 
 class CatalogError(ValueError):
@@ -41,6 +44,11 @@ class TestCard:
     def forced_code(self) -> str | None:
         """Response code the host always answers for this card, if any."""
         return self.outcome.split(":", 1)[1] if self.outcome.startswith("decline:") else None
+
+    @property
+    def broken(self) -> str | None:
+        """The chip defect this card emulates ("tlv_length", ...), if any."""
+        return self.outcome.split(":", 1)[1] if self.outcome.startswith("broken:") else None
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ def _card(entry: dict, where: str) -> TestCard:
         raise CatalogError(f"{where}: pan fails the Luhn check")
     if not (len(card.expiry) == 4 and card.expiry.isdigit()):
         raise CatalogError(f"{where}: expiry must be YYMM")
-    if not (card.outcome in OUTCOMES_FIXED or card.forced_code):
+    if not (card.outcome in OUTCOMES_FIXED or card.forced_code or card.broken in BROKEN_KINDS):
         raise CatalogError(f"{where}: outcome {card.outcome!r} not understood")
     return card
 
