@@ -22,7 +22,8 @@ from firmware.acquirer.messages import MessageError, TerminalIds
 from firmware.emv import cryptogram, tlv
 from firmware.emv.card import ENTRY_MAGSTRIPE, CardData
 from firmware.emv.reader import TerminalParams, read_card
-from firmware.sim.acquirer import AcquirerSimulator, Faults, ac_session_key, compute_arpc
+from firmware.emv.cryptogram import ac_session_key, compute_arpc
+from firmware.sim.acquirer import AcquirerSimulator, Faults
 from firmware.sim.card_emulator import CardEmulator
 from firmware.sim.catalog import load_catalog
 from firmware.sim.ledger import Ledger, LedgerError, pan_key

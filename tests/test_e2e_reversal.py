@@ -4,15 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from firmware.sim.runner import sim_session
-from firmware.sim.script import parse_script, run_script
-
-
-def run(cfg, script: str):
-    async def go():
-        async with sim_session(cfg) as session:
-            await run_script(session, parse_script(script), log=lambda line: None)
-            return session
-    return asyncio.run(go())
+from scenario import run_scenario as run
 
 
 LOST_ANSWER = """

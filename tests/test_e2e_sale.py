@@ -9,18 +9,10 @@ import pytest
 
 from firmware.acquirer.codes import describe_code
 from firmware.sim.runner import sim_session
-from firmware.sim.script import ScriptError, load_script, parse_script, run_script
+from firmware.sim.script import ScriptError, load_script, run_script
+from scenario import run_scenario as run
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.kpos"))
-
-
-def run(cfg, script: str, **kw):
-    """Run a scenario text against a fresh simulator; returns the session for after-checks."""
-    async def go():
-        async with sim_session(cfg, **kw) as session:
-            await run_script(session, parse_script(script), log=lambda line: None)
-            return session
-    return asyncio.run(go())
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Mapping
+from contextlib import contextmanager
+from typing import Iterator, Mapping
 
 import pyemv
 from cryptography.utils import CryptographyDeprecationWarning
 
 from firmware.emv import tlv
 
-__all__ = ["ARQC_TAGS", "arqc_input", "compute_arqc", "verify_arqc", "CryptogramError"]
+__all__ = ["ARQC_TAGS", "arqc_input", "ac_session_key", "compute_arqc", "compute_arpc", "verify_arqc",
+           "CryptogramError"]
 
 log = logging.getLogger("kpos.emv")
 
@@ -64,17 +66,43 @@ def _double_length(key: bytes) -> bytes:
     raise CryptogramError(f"IMK-AC must be a double-length TDES key, got {len(key)} bytes")
 
 
+@contextmanager
+def _quiet_tdes() -> Iterator[None]:
+    """pyemv's TDES calls warn on every use under cryptography >= 43; silence only those."""
+    with warnings.catch_warnings():
+        for message in _TDES_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=CryptographyDeprecationWarning)
+        yield
+
+
+def ac_session_key(imk_ac: bytes, pan: str, psn: str | None, atc: bytes) -> bytes:
+    """The card's AC session key: ICC master key by EMV option A, then the common session key."""
+    if len(atc) != 2:
+        raise CryptogramError(f"ATC must be 2 bytes, got {len(atc)}")
+    with _quiet_tdes():
+        icc_mk = pyemv.kd.derive_icc_mk_a(_double_length(imk_ac), pan, psn or "00")
+        return pyemv.kd.derive_common_sk(icc_mk, atc + bytes(6))
+
+
 def compute_arqc(imk_ac: bytes, pan: str, psn: str | None, values: Mapping[str, bytes]) -> bytes:
     """8-byte ARQC for `values` (tag -> bytes, must hold ARQC_TAGS) under the card's key."""
     data = arqc_input(values)
-    atc = values["9F36"]
-    with warnings.catch_warnings():
-        for message in _TDES_WARNINGS:
-            warnings.filterwarnings("ignore", message=message,
-                                    category=CryptographyDeprecationWarning)
-        icc_mk = pyemv.kd.derive_icc_mk_a(_double_length(imk_ac), pan, psn or "00")
-        session_key = pyemv.kd.derive_common_sk(icc_mk, atc + bytes(6))
+    session_key = ac_session_key(imk_ac, pan, psn, values["9F36"])
+    with _quiet_tdes():
         return pyemv.ac.generate_ac(session_key, data)
+
+
+def compute_arpc(imk_ac: bytes, pan: str, psn: str | None, atc: bytes, arqc: bytes, arc: str) -> bytes:
+    """8-byte ARPC, EMV method 1: TDES under the AC session key of ARQC XOR (ARC || 00..00).
+
+    `arc` is the 2-character authorisation response code (field 39), sent as ASCII.
+    """
+    arc_bytes = arc.encode("ascii")
+    if len(arc_bytes) != 2:
+        raise CryptogramError(f"ARC must be 2 characters, got {len(arc_bytes)}")
+    session_key = ac_session_key(imk_ac, pan, psn, atc)
+    with _quiet_tdes():
+        return pyemv.ac.generate_arpc_1(session_key, arqc, arc_bytes)
 
 
 def verify_arqc(imk_ac: bytes, pan: str, psn: str | None, icc_data: bytes) -> bool:

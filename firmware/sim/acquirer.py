@@ -11,9 +11,8 @@ never a PAN, track 2, PIN block or ICC data. TEST HOST: catalog cards and keys o
 
 Chip data (docs/acquirer-protocol.md §8): field 55 of a sale must agree with fields 4 and
 49 and carry an ARQC that verifies under the catalog's IMK-AC; every 0210 to a request
-with an ARQC carries field 55 = 91 (ARPC method 1 + ARC) and 8A. The AC session key is
-derived here exactly as firmware/emv/cryptogram.py derives it for the card (EMV option A,
-common session key); `ac_session_key` would belong there once the terminal checks ARPCs.
+with an ARQC carries field 55 = 91 (ARPC method 1 + ARC) and 8A, both computed by
+firmware/emv/cryptogram.py, the same code the card emulator uses.
 """
 from __future__ import annotations
 
@@ -21,15 +20,11 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, TypeVar
+from typing import Callable, Mapping, TypeVar
 
-import pyemv
-from cryptography.utils import CryptographyDeprecationWarning
 
 from firmware import keys
 from firmware.acquirer import messages
@@ -41,7 +36,7 @@ from firmware.sim.ledger import PIN_TRIES_LIMIT, Authorisation, Ledger
 
 __all__ = [
     "Faults", "AcquirerSimulator", "serve", "sale_response", "NO_ANSWER", "Decision",
-    "check_icc", "check_arqc", "card_psn", "ac_session_key", "compute_arpc", "issuer_icc_data",
+    "check_icc", "check_arqc", "card_psn", "issuer_icc_data",
     "ARQC_VERIFIED", "ARQC_FAILED", "ARQC_NOT_CHECKED",
 ]
 
@@ -449,43 +444,6 @@ def check_arqc(req: Mapping[str, object], imk_ac: bytes) -> str:
     return ARQC_VERIFIED if ok else ARQC_FAILED
 
 
-@contextmanager
-def _quiet_tdes() -> Iterator[None]:
-    """pyemv's TDES deprecation warnings off, as in firmware/emv/cryptogram.py."""
-    with warnings.catch_warnings():
-        for message in _TDES_WARNINGS:
-            warnings.filterwarnings("ignore", message=message,
-                                    category=CryptographyDeprecationWarning)
-        yield
-
-
-def ac_session_key(imk_ac: bytes, pan: str, psn: str | None, atc: bytes) -> bytes:
-    """The card's AC session key, derived as cryptogram.compute_arqc does (option A + common SK)."""
-    if len(imk_ac) == 24 and imk_ac[16:] == imk_ac[:8]:
-        imk_ac = imk_ac[:16]
-    if len(imk_ac) != 16:
-        raise ValueError(f"IMK-AC must be a double-length TDES key, got {len(imk_ac)} bytes")
-    if len(atc) != 2:
-        raise ValueError(f"ATC must be 2 bytes, got {len(atc)}")
-    with _quiet_tdes():
-        icc_mk = pyemv.kd.derive_icc_mk_a(imk_ac, pan, psn or "00")
-        return pyemv.kd.derive_common_sk(icc_mk, atc + bytes(6))
-
-
-def compute_arpc(imk_ac: bytes, pan: str, psn: str | None, atc: bytes, arqc: bytes,
-                 arc: str) -> bytes:
-    """8-byte ARPC, EMV method 1: TDES under the AC session key of ARQC XOR (ARC || 00..00).
-
-    `arc` is the 2-character authorisation response code (field 39), sent as ASCII.
-    """
-    arc_bytes = arc.encode("ascii")
-    if len(arc_bytes) != 2:
-        raise ValueError(f"ARC must be 2 characters, got {len(arc_bytes)}")
-    session_key = ac_session_key(imk_ac, pan, psn, atc)
-    with _quiet_tdes():
-        return pyemv.ac.generate_arpc_1(session_key, arqc, arc_bytes)
-
-
 def issuer_icc_data(req: Mapping[str, object], imk_ac: bytes, rc: str) -> bytes | None:
     """Field 55 of the 0210: 91 = ARPC + ARC, then 8A = ARC (ASCII of `rc`).
 
@@ -502,7 +460,7 @@ def issuer_icc_data(req: Mapping[str, object], imk_ac: bytes, rc: str) -> bytes 
     if len(arqc) != 8 or len(atc) != 2:
         return None
     arc = rc.encode("ascii")
-    arpc = compute_arpc(imk_ac, str(req["2"]), card_psn(req, values), atc, arqc, rc)
+    arpc = cryptogram.compute_arpc(imk_ac, str(req["2"]), card_psn(req, values), atc, arqc, rc)
     return tlv.encode("91", arpc + arc) + tlv.encode("8A", arc)
 
 
