@@ -81,6 +81,7 @@ class Terminal:
         self.pinpad = SoftPinPad()
         self.journal: Journal | None = None
         self.session_keys: SessionKeys | None = None
+        self._tmk = b""  # terminal master key, read at start
         self.state = sale.SaleState()
         self.ready = asyncio.Event()
         self.signed_on = asyncio.Event()

@@ -345,28 +345,26 @@ class Journal:
     def _stamp(self) -> str:
         return self._now().isoformat(timespec="seconds")
 
-    def _move(self, db: sqlite3.Connection, txn_id: int, what: str, to: str, **columns: Any) -> None:
-        """Txn status change, legal only from the statuses in _TXN_FROM[what]."""
-        allowed = _TXN_FROM[what]
+    def _update_status(self, db: sqlite3.Connection, table: str, key: str, txn_id: int,
+                       allowed: tuple[str, ...], to: str, columns: dict[str, Any]) -> int:
+        """UPDATE one row's status (and `columns`) only from an `allowed` status; rows changed.
+        `table`, `key` and column names come from this module, never from input."""
         sets = "".join(f", {name} = ?" for name in columns)
         cur = db.execute(
-            f"UPDATE txn SET status = ?, updated_at = ?{sets} "
-            f"WHERE id = ? AND status IN ({', '.join('?' * len(allowed))})",
+            f"UPDATE {table} SET status = ?, updated_at = ?{sets} "
+            f"WHERE {key} = ? AND status IN ({', '.join('?' * len(allowed))})",
             (to, self._stamp(), *columns.values(), txn_id, *allowed),
         )
-        if cur.rowcount != 1:
+        return cur.rowcount
+
+    def _move(self, db: sqlite3.Connection, txn_id: int, what: str, to: str, **columns: Any) -> None:
+        """Txn status change, legal only from the statuses in _TXN_FROM[what]."""
+        if self._update_status(db, "txn", "id", txn_id, _TXN_FROM[what], to, columns) != 1:
             raise self._illegal(db, txn_id, to)
 
     def _move_reversal(self, db: sqlite3.Connection, txn_id: int, what: str, to: str, **columns: Any) -> bool:
         """Reversal status change if the txn has a reversal; False when it has none."""
-        allowed = _REVERSAL_FROM[what]
-        sets = "".join(f", {name} = ?" for name in columns)
-        cur = db.execute(
-            f"UPDATE reversal SET status = ?, updated_at = ?{sets} "
-            f"WHERE txn_id = ? AND status IN ({', '.join('?' * len(allowed))})",
-            (to, self._stamp(), *columns.values(), txn_id, *allowed),
-        )
-        if cur.rowcount == 1:
+        if self._update_status(db, "reversal", "txn_id", txn_id, _REVERSAL_FROM[what], to, columns) == 1:
             return True
         current = db.execute("SELECT status FROM reversal WHERE txn_id = ?", (txn_id,)).fetchone()
         if current is not None:
