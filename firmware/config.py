@@ -82,6 +82,29 @@ class DevicesConfig:
     keypad: str  # "console" | "gpio" | "evdev"
     display: str  # "console" | "luma" | "hd44780"
     printer: str  # "sim" | "usb" | "serial" | "network" | "file"
+    reader_name: str  # PC/SC reader name pattern (regex or substring); "" = first reader
+    reader_contactless: str  # "auto" | "yes" | "no": is the PC/SC reader a contactless one
+    magstripe: str  # "none" | "serial" | "wedge": magnetic stripe reader backend
+    magstripe_port: str  # serial port of a "serial" reader (a pyserial URL also works)
+    magstripe_baudrate: int
+
+
+@dataclass(frozen=True)
+class EmvConfig:
+    capk_file: Path  # CA public keys for offline data authentication (TOML, see config/capk.toml)
+    terminal_type: str  # 9F35, 2 digits
+    capabilities: str  # 9F33, 6 hex digits
+    floor_limit: int  # minor units; 0 = every chip transaction goes online
+    random_threshold: int  # minor units, random selection threshold
+    random_target_percent: int  # 0..99
+    random_max_percent: int  # random_target_percent..99
+    tac_denial: str  # 10 hex digits
+    tac_online: str
+    tac_default: str
+    contactless: bool  # accept taps
+    contactless_limit: int  # minor units; a tap above it is refused ("insert card")
+    cvm_limit: int  # minor units; a tap above it needs a CVM (online PIN)
+    fallback: bool  # allow a swipe after a failed chip read (field 22 = 80x)
 
 
 @dataclass(frozen=True)
@@ -130,6 +153,7 @@ class Config:
     limits: LimitsConfig
     timeouts: TimeoutsConfig
     devices: DevicesConfig
+    emv: EmvConfig
     printer: PrinterConfig
     receipt: ReceiptConfig
     security: SecurityConfig
@@ -140,7 +164,7 @@ class Config:
 # Section name -> its dataclass (the schema). Order is the build order.
 _SECTIONS: dict[str, type] = {
     "terminal": TerminalConfig, "acquirer": AcquirerConfig, "limits": LimitsConfig,
-    "timeouts": TimeoutsConfig, "devices": DevicesConfig, "printer": PrinterConfig,
+    "timeouts": TimeoutsConfig, "devices": DevicesConfig, "emv": EmvConfig, "printer": PrinterConfig,
     "receipt": ReceiptConfig, "security": SecurityConfig, "log": LogConfig, "sim": SimConfig,
 }
 _REQUIRED: Any = object()  # default meaning "the key must be present"
@@ -302,11 +326,50 @@ def _timeouts(s: _Section) -> TimeoutsConfig:
 
 
 def _devices(s: _Section) -> DevicesConfig:
+    magstripe = s.str_("magstripe", "none", choices=("none", "serial", "wedge"))
     return DevicesConfig(  # no defaults: simulation is never picked silently
         card_reader=s.str_("card_reader", choices=("sim", "pcsc")),
         keypad=s.str_("keypad", choices=("console", "gpio", "evdev")),
         display=s.str_("display", choices=("console", "luma", "hd44780")),
         printer=s.str_("printer", choices=("sim", "usb", "serial", "network", "file")),
+        reader_name=s.str_("reader_name", "", maxlen=200),
+        reader_contactless=s.str_("reader_contactless", "auto", choices=("auto", "yes", "no")),
+        magstripe=magstripe,
+        magstripe_port=s.str_("magstripe_port", "", maxlen=200,
+                              need='[devices] magstripe = "serial"' if magstripe == "serial" else ""),
+        magstripe_baudrate=s.int_("magstripe_baudrate", 9600,
+                                  choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
+    )
+
+
+_HEX = {5: (r"[0-9A-Fa-f]{10}", "10 hex digits"), 3: (r"[0-9A-Fa-f]{6}", "6 hex digits")}
+
+
+def _emv(s: _Section) -> EmvConfig:
+    def hexcode(key: str, default: str, size: int) -> str:
+        pattern, rule = _HEX[size]
+        return s.str_(key, default, pattern=pattern, rule=rule).upper()
+
+    money = (0, 999_999_999_999)
+    target = s.int_("random_target_percent", 0, 0, 99)
+    contactless_limit = s.int_("contactless_limit", 500_000, *money)
+    return EmvConfig(
+        capk_file=s.path("capk_file", "capk.toml"),
+        terminal_type=s.str_("terminal_type", "22", choices=("21", "22", "23", "24", "25", "26")),
+        capabilities=hexcode("capabilities", "E0E8C0", 3),
+        floor_limit=s.int_("floor_limit", 0, *money),
+        random_threshold=s.int_("random_threshold", 0, *money),
+        random_target_percent=target,
+        random_max_percent=s.int_("random_max_percent", target, target, 99,
+                                  span=f"random_target_percent ({target})..99"),
+        tac_denial=hexcode("tac_denial", "0010000000", 5),
+        tac_online=hexcode("tac_online", "D84004F800", 5),
+        tac_default=hexcode("tac_default", "D84004A800", 5),
+        contactless=s.bool_("contactless", True),
+        contactless_limit=contactless_limit,
+        cvm_limit=s.int_("cvm_limit", 100_000, 0, contactless_limit,
+                         span=f"0..contactless_limit ({contactless_limit})"),
+        fallback=s.bool_("fallback", True),
     )
 
 
@@ -410,7 +473,7 @@ def load_config(path: str | Path, *, overrides: dict | None = None) -> Config:
     cfg = Config(
         path=path, terminal=terminal, acquirer=_acquirer(section("acquirer")),
         limits=_limits(section("limits")), timeouts=_timeouts(section("timeouts")),
-        devices=devices, printer=_printer(section("printer"), devices),
+        devices=devices, emv=_emv(section("emv")), printer=_printer(section("printer"), devices),
         receipt=_receipt(section("receipt")), security=_security(section("security"), terminal),
         log=_log(section("log")),
         sim=_sim(section("sim"), terminal) if "sim" in raw else None,

@@ -76,7 +76,11 @@ def test_shipped_file_loads(path):
 def test_terminal_toml_is_a_real_device():
     cfg = load_config(TERMINAL_TOML)
     assert cfg.sim is None
-    assert dataclasses.astuple(cfg.devices) == ("pcsc", "gpio", "luma", "usb")
+    d = cfg.devices
+    assert (d.card_reader, d.keypad, d.display, d.printer) == ("pcsc", "gpio", "luma", "usb")
+    assert (d.magstripe, d.magstripe_port) == ("serial", "/dev/ttyACM0")
+    assert cfg.emv.capk_file == TERMINAL_TOML.parent / "capk.toml"
+    assert (cfg.emv.floor_limit, cfg.emv.cvm_limit, cfg.emv.contactless_limit) == (0, 100000, 500000)
     assert cfg.terminal.data_dir == Path("/var/lib/kpos")
     assert cfg.security.tmk_file == Path("/etc/kpos/keys/tmk.key")
     assert cfg.security.vault_key_file == Path("/var/lib/kpos/keys/vault.key")
@@ -87,7 +91,8 @@ def test_terminal_toml_is_a_real_device():
 def test_sim_toml_is_the_simulator():
     cfg = load_config(SIM_TOML)
     catalog = load_catalog(cfg.sim.catalog)
-    assert dataclasses.astuple(cfg.devices) == ("sim", "console", "console", "sim")
+    d = cfg.devices
+    assert (d.card_reader, d.keypad, d.display, d.printer, d.magstripe) == ("sim", "console", "console", "sim", "none")
     assert (cfg.terminal.merchant_id, cfg.terminal.terminal_id) == ("898310048990001", "10000001")
     assert cfg.terminal.merchant_name == "KPOS DEMO STORE"
     assert (cfg.acquirer.host, cfg.acquirer.port) == ("127.0.0.1", 5000)
@@ -137,6 +142,8 @@ def test_defaults_match_terminal_toml(tmp_path):
         terminal={"data_dir": "/var/lib/kpos"})))
     for section in ("limits", "timeouts", "printer", "receipt", "log"):
         assert getattr(cfg, section) == getattr(shipped, section), section
+    assert cfg.emv.capk_file == tmp_path / "capk.toml"  # relative to the config file
+    assert dataclasses.replace(cfg.emv, capk_file=shipped.emv.capk_file) == shipped.emv
     assert dataclasses.replace(cfg.acquirer, host="acquirer.example.net") == shipped.acquirer
     terminal = cfg.terminal
     assert (terminal.currency, terminal.operator, terminal.language) == (156, "01", "en")
@@ -387,3 +394,27 @@ def test_read_tmk_warns_on_world_readable_device_key(tmp_path, caplog, sim, mode
     assert any("readable by every user" in r.getMessage() for r in caplog.records) is warned
     assert all(TMK_HEX.lower() not in r.getMessage().lower() for r in caplog.records)
     assert os.stat(cfg.security.tmk_file).st_mode & 0o777 == mode
+
+
+# --- [devices] reader / magstripe and [emv] ----------------------------------------------
+
+def test_serial_magstripe_needs_a_port(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[devices\] magstripe_port: must be set when"):
+        load_config(SIM_TOML, overrides={"devices": {"magstripe": "serial"}})
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"tac_online": "D84004F8"}, r"\[emv\] tac_online: .*10 hex digits"),
+    ({"capabilities": "E0E8C0FF"}, r"\[emv\] capabilities: .*6 hex digits"),
+    ({"cvm_limit": 600000}, r"\[emv\] cvm_limit: .*contactless_limit \(500000\)"),
+    ({"random_target_percent": 50, "random_max_percent": 20}, r"random_max_percent: .*random_target_percent \(50\)"),
+    ({"terminal_type": "99"}, r"\[emv\] terminal_type"),
+])
+def test_emv_section_rejects_bad_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(SIM_TOML, overrides={"emv": override})
+
+
+def test_emv_hex_codes_are_upper_cased():
+    cfg = load_config(SIM_TOML, overrides={"emv": {"tac_denial": "00100000ab"}})
+    assert cfg.emv.tac_denial == "00100000AB"

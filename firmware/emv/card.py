@@ -10,12 +10,17 @@ from dataclasses import dataclass
 
 from firmware.cardsafe import mask_pan
 
-__all__ = ["CardData", "CardReadError", "ENTRY_CHIP", "ENTRY_CONTACTLESS", "ENTRY_MAGSTRIPE"]
+__all__ = ["CardData", "CardReadError", "ENTRY_CHIP", "ENTRY_CONTACTLESS", "ENTRY_MAGSTRIPE",
+           "ENTRY_FALLBACK", "CVMS"]
 
 # Field 22 POS entry mode: 2 digits PAN entry + 1 digit PIN capability (1 = can accept PIN).
 ENTRY_CHIP = "051"
 ENTRY_CONTACTLESS = "071"
 ENTRY_MAGSTRIPE = "021"
+ENTRY_FALLBACK = "801"  # magstripe read after the chip failed (fallback)
+
+# Cardholder verification the kernel asks the terminal to perform next (or has performed).
+CVMS = ("online_pin", "offline_pin", "signature", "none")
 
 
 class CardReadError(Exception):
@@ -36,7 +41,12 @@ class CardData:
     app_label: str  # tag 50 (or 9F12), printable
     icc_data: bytes  # field 55 TLV (ARQC and terminal/card data)
     entry_mode: str = ENTRY_CHIP
-    cryptogram: str = ""  # ARQC hex (tag 9F26), for the receipt's audit line; "" if none
+    cryptogram: str = ""  # application cryptogram hex (tag 9F26) for the receipt; "" if none
+    cryptogram_type: str = ""  # "ARQC" | "TC" | "AAC" for `cryptogram`; "" if none
+    service_code: str = ""  # 3 digits from track 2 (or its chip equivalent); "" if unknown
+    tvr: str = ""  # terminal verification results (95), 10 hex digits; "" for magstripe
+    tsi: str = ""  # transaction status information (9B), 4 hex digits; "" for magstripe
+    cvm: str = ""  # CVM performed: one of CVMS; "" before cardholder verification
 
     @property
     def masked_pan(self) -> str:

@@ -12,15 +12,16 @@ import textwrap
 from dataclasses import dataclass
 from typing import Union
 
-from firmware.emv.card import CardData
+from firmware.emv.card import CVMS, CardData
 
 __all__ = [
     "LCD_COLS", "LCD_ROWS", "TONES", "KEYS", "DIGITS", "OUTCOMES", "BEEPS",
     "Screen", "fit", "wrap",
     "Key", "PinLength", "CardInserted", "CardRemoved", "CardRead", "CardReadFailed",
+    "AppChoice", "PinVerified", "CardSwiped", "SwipeFailed", "ReaderStatus",
     "AuthResult", "PrintDone", "Timeout", "Shutdown", "Event",
-    "Show", "Beep", "StartTimer", "CancelTimers", "ReadCard", "StartPin", "StopPin",
-    "Authorise", "Print", "Idle", "Action",
+    "Show", "Beep", "StartTimer", "CancelTimers", "ReadCard", "SelectApp", "StartPin", "StopPin",
+    "VerifyPin", "Authorise", "Print", "Idle", "Action", "CVMS", "READ_NEXT",
 ]
 
 LCD_COLS = 20
@@ -92,12 +93,83 @@ class CardRemoved:
 
 @dataclass(frozen=True)
 class CardRead:
+    """The chip (or contactless) card is read and checked up to cardholder verification.
+
+    `cvm` is what the terminal must do next: "online_pin" (PIN screen, block in the
+    request), "offline_pin" (PIN screen, then VerifyPin), "signature" or "none" (straight
+    to Authorise; signature puts a signature line on the merchant receipt).
+    """
+
     card: CardData
+    cvm: str = "online_pin"  # one of CVMS
+
+    def __post_init__(self) -> None:
+        if self.cvm not in CVMS:
+            raise ValueError(f"CardRead: cvm {self.cvm!r} not in {CVMS}")
+
+
+# CardReadFailed.next: what the cashier may do instead of giving up.
+READ_NEXT = ("", "swipe", "insert")
 
 
 @dataclass(frozen=True)
 class CardReadFailed:
+    """The card could not be used. `next`: "" = the sale ends with `reason`; "swipe" = the
+    chip failed and a fallback swipe is allowed; "insert" = a tap was refused (over the
+    contactless limit, or the card asks for the contact interface): insert the card."""
+
     reason: str  # short, safe to show and log (no card data)
+    next: str = ""  # one of READ_NEXT
+
+    def __post_init__(self) -> None:
+        if self.next not in READ_NEXT:
+            raise ValueError(f"CardReadFailed: next {self.next!r} not in {READ_NEXT}")
+
+
+@dataclass(frozen=True)
+class AppChoice:
+    """The card holds several applications and the cardholder must pick one (SelectApp)."""
+
+    labels: tuple[str, ...]  # display labels in the card's priority order, 2..9 of them
+
+
+@dataclass(frozen=True)
+class PinVerified:
+    """Result of an offline PIN VERIFY. ok: PIN right. Otherwise tries_left > 0: ask again;
+    tries_left == 0 (or None: unknown, card refused): the PIN is blocked or unusable, and
+    `next_cvm` is what the card's CVM list asks for instead ("none" = go on to Authorise,
+    the failure is recorded in the TVR and the card or host decides)."""
+
+    ok: bool
+    tries_left: int | None = None
+    next_cvm: str = "none"  # one of CVMS
+
+
+@dataclass(frozen=True, repr=False)
+class CardSwiped:
+    """A magnetic stripe was read and parsed (Luhn and expiry checked by the reader side).
+
+    `card.entry_mode` is ENTRY_MAGSTRIPE; the flow turns it into ENTRY_FALLBACK after a
+    failed chip read. `chip`: the service code says the card has a chip (2xx / 6xx), so
+    unless the chip already failed the cardholder is told to insert it."""
+
+    card: CardData
+    chip: bool
+
+    def __repr__(self) -> str:
+        return f"CardSwiped({self.card!r}, chip={self.chip})"
+
+
+@dataclass(frozen=True)
+class SwipeFailed:
+    reason: str  # short, safe to show and log: "unreadable stripe", "card expired", ...
+
+
+@dataclass(frozen=True)
+class ReaderStatus:
+    """The card reader's health changed: fault "" = working, else a short operator text."""
+
+    fault: str
 
 
 @dataclass(frozen=True)
@@ -131,8 +203,9 @@ class Shutdown:
     """The service is stopping: cancel anything interactive."""
 
 
-Event = Union[Key, PinLength, CardInserted, CardRemoved, CardRead, CardReadFailed,
-              AuthResult, PrintDone, Timeout, Shutdown]
+Event = Union[Key, PinLength, CardInserted, CardRemoved, CardRead, CardReadFailed, AppChoice,
+              PinVerified, CardSwiped, SwipeFailed, ReaderStatus, AuthResult, PrintDone,
+              Timeout, Shutdown]
 
 
 # ---- actions (outputs the app executes, in order) ----
@@ -167,6 +240,19 @@ class ReadCard:
 
 
 @dataclass(frozen=True)
+class SelectApp:
+    """Go on with the card's application number `index` (0-based, from AppChoice.labels)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class VerifyPin:
+    """Send the PIN pad's PIN to the card (offline plaintext PIN VERIFY), wipe it -> PinVerified
+    (or CardReadFailed when the card is gone)."""
+
+
+@dataclass(frozen=True)
 class StartPin:
     """Route digit keys (and BACK/CLEAR) to the PIN pad; it reports PinLength events."""
 
@@ -198,5 +284,5 @@ class Idle:
     """The flow is back at idle (the app waits for this before shutting down)."""
 
 
-Action = Union[Show, Beep, StartTimer, CancelTimers, ReadCard, StartPin, StopPin,
-               Authorise, Print, Idle]
+Action = Union[Show, Beep, StartTimer, CancelTimers, ReadCard, SelectApp, StartPin, StopPin,
+               VerifyPin, Authorise, Print, Idle]
