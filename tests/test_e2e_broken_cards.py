@@ -25,7 +25,7 @@ BROKEN = [  # catalog card, reason logged, the part of it on one screen line
 
 BROKEN_READ = """
     keys 500 ENTER
-    expect screen "Insert card"
+    expect screen "Insert"
     {verb} {card}
     expect screen "Card read error"
     expect screen "{shown}"

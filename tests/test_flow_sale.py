@@ -1,14 +1,21 @@
 """Sale flow state machine: event tables in, actions and screens out; no I/O."""
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
 
-from firmware.emv.card import CardData
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from firmware.emv.card import (
+    CVMS, ENTRY_CHIP, ENTRY_CONTACTLESS, ENTRY_FALLBACK, ENTRY_MAGSTRIPE, CardData,
+)
 from firmware.flows.sale import BUSY_PHASES, PHASES, SaleConfig, SaleState, busy, start, step
 from firmware.flows.types import (
-    LCD_COLS, LCD_ROWS, AuthResult, Authorise, Beep, CancelTimers, CardInserted, CardRead,
-    CardReadFailed, CardRemoved, Idle, Key, PinLength, Print, PrintDone, ReadCard, Screen, Show,
-    Shutdown, StartPin, StartTimer, StopPin, Timeout, wrap,
+    KEYS, LCD_COLS, LCD_ROWS, READ_NEXT, AppChoice, AuthResult, Authorise, Beep, CancelTimers,
+    CardInserted, CardRead, CardReadFailed, CardRemoved, CardSwiped, Idle, Key, PinLength,
+    PinVerified, Print, PrintDone, ReadCard, ReaderStatus, Screen, SelectApp, Show, Shutdown,
+    StartPin, StartTimer, StopPin, SwipeFailed, Timeout, VerifyPin, wrap,
 )
 
 PAN = "6226090000000014"
@@ -29,8 +36,8 @@ def amount_screen(text: str, note: str | None = None) -> Screen:
     return Screen("SALE", ("Amount", text) + ((note,) if note else ()) + ("ENTER to confirm",))
 
 
-def pin_screen(n: int) -> Screen:
-    return Screen("CNY 12.50", ("Enter PIN", "*" * n, "622609******0014"))
+def pin_screen(n: int, note: str = "Enter PIN") -> Screen:
+    return Screen("CNY 12.50", (note, "*" * n, "622609******0014"))
 
 
 def keys(text: str) -> list[Key]:
@@ -71,7 +78,14 @@ def shows(per_step) -> list[Screen]:
 TO_PRESENT = keys("1250") + [Key("ENTER")]
 TO_READING = TO_PRESENT + [CardInserted()]
 TO_PIN = TO_READING + [CardRead(CARD)]
-TO_AUTH = TO_PIN + [PinLength(1), PinLength(2), PinLength(3), PinLength(4), Key("ENTER")]
+PIN4 = [PinLength(1), PinLength(2), PinLength(3), PinLength(4)]
+TO_AUTH = TO_PIN + PIN4 + [Key("ENTER")]
+TO_CHOICE = TO_READING + [AppChoice(("UnionPay Debit", "UnionPay Credit"))]
+TO_OFFLINE_PIN = TO_READING + [CardRead(CARD, "offline_pin")]
+TO_VERIFYING = TO_OFFLINE_PIN + PIN4 + [Key("ENTER")]
+
+TAP = replace(CARD, entry_mode=ENTRY_CONTACTLESS)
+STRIPE = replace(CARD, entry_mode=ENTRY_MAGSTRIPE, icc_data=b"", service_code="201")
 
 
 def approved_screen(last: str) -> Screen:
@@ -83,7 +97,7 @@ HAPPY = [
     (Key("2"), [Beep("key"), Show(amount_screen("CNY 0.12"))]),
     (Key("5"), [Beep("key"), Show(amount_screen("CNY 1.25"))]),
     (Key("0"), [Beep("key"), Show(amount_screen("CNY 12.50"))]),
-    (Key("ENTER"), [Beep("key"), Show(Screen("SALE CNY 12.50", ("Insert card",))),
+    (Key("ENTER"), [Beep("key"), Show(Screen("SALE CNY 12.50", ("Insert or swipe card",))),
                     StartTimer("card", 60, 1)]),
     (CardInserted(), [CancelTimers(), Show(READING), ReadCard()]),
     (CardRead(CARD), [Show(pin_screen(0)), StartPin(12), StartTimer("pin", 60, 2)]),
@@ -234,10 +248,17 @@ def test_card_removed_while_result_shown_skips_remove_card():
     (TO_PIN, Timeout("card", 2)),
     (TO_PIN, Timeout("pin", 1)),  # the PIN timer's name, a stale token
     (TO_PIN, Timeout("pin", 3)),  # a token never issued
+    (TO_CHOICE, Timeout("choice", 1)),
+    (TO_CHOICE, Timeout("card", 2)),
+    (TO_CHOICE, Timeout("pin", 2)),
+    (TO_CHOICE, Timeout("choice", 3)),
+    (TO_READING + [CardReadFailed("chip error", "swipe")], Timeout("card", 1)),  # pre-read timer
+    (TO_PRESENT + [CardSwiped(STRIPE, chip=True)], Timeout("card", 1)),  # restarted: token 2
+    (TO_VERIFYING + [PinVerified(False, 2)], Timeout("pin", 2)),  # the first PIN entry's timer
 ])
 def test_stale_timer_ignored(prefix, stale):
     state, _ = drive(prefix)
-    assert state.timer in ("card", "pin") and state.token in (1, 2)
+    assert state.timer in ("card", "pin", "choice") and state.token in (1, 2, 3)
     assert step(CFG, state, stale) == (state, [])
 
 
@@ -352,10 +373,11 @@ def test_shutdown_during_pin_goes_idle_with_stoppin():
 
 
 @pytest.mark.parametrize("prefix", [keys("12"), TO_PRESENT, TO_PRESENT + [Key("CANCEL")],
-                                    TO_PIN + [Key("CANCEL"), Key("ENTER")]])
+                                    TO_PIN + [Key("CANCEL"), Key("ENTER")], TO_CHOICE,
+                                    TO_READING + [CardReadFailed("chip error", "swipe")]])
 def test_shutdown_in_interactive_phases_goes_idle(prefix):
     state, _ = drive(prefix)
-    assert state.phase in ("AMOUNT", "PRESENT_CARD", "RESULT", "REMOVE_CARD")
+    assert state.phase in ("AMOUNT", "PRESENT_CARD", "CHOOSE_APP", "RESULT", "REMOVE_CARD")
     state, actions = step(CFG, state, Shutdown())
     assert state.phase == "IDLE" and actions == TO_IDLE
 
@@ -384,7 +406,11 @@ def test_shutdown_during_authorising_then_failure_goes_idle(result):
     assert state.phase == "IDLE" and actions == TO_IDLE
 
 
-@pytest.mark.parametrize("event", [CardRead(CARD), CardReadFailed("mute card"), CardRemoved()])
+@pytest.mark.parametrize("event", [
+    CardRead(CARD), CardRead(CARD, "none"), CardReadFailed("mute card"), CardRemoved(),
+    CardReadFailed("chip error", "swipe"), CardReadFailed("tap refused", "insert"),
+    AppChoice(("UnionPay Debit", "UnionPay Credit")),
+])
 def test_shutdown_during_reading_deferred(event):
     state, _ = drive(TO_READING + [Shutdown()])
     assert state.phase == "READING" and state.stopping
@@ -395,7 +421,8 @@ def test_shutdown_during_reading_deferred(event):
 
 def test_busy_only_in_blocking_phases():
     prefixes = {"IDLE": [], "AMOUNT": keys("1"), "PRESENT_CARD": TO_PRESENT,
-                "READING": TO_READING, "PIN": TO_PIN, "AUTHORISING": TO_AUTH,
+                "READING": TO_READING, "CHOOSE_APP": TO_CHOICE, "PIN": TO_PIN,
+                "VERIFYING": TO_VERIFYING, "AUTHORISING": TO_AUTH,
                 "PRINTING": TO_AUTH + [AuthResult("approved", txn_id=1)],
                 "RESULT": TO_PRESENT + [Key("CANCEL")],
                 "REMOVE_CARD": TO_PIN + [Key("CANCEL"), Key("ENTER")]}
@@ -403,18 +430,23 @@ def test_busy_only_in_blocking_phases():
     for phase, events in prefixes.items():
         state, _ = drive(events)
         assert state.phase == phase
-        assert busy(state) == (phase in {"READING", "AUTHORISING", "PRINTING"}), phase
-    assert BUSY_PHASES == {"READING", "AUTHORISING", "PRINTING"}
+        assert busy(state) == (phase in {"READING", "VERIFYING", "AUTHORISING", "PRINTING"}), phase
+    assert BUSY_PHASES == {"READING", "VERIFYING", "AUTHORISING", "PRINTING"}
 
 
 ODD_EVENTS = [Key("1"), Key("0"), Key("ENTER"), Key("BACK"), Key("CLEAR"), Key("CANCEL"), Key("F1"),
               PinLength(3), CardInserted(), CardRemoved(), CardRead(CARD), CardReadFailed("x"),
               AuthResult("approved", txn_id=1), AuthResult("declined", "51"), PrintDone(True),
-              PrintDone(False), Timeout("card", 99), Timeout("pin", 99), Timeout("result", 99)]
+              PrintDone(False), Timeout("card", 99), Timeout("pin", 99), Timeout("result", 99),
+              Timeout("choice", 99), AppChoice(("a", "b")), AppChoice(()), PinVerified(True),
+              PinVerified(False, 2), PinVerified(False, 0, "online_pin"), PinVerified(False),
+              CardSwiped(STRIPE, chip=True), CardSwiped(STRIPE, chip=False), SwipeFailed("bad"),
+              ReaderStatus("jammed"), ReaderStatus(""), CardRead(TAP, "signature"),
+              CardReadFailed("x", "swipe"), CardReadFailed("x", "insert")]
 
 
 def test_every_event_in_every_phase_never_raises_and_screens_fit():
-    prefixes = [[], keys("1"), TO_PRESENT, TO_READING, TO_PIN, TO_AUTH,
+    prefixes = [[], keys("1"), TO_PRESENT, TO_READING, TO_CHOICE, TO_PIN, TO_VERIFYING, TO_AUTH,
                 TO_AUTH + [AuthResult("approved", txn_id=1)], TO_PRESENT + [Key("CANCEL")],
                 TO_PIN + [Key("CANCEL"), Key("ENTER")]]
     for prefix in prefixes:
@@ -473,3 +505,413 @@ def test_screen_rejects_what_an_lcd_cannot_show(bad):
 def test_config_errors_name_the_key(kwargs, name):
     with pytest.raises(ValueError, match=name):
         SaleConfig(**kwargs)
+
+
+# ---- the real card path: taps, reader faults, app choice, CVMs, offline PIN, swipe ----
+
+TITLE = "SALE CNY 12.50"
+PRESENT = Screen(TITLE, ("Insert or swipe card",))
+CHECKING = Screen("Checking PIN", ("Please wait",))
+PIN_BLOCKED = Screen("PIN blocked", ("Processing",))
+CHOICE = Screen("Select app", ("1 UnionPay Debit", "2 UnionPay Credit"))
+AUTHORISE = [Show(PROCESSING), Authorise("sale", 1250)]
+BLOCKED = [Beep("error"), Show(PIN_BLOCKED), Authorise("sale", 1250)]
+FAULT = "no reader on /dev/ttyUSB0, check the cable"
+
+
+def idle_fault(fault: str) -> Screen:
+    return Screen("KPOS", ("SALE", "Key in amount", "Card reader fault", fault))
+
+
+def pin_entry(token: int, note: str = "Enter PIN") -> list:
+    return [Show(pin_screen(0, note)), StartPin(12), StartTimer("pin", 60, token)]
+
+
+@pytest.mark.parametrize("limit, line", [
+    (0, "Insert or swipe card"),  # taps not offered
+    (500_000, "Insert, tap or swipe"),
+    (1250, "Insert, tap or swipe"),  # the limit itself may be tapped
+    (1249, "Insert or swipe card"),
+])
+def test_present_card_offers_a_tap_only_up_to_the_contactless_limit(limit, line):
+    cfg = SaleConfig(max_amount=9_999_999, contactless_limit=limit)
+    state, per_step = drive(TO_PRESENT, cfg=cfg)
+    assert state.phase == "PRESENT_CARD"
+    assert per_step[-1] == [Beep("key"), Show(Screen(TITLE, (line,))), StartTimer("card", 60, 1)]
+
+
+def test_reader_fault_in_idle_shown_beeped_once_and_cleared():
+    state, _ = start(CFG)
+    state, actions = step(CFG, state, ReaderStatus(FAULT))
+    assert state.reader_fault == FAULT and state.phase == "IDLE"
+    assert actions == [Show(idle_fault("no reader on /dev...")), Beep("error")]
+    assert step(CFG, state, ReaderStatus(FAULT)) == (state, [])  # the same fault again
+    state, actions = step(CFG, state, ReaderStatus("jammed"))  # another fault: beeps again
+    assert actions == [Show(idle_fault("jammed")), Beep("error")]
+    state, actions = step(CFG, state, ReaderStatus(""))
+    assert state == SaleState() and actions == [Show(IDLE)]  # cleared: no beep
+
+
+def test_reader_fault_on_present_card_screen_and_cleared_there():
+    state, per_step = drive([ReaderStatus("jammed")] + TO_PRESENT)
+    assert per_step[-1][1] == Show(Screen(TITLE, ("Insert or swipe card", "Reader: jammed")))
+    token = state.token
+    state, actions = step(CFG, state, ReaderStatus(""))
+    assert actions == [Show(PRESENT)] and state.phase == "PRESENT_CARD" and state.token == token
+    state, actions = step(CFG, state, ReaderStatus(FAULT))
+    faulty = Screen(TITLE, ("Insert or swipe card", "Reader: no reader..."))
+    assert actions == [Show(faulty), Beep("error")]
+    assert state.timer == "card" and state.token == token  # the card timer keeps running
+
+
+@pytest.mark.parametrize("prefix", [keys("1"), TO_READING, TO_CHOICE, TO_PIN, TO_VERIFYING,
+                                    TO_AUTH, TO_AUTH + [AuthResult("approved", txn_id=1)],
+                                    TO_PRESENT + [Key("CANCEL")]])
+def test_reader_status_elsewhere_only_stored_and_beeped(prefix):
+    state, _ = drive(prefix)
+    faulty, actions = step(CFG, state, ReaderStatus("jammed"))
+    assert faulty == replace(state, reader_fault="jammed") and actions == [Beep("error")]
+    assert step(CFG, faulty, ReaderStatus("")) == (state, [])
+
+
+def test_reader_fault_outlives_the_sale_and_shows_on_idle():
+    state, per_step = drive([ReaderStatus("jammed")] + TO_PRESENT + [Key("CANCEL"), Key("ENTER")])
+    assert state.phase == "IDLE" and state.reader_fault == "jammed"
+    assert per_step[-1] == [CancelTimers(), Show(idle_fault("jammed")), Idle()]
+    state, actions = step(CFG, replace(state, phase="AMOUNT"), Shutdown())
+    assert state.reader_fault == "jammed" and Show(idle_fault("jammed")) in actions
+
+
+def test_app_choice_lists_the_apps_and_starts_the_choice_timer():
+    cfg = SaleConfig(max_amount=9_999_999, pin_timeout=30)
+    state, per_step = drive(TO_CHOICE, cfg=cfg)
+    assert state.phase == "CHOOSE_APP" and state.timer == "choice" and not busy(state)
+    assert per_step[-1] == [Show(CHOICE), StartTimer("choice", 30, 2)]
+
+
+def test_app_choice_shows_four_cut_labels_and_accepts_every_number():
+    labels = tuple(f"Application number {n} of the card" for n in range(1, 10))
+    state, per_step = drive(TO_READING + [AppChoice(labels)])
+    assert shows(per_step)[-1].lines == ("1 Application num...", "2 Application num...",
+                                         "3 Application num...", "4 Application num...")
+    state, actions = step(CFG, state, Key("9"))
+    assert actions == [CancelTimers(), Show(READING), SelectApp(8)]
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("1", [CancelTimers(), Show(READING), SelectApp(0)]),
+    ("2", [CancelTimers(), Show(READING), SelectApp(1)]),
+    ("3", [Beep("error")]),
+    ("0", [Beep("error")]),
+    ("ENTER", []),
+    ("BACK", []),
+])
+def test_app_choice_keys(key, expected):
+    state, _ = drive(TO_CHOICE)
+    after, actions = step(CFG, state, Key(key))
+    assert actions == expected
+    if SelectApp in map(type, expected):
+        assert after.phase == "READING" and after.timer == "" and busy(after)
+    else:
+        assert after == state
+
+
+def test_app_chosen_then_read_goes_on_and_the_choice_timer_is_stale():
+    state, _ = drive(TO_CHOICE + [Key("2")])
+    assert step(CFG, state, Timeout("choice", 2)) == (state, [])
+    state, actions = step(CFG, state, CardRead(CARD))
+    assert state.phase == "PIN" and actions == pin_entry(3)
+
+
+CARD_REMOVED = Screen("Card removed", ("Sale not done",), "error")
+
+
+@pytest.mark.parametrize("event, expected, present", [
+    (Key("CANCEL"), [CancelTimers(), Show(CANCELLED), StartTimer("result", 5, 3)], True),
+    (Timeout("choice", 2), [CancelTimers(), Show(Screen("Timed out", ("No app selected",),
+                                                        "error")), Beep("error"),
+                            StartTimer("result", 5, 3)], True),
+    (CardRemoved(), [CancelTimers(), Show(CARD_REMOVED), Beep("error"),
+                     StartTimer("result", 5, 3)], False),
+    (CardReadFailed("card mute"), [CancelTimers(), Show(Screen("Card read error", ("card mute",),
+                                                               "error")),
+                                   Beep("error"), StartTimer("result", 5, 3)], True),
+])
+def test_app_choice_exits_to_result(event, expected, present):
+    state, per_step = drive(TO_CHOICE + [event])
+    assert state.phase == "RESULT" and state.card_present == present
+    assert per_step[-1] == expected
+
+
+@pytest.mark.parametrize("card, cvm, expected, phase", [
+    (CARD, "online_pin", pin_entry(2), "PIN"),
+    (CARD, "offline_pin", pin_entry(2), "PIN"),
+    (CARD, "signature", AUTHORISE, "AUTHORISING"),
+    (CARD, "none", AUTHORISE, "AUTHORISING"),
+    (TAP, "online_pin", [Beep("ok")] + pin_entry(2), "PIN"),
+    (TAP, "offline_pin", [Beep("ok")] + pin_entry(2), "PIN"),
+    (TAP, "signature", [Beep("ok")] + AUTHORISE, "AUTHORISING"),
+    (TAP, "none", [Beep("ok")] + AUTHORISE, "AUTHORISING"),
+])
+def test_card_read_goes_on_by_cvm_and_a_tap_is_over_at_once(card, cvm, expected, phase):
+    state, per_step = drive(TO_READING + [CardRead(card, cvm)])
+    assert per_step[-1] == expected
+    assert state.phase == phase and state.cvm == cvm and state.card is card
+    assert state.pin_offline == (cvm == "offline_pin")
+    assert state.card_present == (card is CARD)
+
+
+def test_offline_pin_enter_checks_the_pin_with_the_card():
+    state, per_step = drive(TO_OFFLINE_PIN + PIN4[:3])
+    assert step(CFG, state, Key("ENTER")) == (state, [Beep("error")])  # too short
+    state, per_step = drive(TO_VERIFYING)
+    assert per_step[-1] == [CancelTimers(), Show(CHECKING), VerifyPin()]
+    assert state.phase == "VERIFYING" and state.timer == "" and busy(state)
+    assert not any(isinstance(a, Authorise) for a in flat(per_step))
+
+
+@pytest.mark.parametrize("result, expected, phase, cvm, offline", [
+    (PinVerified(True), AUTHORISE, "AUTHORISING", "offline_pin", True),
+    (PinVerified(False, 2), [Beep("error")] + pin_entry(3, "Wrong PIN: 2 left"),
+     "PIN", "offline_pin", True),
+    (PinVerified(False, 1, "online_pin"), [Beep("error")] + pin_entry(3, "Wrong PIN: 1 left"),
+     "PIN", "offline_pin", True),
+    (PinVerified(False, 0, "online_pin"), [Beep("error")] + pin_entry(3, "Offline PIN failed"),
+     "PIN", "online_pin", False),
+    (PinVerified(False, None, "online_pin"),
+     [Beep("error")] + pin_entry(3, "Offline PIN failed"), "PIN", "online_pin", False),
+    (PinVerified(False, 0, "signature"), BLOCKED, "AUTHORISING", "signature", True),
+    (PinVerified(False, 0, "none"), BLOCKED, "AUTHORISING", "none", True),
+    (PinVerified(False, None, "offline_pin"), BLOCKED, "AUTHORISING", "none", True),
+])
+def test_offline_pin_result(result, expected, phase, cvm, offline):
+    state, per_step = drive(TO_VERIFYING + [result])
+    assert per_step[-1] == expected
+    assert (state.phase, state.cvm, state.pin_offline) == (phase, cvm, offline)
+    assert state.pin_length == (0 if phase == "PIN" else 4)
+
+
+def test_wrong_offline_pin_then_right_one():
+    state, per_step = drive(TO_VERIFYING + [PinVerified(False, 1), PinLength(1)])
+    assert per_step[-1] == [Beep("key"), Show(pin_screen(1, "Wrong PIN: 1 left"))]
+    state, per_step = drive(PIN4[1:] + [Key("ENTER"), PinVerified(True)], state)
+    assert per_step[-2] == [CancelTimers(), Show(CHECKING), VerifyPin()]
+    assert per_step[-1] == AUTHORISE and state.phase == "AUTHORISING"
+
+
+def test_offline_pin_failed_then_online_pin_is_sent_with_the_request():
+    state, per_step = drive(TO_VERIFYING + [PinVerified(False, 0, "online_pin")] + PIN4
+                            + [Key("ENTER")])
+    assert per_step[-1] == [CancelTimers()] + AUTHORISE
+    assert state.phase == "AUTHORISING"
+
+
+def test_retry_pin_timer_fires_and_the_old_one_is_stale():
+    state, _ = drive(TO_VERIFYING + [PinVerified(False, 2)])
+    assert step(CFG, state, Timeout("pin", 2)) == (state, [])
+    state, actions = step(CFG, state, Timeout("pin", 3))
+    assert state.phase == "RESULT"
+    assert actions[:2] == [StopPin(), CancelTimers()]
+
+
+def test_verifying_ignores_keys_and_timers_and_tracks_removal():
+    state, _ = drive(TO_VERIFYING)
+    for event in (Key("CANCEL"), Key("1"), PinLength(2), Timeout("pin", 2), AuthResult("approved"),
+                  CardSwiped(STRIPE, chip=False), Key("ENTER")):
+        assert step(CFG, state, event) == (state, []), event
+    state, actions = step(CFG, state, CardRemoved())
+    assert state.phase == "VERIFYING" and not state.card_present and actions == []
+
+
+@pytest.mark.parametrize("event", [CardReadFailed("card removed"),
+                                   CardReadFailed("card removed", "swipe")])
+def test_card_lost_while_verifying_is_a_read_error(event):
+    state, per_step = drive(TO_VERIFYING + [event])
+    assert state.phase == "RESULT"
+    assert per_step[-1] == [Show(Screen("Card read error", ("card removed",), "error")),
+                            Beep("error"), StartTimer("result", 5, 3)]
+
+
+@pytest.mark.parametrize("event", [PinVerified(True), PinVerified(False, 2),
+                                   PinVerified(False, 0, "online_pin"), PinVerified(False, 0),
+                                   CardReadFailed("card removed")])
+def test_shutdown_during_verifying_deferred(event):
+    state, per_step = drive(TO_VERIFYING + [Shutdown()])
+    assert per_step[-1] == [] and state.phase == "VERIFYING" and state.stopping
+    state, actions = step(CFG, state, event)
+    assert state.phase == "IDLE" and actions == TO_IDLE and not state.stopping
+
+
+@pytest.mark.parametrize("event, retry, chip_failed", [
+    (CardReadFailed("chip error 6F00", "swipe"), "Swipe card", True),
+    (CardReadFailed("amount over the tap limit of this card", "insert"), "Insert card", False),
+])
+def test_card_read_failure_offers_another_way(event, retry, chip_failed):
+    state, per_step = drive(TO_READING + [event])
+    lines = (*wrap(event.reason, 2), retry)
+    assert per_step[-1] == [Show(Screen(TITLE, lines, "error")), Beep("error"),
+                            StartTimer("card", 60, 2)]
+    assert state.phase == "PRESENT_CARD" and state.chip_failed == chip_failed
+    assert state.card_present  # the chip card is still in the slot until removed
+    state, actions = step(CFG, state, Timeout("card", 2))
+    assert state.phase == "RESULT" and Show(Screen("Timed out", ("No card presented",),
+                                                   "error")) in actions
+
+
+def test_no_swipe_offered_without_fallback():
+    cfg = SaleConfig(max_amount=9_999_999, fallback=False)
+    state, per_step = drive(TO_READING + [CardReadFailed("chip error 6F00", "swipe")], cfg=cfg)
+    assert state.phase == "RESULT" and not state.chip_failed
+    assert per_step[-1] == [Show(Screen("Card read error", ("chip error 6F00",), "error")),
+                            Beep("error"), StartTimer("result", 5, 2)]
+
+
+def test_fallback_swipe_after_a_failed_chip_goes_to_online_pin():
+    state, per_step = drive(TO_READING + [CardReadFailed("chip error", "swipe"), CardRemoved(),
+                                          CardSwiped(STRIPE, chip=True)])
+    assert per_step[-2] == []  # the chip card leaves the slot: only tracked
+    assert per_step[-1] == [CancelTimers()] + pin_entry(3)
+    assert state.phase == "PIN" and state.cvm == "online_pin" and not state.pin_offline
+    assert state.card == replace(STRIPE, entry_mode=ENTRY_FALLBACK)
+    assert not state.card_present
+
+
+def test_reinsert_after_a_failed_chip_reads_again():
+    state, per_step = drive(TO_READING + [CardReadFailed("chip error", "swipe"), CardRemoved(),
+                                          CardInserted()])
+    assert per_step[-1] == [CancelTimers(), Show(READING), ReadCard()]
+    assert state.phase == "READING" and state.chip_failed and state.card_present
+
+
+@pytest.mark.parametrize("card", [STRIPE, replace(STRIPE, service_code="101")])
+def test_swipe_of_a_stripe_only_card_goes_to_online_pin(card):
+    state, per_step = drive(TO_PRESENT + [CardSwiped(card, chip=False)])
+    assert per_step[-1] == [CancelTimers()] + pin_entry(2)
+    assert state.phase == "PIN" and state.card is card and state.card.entry_mode == ENTRY_MAGSTRIPE
+    assert state.cvm == "online_pin" and not state.card_present
+    state, per_step = drive(PIN4 + [Key("ENTER")], state)
+    assert per_step[-1] == [CancelTimers()] + AUTHORISE
+
+
+def test_swipe_of_a_chip_card_asks_for_the_chip_and_restarts_the_card_timer():
+    state, per_step = drive(TO_PRESENT + [CardSwiped(STRIPE, chip=True)])
+    assert per_step[-1] == [Show(Screen(TITLE, ("Chip card", "Please insert card"), "error")),
+                            Beep("error"), StartTimer("card", 60, 2)]
+    assert state.phase == "PRESENT_CARD" and state.card is None and not state.card_present
+
+
+def test_swipe_failure_asks_to_swipe_again():
+    state, _ = drive(TO_PRESENT)
+    after, actions = step(CFG, state, SwipeFailed("unreadable stripe"))
+    assert after == state
+    assert actions == [Show(Screen(TITLE, ("unreadable stripe", "Swipe again"), "error")),
+                       Beep("error")]
+    long = "the stripe could not be decoded in either direction at any speed"
+    _, actions = step(CFG, state, SwipeFailed(long))
+    assert actions[0].screen.lines == (*wrap(long, 2), "Swipe again")
+
+
+@pytest.mark.parametrize("prefix", [[], keys("1"), TO_READING, TO_CHOICE, TO_PIN, TO_VERIFYING,
+                                    TO_AUTH, TO_PRESENT + [Key("CANCEL")],
+                                    TO_PIN + [Key("CANCEL"), Key("ENTER")]])
+def test_swipes_ignored_outside_present_card(prefix):
+    state, _ = drive(prefix)
+    for event in (CardSwiped(STRIPE, chip=False), CardSwiped(STRIPE, chip=True), SwipeFailed("x")):
+        assert step(CFG, state, event) == (state, []), event
+
+
+@pytest.mark.parametrize("prefix", [
+    TO_READING + [CardRead(TAP)],
+    TO_PRESENT + [CardSwiped(STRIPE, chip=False)],
+    TO_READING + [CardReadFailed("chip error", "swipe"), CardSwiped(STRIPE, chip=True)],
+])
+def test_card_removal_does_not_end_pin_entry_of_a_tap_or_swipe(prefix):
+    state, _ = drive(prefix)
+    assert state.phase == "PIN"
+    inserted, actions = step(CFG, state, CardInserted())
+    assert inserted == replace(state, card_present=True) and actions == []
+    removed, actions = step(CFG, inserted, CardRemoved())
+    assert removed == replace(state, card_present=False) and actions == []
+
+
+def test_tap_result_goes_idle_without_asking_to_remove_the_card():
+    state, per_step = drive(TO_READING + [CardRead(TAP, "none"),
+                                          AuthResult("declined", "51", "Insufficient funds"),
+                                          Key("ENTER")])
+    assert state.phase == "IDLE" and per_step[-1] == TO_IDLE
+
+
+@pytest.mark.parametrize("events, last", [
+    (TO_READING + [CardRead(CARD, "signature")], "Sign merchant copy"),
+    (TO_READING + [CardRead(TAP, "signature")], "Sign merchant copy"),
+    (TO_VERIFYING + [PinVerified(False, 0, "signature")], "Sign merchant copy"),
+    (TO_VERIFYING + [PinVerified(False, 0, "none")], "Take receipts"),
+    (TO_READING + [CardRead(CARD, "none")], "Take receipts"),
+    (TO_VERIFYING + [PinVerified(True)], "Take receipts"),
+])
+def test_approved_signature_sale_asks_to_sign_the_merchant_copy(events, last):
+    state, per_step = drive(events + [AuthResult("approved", "00", auth_code="123456", txn_id=7),
+                                      PrintDone(True)])
+    assert state.phase == "RESULT"
+    assert per_step[-1][0] == Show(approved_screen(last))
+
+
+def test_signature_sale_with_printer_failure_says_receipt_queued():
+    approved = AuthResult("approved", "00", auth_code="123456", txn_id=7)
+    state, per_step = drive(TO_READING + [CardRead(CARD, "signature"), approved,
+                                          PrintDone(False, "paper out")])
+    assert shows(per_step)[-1].lines[-2:] == ("Printer: paper out", "Receipt queued")
+
+
+def test_config_checks_contactless_limit():
+    with pytest.raises(ValueError, match="contactless_limit"):
+        SaleConfig(max_amount=100, contactless_limit=-1)
+
+
+# ---- random event sequences ----
+
+CARDS = st.sampled_from([CARD, TAP, STRIPE, replace(STRIPE, entry_mode=ENTRY_FALLBACK),
+                         replace(CARD, entry_mode=ENTRY_CHIP, app_label="")])
+TEXT = st.text(max_size=50)
+EVENTS = st.one_of(
+    st.sampled_from(KEYS + ("F1",)).map(Key),
+    st.integers(-2, 20).map(PinLength),
+    st.sampled_from([CardInserted(), CardRemoved(), Shutdown()]),
+    st.builds(CardRead, CARDS, st.sampled_from(CVMS)),
+    st.builds(CardReadFailed, TEXT, st.sampled_from(READ_NEXT)),
+    st.builds(AppChoice, st.lists(TEXT, max_size=9).map(tuple)),
+    st.builds(PinVerified, st.booleans(), st.none() | st.integers(-1, 15), st.sampled_from(CVMS)),
+    st.builds(CardSwiped, CARDS, st.booleans()),
+    st.builds(SwipeFailed, TEXT),
+    st.builds(ReaderStatus, st.sampled_from(["", "jammed"]) | TEXT),
+    st.builds(AuthResult, st.sampled_from(["approved", "declined", "no_response", "not_sent",
+                                           "?"]),
+              st.text(max_size=3), TEXT, st.text(max_size=20), st.text(max_size=12),
+              st.none() | st.integers(1, 9)),
+    st.builds(PrintDone, st.booleans(), TEXT),
+    st.builds(Timeout, st.sampled_from(["card", "pin", "choice", "result", "x"]),
+              st.integers(0, 40)),
+)
+PREFIXES = st.sampled_from([[], TO_PRESENT, TO_READING, TO_CHOICE, TO_PIN, TO_VERIFYING, TO_AUTH])
+CONFIGS = st.builds(SaleConfig, max_amount=st.integers(1, 10**12),
+                    contactless_limit=st.integers(0, 10**6), fallback=st.booleans(),
+                    currency=st.sampled_from([156, 978, 392, 840]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(CONFIGS, PREFIXES, st.lists(EVENTS, max_size=40))
+def test_random_event_sequences_never_raise_and_screens_fit(cfg, prefix, events):
+    state, _ = start(cfg)
+    for event in prefix + events:
+        before = state
+        state, actions = step(cfg, state, event)  # never raises
+        assert state.phase in PHASES and state.token >= before.token
+        for action in actions:
+            if isinstance(action, Show):
+                check_screen(action.screen)
+        timers = [a for a in actions if isinstance(a, StartTimer)]
+        if timers:
+            assert (timers[-1].name, timers[-1].token) == (state.timer, state.token)
+        assert all(a.amount == state.amount > 0 for a in actions if isinstance(a, Authorise))
+        if any(isinstance(a, (StartPin, VerifyPin, SelectApp)) for a in actions):
+            assert not state.stopping
