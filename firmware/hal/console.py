@@ -1,8 +1,8 @@
 """Console front panel for `kpos sim`: the screen on stdout, keys and card commands from stdin.
 
 ConsoleDisplay.show runs on the loop (one short write). ConsolePanel reads stdin on its own
-daemon thread and only posts events (DESIGN §2); card commands go to the simulated reader,
-which posts its own events.
+daemon thread and only posts events (DESIGN §2); card commands (insert, tap, swipe, remove)
+go to the simulated reader, which posts its own events.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ WIDTH = 22
 HELP = """\
 Keys:   a line of digits = those digits then ENTER (e.g. 1250 -> CNY 12.50, 1234 -> PIN)
         (empty line) ENTER    b BACK    c CLEAR    x CANCEL    k <keys...> raw keys, no ENTER
-Cards:  insert <card>   tap <card>   remove   cards (list test cards)
+Cards:  insert <card>   tap <card>   swipe <card>   remove   cards (list test cards)
 Other:  help   quit"""
 
 
@@ -44,7 +44,8 @@ KEY_WORDS = {"": ["ENTER"], "b": ["BACK"], "c": ["CLEAR"], "x": ["CANCEL"], "ent
 
 
 def parse_console_line(line: str) -> tuple[str, list[str]]:
-    """('keys', [...]) | ('insert'|'tap', [card]) | ('remove'|'cards'|'help'|'quit', []) | ('error', [msg])."""
+    """('keys', [...]) | ('insert'|'tap'|'swipe', [card]) | ('remove'|'cards'|'help'|'quit', [])
+    | ('error', [msg])."""
     words = line.strip().split()
     head = words[0].lower() if words else ""
     if line.strip().isdigit():
@@ -56,7 +57,7 @@ def parse_console_line(line: str) -> tuple[str, list[str]]:
         flat = [k for w in keys for k in (list(w) if w.isdigit() else [w])]
         bad = [k for k in flat if k not in {*"0123456789", "ENTER", "BACK", "CLEAR", "CANCEL"}]
         return ("error", [f"unknown key {bad[0]}"]) if bad else ("keys", flat)
-    if head in ("insert", "tap") and len(words) == 2:
+    if head in ("insert", "tap", "swipe") and len(words) == 2:
         return head, [words[1]]
     if head in ("remove", "cards", "help", "quit") and len(words) == 1:
         return head, []
@@ -90,10 +91,10 @@ class ConsolePanel:
         if kind == "keys":
             for key in args:
                 self._post(Key(key))
-        elif kind in ("insert", "tap"):
+        elif kind in ("insert", "tap", "swipe"):
             try:
-                self._reader.insert(args[0], contactless=kind == "tap")
-            except (KeyError, RuntimeError) as exc:
+                self._present(kind, args[0])
+            except (KeyError, ValueError, RuntimeError) as exc:  # unknown card, no chip, slot full
                 self._say(f"cannot {kind}: {exc}")
         elif kind == "remove":
             self._reader.remove()
@@ -106,6 +107,12 @@ class ConsolePanel:
         else:
             self._say(args[0])
         return True
+
+    def _present(self, kind: str, card: str) -> None:
+        if kind == "swipe":
+            self._reader.swipe(card)
+        else:
+            self._reader.insert(card, contactless=kind == "tap")
 
     def _say(self, text: str) -> None:
         self._out.write(text + "\n")

@@ -3,6 +3,7 @@
 One command per line; '#' starts a comment. Actions:
     keys 1 2 5 0 ENTER          keys in order (digits may be grouped: `keys 1250 ENTER`)
     insert CARD | tap CARD      present a catalog test card (chip / contactless)
+    swipe CARD                  swipe a catalog test card's magnetic stripe
     remove                      take the card out
     fault none|drop|disconnect|garble|delay SECONDS   acquirer simulator fault knobs
 Expectations (each waits, on display events, up to `within` seconds, default 10):
@@ -65,7 +66,9 @@ def _check(words: tuple[str, ...], where: str) -> None:
         bad = [w for w in words[1:] if not (w.isdigit() or w in KEY_NAMES)]
         if bad or len(words) < 2:
             raise ScriptError(f"{where}: bad key {bad[0] if bad else '(none)'}")
-    elif verb in ("insert", "tap") and len(words) == 2 or verb == "remove" and len(words) == 1:
+    elif verb in ("insert", "tap", "swipe") and len(words) == 2:
+        return
+    elif verb == "remove" and len(words) == 1:
         return
     elif verb == "fault" and len(words) in (2, 3):
         return
@@ -107,6 +110,8 @@ class _Runner:
                     self.s.terminal.post(Key(key))
         elif verb in ("insert", "tap"):
             self.s.reader.insert(args[0], contactless=verb == "tap")
+        elif verb == "swipe":
+            self.s.reader.swipe(args[0])
         elif verb == "remove":
             self.s.reader.remove()
         elif verb == "fault":
