@@ -25,7 +25,7 @@ async def one_sale(session, amount: int) -> tuple[float, float, float]:
     display, post = session.display, session.terminal.post
     for key in [*str(amount), "ENTER"]:
         post(Key(key))
-    await display.wait_for("Insert card", timeout=5, since=len(display.history))
+    await display.wait_for("Insert", timeout=5, since=len(display.history))
     mark, t0 = len(display.history), time.perf_counter()
     session.reader.insert("approve")
     await display.wait_for("Enter PIN", timeout=5, since=mark)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable
 
@@ -22,12 +22,14 @@ from firmware.acquirer import messages
 from firmware.bridge import EventBridge, Worker, WorkerTimeout
 from firmware.clock import SystemClock
 from firmware.config import Config, read_tmk
-from firmware.emv.card import CardReadError
-from firmware.emv.reader import TerminalParams, read_card
+from firmware.emv.card import ENTRY_FALLBACK, ENTRY_MAGSTRIPE, CardReadError
+from firmware.emv.kernel import ARC_UNABLE_ONLINE, EmvSession, kernel_params
+from firmware.emv.oda import load_capks
 from firmware.flows import sale
 from firmware.flows.types import (
-    Authorise, AuthResult, Beep, CancelTimers, CardRead, CardReadFailed, Idle, Key, PinLength,
-    Print, PrintDone, ReadCard, Screen, Show, Shutdown, StartPin, StartTimer, StopPin, Timeout, wrap,
+    AppChoice, Authorise, AuthResult, Beep, CancelTimers, CardRead, CardReadFailed, Idle, Key,
+    PinLength, PinVerified, Print, PrintDone, ReadCard, ReaderStatus, Screen, SelectApp, Show,
+    Shutdown, StartPin, StartTimer, StopPin, Timeout, VerifyPin, wrap,
 )
 from firmware.hal.pinpad import PIN_KEYS, SoftPinPad
 from firmware.hal.printer import PrinterError
@@ -40,9 +42,10 @@ __all__ = ["Devices", "Terminal", "StartupFault"]
 
 log = logging.getLogger("kpos.app")
 
-READ_TIMEOUT = 20.0  # s, a whole chip read (SELECT .. GENERATE AC) on the reader worker
+READ_TIMEOUT = 20.0  # s, one kernel step (e.g. SELECT .. CVM start) on the reader worker
 PRINT_TIMEOUT = 30.0  # s, one receipt copy on the printer worker
-ENTRY_MODE_NAMES = {"051": "CHIP", "071": "CONTACTLESS", "021": "SWIPE", "011": "MANUAL"}
+ENTRY_MODE_NAMES = {"051": "CHIP", "071": "CONTACTLESS", "021": "SWIPE", "801": "FALLBACK",
+                    "011": "MANUAL"}
 
 
 class StartupFault(RuntimeError):
@@ -70,7 +73,9 @@ class Terminal:
         self.flow_cfg = sale.SaleConfig(
             max_amount=cfg.limits.max_amount, currency=cfg.terminal.currency,
             card_timeout=cfg.timeouts.card, pin_timeout=cfg.timeouts.pin,
-            result_timeout=cfg.timeouts.result, pin_min=cfg.limits.pin_min, pin_max=cfg.limits.pin_max)
+            result_timeout=cfg.timeouts.result, pin_min=cfg.limits.pin_min, pin_max=cfg.limits.pin_max,
+            contactless_limit=cfg.emv.contactless_limit if cfg.emv.contactless else 0,
+            fallback=cfg.emv.fallback)
         self.ids = messages.TerminalIds(cfg.terminal.terminal_id, cfg.terminal.merchant_id)
         self.link = AcquirerLink(cfg.acquirer.host, cfg.acquirer.port,
                                  connect_timeout=cfg.acquirer.connect_timeout,
@@ -82,6 +87,9 @@ class Terminal:
         self.journal: Journal | None = None
         self.session_keys: SessionKeys | None = None
         self._tmk = b""  # terminal master key, read at start
+        self._kernel = None  # emv.kernel.KernelParams, built at start (CA keys are read then)
+        self._emv: EmvSession | None = None  # the card session of the sale in progress
+        self._apps: list = []  # the applications offered in AppChoice
         self.state = sale.SaleState()
         self.ready = asyncio.Event()
         self.signed_on = asyncio.Event()
@@ -124,6 +132,7 @@ class Terminal:
         data_dir = self.cfg.terminal.data_dir
         try:
             tmk = read_tmk(self.cfg)
+            self._kernel = kernel_params(self.cfg, load_capks(self.cfg.emv.capk_file))
             vault = Vault.open(self.cfg.security.vault_key_file)
             data_dir.mkdir(parents=True, exist_ok=True)
             self.journal = await self.journal_worker.run(
@@ -165,6 +174,10 @@ class Terminal:
         for worker in (self.journal_worker, self.reader_worker, self.printer_worker):
             worker.shutdown()
         self.devices.reader.close()
+        for source in self.devices.inputs:  # swipe readers own a thread and a port
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
         self.stopped.set()
         log.info("terminal stopped")
 
@@ -185,6 +198,8 @@ class Terminal:
     def _dispatch(self, event: object) -> None:
         if isinstance(event, _Wake):
             return
+        if isinstance(event, ReaderStatus):
+            (log.warning if event.fault else log.info)("card reader: %s", event.fault or "ready")
         if isinstance(event, Key) and self.pinpad.active and event.key in PIN_KEYS:
             event = PinLength(self.pinpad.press(event.key))
         self.state, actions = sale.step(self.flow_cfg, self.state, event)
@@ -209,6 +224,10 @@ class Terminal:
                 self._timers.clear()
             case ReadCard():
                 self._spawn(self._read_card(self.state.amount), "read-card")
+            case SelectApp(index=index):
+                self._spawn(self._select_app(index), "select-app")
+            case VerifyPin():
+                self._spawn(self._verify_pin(), "verify-pin")
             case StartPin(max_len=max_len):
                 self.pinpad.start(max_len)
             case StopPin():
@@ -218,30 +237,70 @@ class Terminal:
             case Print(txn_id=txn_id):
                 self._spawn(self._print(txn_id), "print")
             case Idle():
-                pass
+                self._emv, self._apps = None, []
             case _:
                 raise TypeError(f"unknown action {action!r}")
 
     # ---- card ------------------------------------------------------------------------
 
     async def _read_card(self, amount: int) -> None:
+        """Start a kernel session: candidates, then AppChoice or straight to select()."""
         reader = self.devices.reader
-        try:
-            card = await self.reader_worker.run(
-                lambda: read_card(reader.transmit, TerminalParams(), amount=amount,
-                                  currency=self.cfg.terminal.currency, when=self.clock.now(),
-                                  unpredictable=os.urandom(4), contactless=reader.contactless),
-                timeout=READ_TIMEOUT)
-        except (CardReadError, WorkerTimeout) as exc:
-            reason = getattr(exc, "reason", str(exc))
-            log.warning("card read failed: %s", reason)
-            self._bridge.post(CardReadFailed(reason))
-        except Exception:  # a kernel bug must not leave the customer at "Reading card"
-            log.exception("card read crashed")
-            self._bridge.post(CardReadFailed("internal error"))
+        self._emv = EmvSession(reader.transmit, self._kernel, amount=amount,
+                               currency=self.cfg.terminal.currency, when=self.clock.now(),
+                               unpredictable=os.urandom(4), contactless=reader.contactless)
+        session = self._emv
+
+        def start():
+            apps = session.candidates()
+            if len(apps) > 1 and session.needs_choice:
+                return apps, None
+            return apps, session.select(apps[0])
+
+        outcome = await self._card_step(start, "read")
+        if outcome is None:
+            return
+        apps, cvm = outcome
+        if cvm is None:
+            self._apps = apps
+            self._bridge.post(AppChoice(tuple(app.label or app.aid for app in apps[:9])))
         else:
-            log.info("card read: %r", card)
-            self._bridge.post(CardRead(card))
+            self._card_read(session, cvm)
+
+    async def _select_app(self, index: int) -> None:
+        session, apps = self._emv, self._apps
+        if session is None or not 0 <= index < len(apps):
+            self._bridge.post(CardReadFailed("no such application"))
+            return
+        cvm = await self._card_step(lambda: session.select(apps[index]), "select")
+        if cvm is not None:
+            self._card_read(session, cvm)
+
+    def _card_read(self, session: EmvSession, cvm: str) -> None:
+        card = session.card()
+        log.info("card read: %r, cvm %s, %d APDUs", card, cvm, session.apdus)
+        self._bridge.post(CardRead(card, cvm))
+
+    async def _verify_pin(self) -> None:
+        """Offline plaintext PIN: the block goes to the card and is dropped at once."""
+        session = self._emv
+        block = self.pinpad.offline_pin_block() if len(self.pinpad) else None
+        if session is None or block is None:
+            self.pinpad.wipe()
+            self._bridge.post(PinVerified(False, None, "none"))
+            return
+        outcome = await self._card_step(lambda: session.verify_pin(block), "verify")
+        if outcome is not None:
+            self._bridge.post(PinVerified(*outcome))
+
+    async def _card_step(self, step: Callable[[], Any], what: str) -> Any:
+        """Run one kernel step on the reader worker; on failure post CardReadFailed, None."""
+        try:
+            return await self._run_card(step)
+        except CardReadError as exc:
+            log.warning("card %s failed: %s", what, exc.reason)
+            self._bridge.post(CardReadFailed(exc.reason, exc.next))
+        return None
 
     # ---- acquirer --------------------------------------------------------------------
 
@@ -291,15 +350,35 @@ class Terminal:
         return True
 
     async def _authorise(self, kind: str, amount: int, card) -> None:
-        """Persist, send, record the outcome, then post AuthResult (DESIGN §6 invariants 1-2)."""
+        """First cryptogram, persist, send, record, second cryptogram; then AuthResult
+        (DESIGN §6 invariants 1-2). A chip that refuses an approved sale (AAC at the second
+        GENERATE AC, or pulled out before it answered) gets the sale reversed."""
+        swiped = card.entry_mode in (ENTRY_MAGSTRIPE, ENTRY_FALLBACK)
+        session = None if swiped else self._emv
         if not await self._sign_on():
             self.pinpad.wipe()
             self._bridge.post(AuthResult("not_sent", message="Sign-on failed"))
             return
-        pin_block = self.pinpad.pin_block(card.pan, self.session_keys.pik)
+        pin_block = self.pinpad.pin_block(card.pan, self.session_keys.pik) if len(self.pinpad) else None
+        self.pinpad.wipe()
         if not await self._send_reversals():
             self._bridge.post(AuthResult("not_sent", message="Reversal pending, host unreachable"))
             return
+        if session is not None:
+            try:
+                card = await self._run_card(lambda: session.first_ac(online_pin=pin_block is not None))
+            except CardReadError as exc:
+                self._bridge.post(AuthResult("declined", message=f"Card error: {exc.reason}"))
+                return
+            if card.cryptogram_type != "ARQC":
+                log.info("card declined offline (%s), tvr %s", card.cryptogram_type, card.tvr)
+                self._bridge.post(AuthResult("declined", message="Declined by card"))
+                return
+        elif pin_block is not None:
+            card = replace(card, cvm="online_pin")
+        await self._go_online(kind, amount, card, pin_block, session)
+
+    async def _go_online(self, kind: str, amount: int, card, pin_block, session) -> None:
         journal = self.journal
         stan = await self.journal_worker.run(journal.next_stan)
         batch = await self.journal_worker.run(journal.batch_no)
@@ -313,6 +392,7 @@ class Terminal:
             response = await self.link.exchange(request)
         except NotSent as exc:
             await self.journal_worker.run(journal.record_not_sent, txn_id, exc.reason)
+            await self._close_card(session)
             self._bridge.post(AuthResult("not_sent", message=exc.reason, txn_id=txn_id))
             return
         except NoResponse as exc:
@@ -320,17 +400,68 @@ class Terminal:
             code = "98" if detail.startswith("no response") else "06"
             await self.journal_worker.run(
                 lambda: journal.record_no_response(txn_id, reason_code=code, detail=detail))
+            await self._close_card(session)
             self._bridge.post(AuthResult("no_response", code=code, message=detail, txn_id=txn_id))
             return
         code = response.get("39", "")
         approved = code in APPROVED_CODES
+        card_pending = approved and session is not None and not session.contactless
         await self.journal_worker.run(lambda: journal.record_response(
             txn_id, response_code=code, approved=approved, rrn=response.get("37"),
-            auth_code=response.get("38")))
+            auth_code=response.get("38"), card_pending=card_pending))
         log.info("stan %06d: %s", stan, messages.describe(response))
+        if card_pending:
+            refusal = await self._complete_card(txn_id, session, code, response.get("55"))
+            if refusal:
+                await self._send_reversals()  # at once; if it fails it stays first in line
+                self._bridge.post(AuthResult("declined", message=refusal, txn_id=txn_id))
+                return
+        elif session is not None:
+            await self._close_card(session, arc=code, icc=response.get("55"))
         self._bridge.post(AuthResult("approved" if approved else "declined", code=code,
                                      message=describe_code(code), auth_code=response.get("38", ""),
                                      rrn=response.get("37", ""), txn_id=txn_id))
+
+    async def _complete_card(self, txn_id: int, session: EmvSession, code: str,
+                             icc: bytes | None) -> str:
+        """Second GENERATE AC after an approval; "" when the card accepted (TC), else the
+        reason the approved sale is now being reversed (recorded in the journal first)."""
+        final = None
+        try:
+            final = await self._run_card(lambda: session.complete(approved=True, arc=code,
+                                                                  icc_response=icc))
+            refusal = "" if final.cryptogram_type == "TC" else "Card declined, reversed"
+            detail = "card declined after approval (AAC)"
+        except CardReadError as exc:
+            refusal, detail = "Card removed, reversed", f"no second GENERATE AC: {exc.reason}"
+        await self.journal_worker.run(lambda: self.journal.record_card_result(
+            txn_id, accepted=not refusal, card=final, detail="" if not refusal else detail))
+        if refusal:
+            log.warning("txn %d approved by the host but %s: reversing", txn_id, detail)
+        return refusal
+
+    async def _close_card(self, session: EmvSession | None, *, arc: str = ARC_UNABLE_ONLINE,
+                          icc: bytes | None = None) -> None:
+        """End the chip's transaction with an AAC after a decline or no answer (best effort:
+        the outcome is already decided and recorded)."""
+        if session is None or session.contactless:
+            return
+        try:
+            await self._run_card(lambda: session.complete(approved=False, arc=arc, icc_response=icc))
+        except CardReadError as exc:
+            log.info("card not closed after the decline: %s", exc.reason)
+
+    async def _run_card(self, step: Callable[[], Any]) -> Any:
+        """One kernel step on the reader worker; every failure becomes CardReadError."""
+        try:
+            return await self.reader_worker.run(step, timeout=READ_TIMEOUT)
+        except CardReadError:
+            raise
+        except WorkerTimeout as exc:
+            raise CardReadError("card did not answer in time") from exc
+        except Exception as exc:  # a kernel bug must not leave the customer at "Processing"
+            log.exception("card step crashed")
+            raise CardReadError("internal error") from exc
 
     # ---- receipts --------------------------------------------------------------------
 
@@ -365,7 +496,9 @@ class Terminal:
             entry_mode=ENTRY_MODE_NAMES.get(record.entry_mode, "CHIP"), amount=record.amount,
             currency=record.currency, when=datetime.fromisoformat(record.created_at), batch=record.batch, stan=record.stan,
             rrn=record.rrn, auth_code=record.auth_code, aid=record.aid, app_label=record.app_label,
-            tc=record.arqc, offline=False, pin_verified=True)
+            tc=record.arqc, ac_type=record.cryptogram_type or "ARQC", tvr=record.tvr, tsi=record.tsi,
+            offline=False, pin_verified=record.cvm in ("online_pin", "offline_pin"),
+            no_cvm=record.cvm == "none")
 
 
 class _Wake:

@@ -101,14 +101,20 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX reversal_by_status ON reversal (status, txn_id)",
         "CREATE INDEX txn_by_status ON txn (status, id)",
     ],
+    [  # 2: what the chip decided (EMV kernel): TVR, TSI, CVM performed, cryptogram type
+        "ALTER TABLE txn ADD COLUMN tvr TEXT",
+        "ALTER TABLE txn ADD COLUMN tsi TEXT",
+        "ALTER TABLE txn ADD COLUMN cvm TEXT",
+        "ALTER TABLE txn ADD COLUMN cryptogram_type TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Legal transitions: (what, from status) -> allowed.  Data, checked in SQL by `_move`.
 _TXN_FROM = {"not_sent": ("SENDING",), "response": ("SENDING",), "no_response": ("SENDING",),
-             "reversed": ("UNKNOWN",)}
+             "reversed": ("UNKNOWN", "DECLINED"), "card_declined": ("APPROVED",)}
 _REVERSAL_FROM = {"not_sent": ("ARMED",), "response": ("ARMED",), "no_response": ("ARMED",),
-                  "reversed": ("PENDING",)}
+                  "reversed": ("PENDING",), "card_accepted": ("ARMED",), "card_declined": ("ARMED",)}
 
 
 class JournalError(Exception):
@@ -145,6 +151,10 @@ class TxnRecord:
     failure: str | None
     printed_merchant_at: str | None
     printed_customer_at: str | None
+    tvr: str | None  # EMV terminal verification results (95), hex; None for no chip
+    tsi: str | None  # EMV transaction status information (9B), hex
+    cvm: str | None  # CVM performed: online_pin | offline_pin | signature | none
+    cryptogram_type: str | None  # of `arqc` (the latest cryptogram): ARQC | TC | AAC
     reversal_status: str | None  # None when the txn was not reversible
 
 
@@ -225,8 +235,9 @@ class Journal:
             with self._write() as db:
                 txn_id = db.execute(
                     """INSERT INTO txn (terminal_id, kind, stan, batch, amount, currency, status,
-                           operator, masked_pan, entry_mode, aid, app_label, arqc, created_at, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, 'SENDING', ?, ?, ?, ?, ?, ?, ?, ?)""",
+                           operator, masked_pan, entry_mode, aid, app_label, arqc, tvr, tsi, cvm,
+                           cryptogram_type, created_at, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, 'SENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (terminal_id, kind, stan, batch, amount, currency, operator, *_card_columns(card), now, now),
                 ).lastrowid
                 blob = self._vault.seal(sealed_json, aad=_aad(txn_id))
@@ -251,15 +262,45 @@ class Journal:
         log.info("txn %d not sent: %s", txn_id, reason)
 
     def record_response(
-        self, txn_id: int, *, response_code: str, approved: bool, rrn: str | None, auth_code: str | None
+        self, txn_id: int, *, response_code: str, approved: bool, rrn: str | None, auth_code: str | None,
+        card_pending: bool = False,
     ) -> None:
-        """The acquirer answered: txn APPROVED/DECLINED, reversal CANCELLED, sealed data deleted."""
+        """The acquirer answered: txn APPROVED/DECLINED, reversal CANCELLED, sealed data deleted.
+
+        `card_pending` (an approval the chip has still to accept at its second GENERATE AC):
+        the reversal stays ARMED and the sealed request is kept until record_card_result."""
         status = "APPROVED" if approved else "DECLINED"
+        keep = approved and card_pending
         with self._write() as db:
             self._move(db, txn_id, "response", status, response_code=response_code, rrn=rrn, auth_code=auth_code)
-            self._move_reversal(db, txn_id, "response", "CANCELLED")
-            db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (txn_id,))
-        log.info("txn %d %s (response code %s)", txn_id, status, response_code)
+            if not keep:
+                self._move_reversal(db, txn_id, "response", "CANCELLED")
+                db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (txn_id,))
+        log.info("txn %d %s (response code %s)%s", txn_id, status, response_code,
+                 ", waiting for the card" if keep else "")
+
+    def record_card_result(
+        self, txn_id: int, *, accepted: bool, card: CardData | None, detail: str = ""
+    ) -> None:
+        """The chip's last word after an approval (second GENERATE AC), `card` holding its
+        final cryptogram, TVR and TSI. Accepted (TC): reversal CANCELLED, sealed data deleted.
+        Refused (AAC, or the card pulled out before it answered): txn DECLINED with
+        `detail`, reversal PENDING (reason 06) so it goes before any new request."""
+        columns = _chip_columns(card)
+        with self._write() as db:
+            if accepted:
+                if self._move_reversal(db, txn_id, "card_accepted", "CANCELLED"):
+                    db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (txn_id,))
+                db.execute("UPDATE txn SET arqc = COALESCE(?, arqc), tvr = COALESCE(?, tvr), "
+                           "tsi = COALESCE(?, tsi), cryptogram_type = COALESCE(?, cryptogram_type), "
+                           "updated_at = ? WHERE id = ?", (*columns, self._stamp(), txn_id))
+            else:
+                self._move(db, txn_id, "card_declined", "DECLINED", failure=detail,
+                           **{k: v for k, v in zip(("arqc", "tvr", "tsi", "cryptogram_type"), columns)
+                              if v is not None})
+                self._move_reversal(db, txn_id, "card_declined", "PENDING", reason_code="06", detail=detail)
+        log.info("txn %d: card %s%s", txn_id, "accepted" if accepted else "refused",
+                 f" ({detail})" if detail else "")
 
     def record_no_response(self, txn_id: int, *, reason_code: str, detail: str) -> None:
         """Outcome unknown: txn UNKNOWN, reversal PENDING; sealed data kept for the reversal."""
@@ -392,7 +433,7 @@ class Journal:
 _SELECT_TXN = """SELECT t.id, t.terminal_id, t.kind, t.stan, t.batch, t.amount, t.currency, t.status,
        t.operator, t.masked_pan, t.entry_mode, t.aid, t.app_label, t.arqc, t.created_at, t.updated_at,
        t.response_code, t.rrn, t.auth_code, t.failure, t.printed_merchant_at, t.printed_customer_at,
-       r.status AS reversal_status
+       t.tvr, t.tsi, t.cvm, t.cryptogram_type, r.status AS reversal_status
     FROM txn t LEFT JOIN reversal r ON r.txn_id = t.id"""
 
 
@@ -464,9 +505,19 @@ def _check_request_args(kind: str, stan: int, batch: int, amount: int, currency:
 
 
 def _card_columns(card: CardData | None) -> tuple[str | None, ...]:
+    """masked_pan, entry_mode, aid, app_label, arqc, tvr, tsi, cvm, cryptogram_type."""
     if card is None:
-        return (None, None, None, None, None)
-    return (card.masked_pan, card.entry_mode, card.aid, card.app_label, card.cryptogram or None)
+        return (None,) * 9
+    return (card.masked_pan, card.entry_mode, card.aid or None, card.app_label or None,
+            card.cryptogram or None, card.tvr or None, card.tsi or None, card.cvm or None,
+            card.cryptogram_type or None)
+
+
+def _chip_columns(card: CardData | None) -> tuple[str | None, ...]:
+    """arqc, tvr, tsi, cryptogram_type after the second GENERATE AC (None: unchanged)."""
+    if card is None:
+        return (None,) * 4
+    return (card.cryptogram or None, card.tvr or None, card.tsi or None, card.cryptogram_type or None)
 
 
 def _aad(txn_id: int) -> bytes:

@@ -28,6 +28,7 @@ __all__ = [
     "unwrap_key",
     "session_keys_from_working",
     "pin_block_iso0",
+    "pin_block_iso2",
     "decrypt_pin_iso0",
     "random_key",
     "tdes_ecb_encrypt",
@@ -130,6 +131,14 @@ def pin_block_iso0(pin: bytearray | bytes | str, pan: str, pik: bytes) -> bytes:
     """
     clear = _pinblock.encode_pinblock_iso_0(_pin_text(pin), pan)
     return tdes_ecb_encrypt(pik, clear)
+
+
+def pin_block_iso2(pin: bytearray | bytes | str) -> bytes:
+    """ISO 9564 format 2 (plaintext, for the chip's offline PIN VERIFY): 2L PIN.. F padding.
+
+    `pin` is ASCII digits (the PIN-entry buffer); the caller wipes its buffer afterwards.
+    """
+    return _pinblock.encode_pinblock_iso_2(_pin_text(pin))
 
 
 def decrypt_pin_iso0(block: bytes, pan: str, pik: bytes) -> str:

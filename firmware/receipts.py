@@ -65,11 +65,16 @@ LABELS: dict[str, tuple[str, str]] = {
     "aid": ("AID", "AID"),
     "app_label": ("APP LABEL", "应用标签"),
     "tc": ("TC", "TC"),
+    "arqc": ("ARQC", "ARQC"),
+    "aac": ("AAC", "AAC"),
+    "tvr": ("TVR", "TVR"),
+    "tsi": ("TSI", "TSI"),
     "amount": ("AMOUNT:", "金额:"),
     "offline": ("*** OFFLINE ***", "*** 离线交易 ***"),
     "reprint": ("*** REPRINT ***", "*** 重打印 ***"),
     "pin_verified": ("PIN VERIFIED", "密码验证"),
     "signature": ("CARDHOLDER SIGNATURE:", "持卡人签名:"),
+    "no_cvm": ("NO PIN, NO SIGNATURE", "免密免签"),
     "acknowledge": (
         "I ACKNOWLEDGE SATISFACTORY RECEIPT OF RELATIVE GOODS/SERVICES",
         "本人确认以上交易，同意将其记入本卡账户",
@@ -90,6 +95,7 @@ ENTRY_MODES: dict[str, tuple[str, str]] = {
     "CHIP": ("CHIP", "插卡"),
     "CONTACTLESS": ("CONTACTLESS", "挥卡"),
     "SWIPE": ("SWIPE", "刷卡"),
+    "FALLBACK": ("FALLBACK SWIPE", "降级刷卡"),
     "MANUAL": ("MANUAL", "手输"),
     "QR": ("QR", "扫码"),
 }
@@ -122,9 +128,13 @@ class ReceiptData:
     auth_code: str | None
     aid: str | None = None
     app_label: str | None = None
-    tc: str | None = None  # chip cryptogram (TC) hex
+    tc: str | None = None  # chip cryptogram hex (its type in `ac_type`)
     offline: bool = False
     pin_verified: bool = False
+    ac_type: str = "TC"  # "TC" | "ARQC" | "AAC": the label printed for `tc`
+    tvr: str | None = None  # EMV TVR hex, merchant copy only
+    tsi: str | None = None  # EMV TSI hex, merchant copy only
+    no_cvm: bool = False  # no cardholder verification (small contactless): no signature line
     reprint: bool = False
 
     def __post_init__(self) -> None:
@@ -132,6 +142,7 @@ class ReceiptData:
         _check_in("txn_type", self.txn_type, TXN_TYPES)
         _check_in("entry_mode", self.entry_mode, ENTRY_MODES)
         _check_in("currency", self.currency, CURRENCIES)
+        _check_in("ac_type", self.ac_type, ("TC", "ARQC", "AAC"))
         if not isinstance(self.amount, int) or isinstance(self.amount, bool):
             raise ValueError(f"receipt amount must be int minor units, got {self.amount!r}")
         for name in ("batch", "stan"):
@@ -254,7 +265,10 @@ def layout(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) -
     lines += pair("auth_code", data.auth_code)
     lines += pair("aid", data.aid)
     lines += pair("app_label", data.app_label)
-    lines += pair("tc", data.tc)
+    lines += pair(data.ac_type.lower(), data.tc)
+    if copy == "merchant":
+        lines += pair("tvr", data.tvr)
+        lines += pair("tsi", data.tsi)
     lines += rule
     lines += styled("big", _pair(label("amount"), _amount_text(data, lang), width))
     if data.offline:
@@ -275,6 +289,8 @@ def _cardholder_block(data: ReceiptData, copy: str, label, width: int) -> list[L
     """'PIN VERIFIED' on both copies, else a signature area on the merchant copy only."""
     if data.pin_verified:
         return [("bold", label("pin_verified"))]
+    if data.no_cvm:
+        return [("bold", label("no_cvm"))]
     if copy != "merchant":
         return []
     blank = [("normal", "")] * SIGNATURE_BLANK_LINES

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware.cardsafe import luhn_ok
-from firmware.emv import reader, tlv
+from firmware.emv import kernel, reader, tlv
 from firmware.emv.apdu import MAX_GET_RESPONSE
 from firmware.emv.card import CardData, CardReadError
 from firmware.emv.reader import TerminalParams, read_card
@@ -30,10 +30,11 @@ WHEN = datetime(2026, 5, 1, 14, 30, 5)
 UN = bytes.fromhex("A1B2C3D4")
 PARAMS = TerminalParams()
 # Worst case of the chip read: PSE select, every directory record, every known AID, the
-# final select, GPO, every AFL record and GENERATE AC; each command may take a 6Cxx resend
-# and MAX_GET_RESPONSE GET RESPONSE rounds.
+# final select, GPO, every AFL record, GET DATA of ATC / last online ATC / PIN try counter,
+# INTERNAL AUTHENTICATE and GENERATE AC; each command may take a 6Cxx resend and
+# MAX_GET_RESPONSE GET RESPONSE rounds.
 COMMANDS_MAX = (1 + reader.MAX_DIRECTORY_RECORDS + len(PARAMS.known_aids) + 1 + 1
-                + reader.MAX_AFL_RECORDS + 1)
+                + kernel.MAX_AFL_RECORDS + 3 + 1 + 1)
 TRANSMITS_MAX = COMMANDS_MAX * (2 + MAX_GET_RESPONSE)
 LENGTH_BYTES = (0x00, 0x01, 0x7F, 0x80, 0x81, 0x82, 0x83, 0x84, 0xFE, 0xFF)
 STATUS_WORDS = (0x9000, 0x6F00, 0x6A83, 0x6A82, 0x6A81, 0x6985, 0x6283, 0x6700, 0x6D00,
@@ -395,17 +396,18 @@ def test_unmutated_hostile_card_reads_and_detours_are_followed():
     for plan in ([], [Mutation(0, "61", 0, 0)], [Mutation(4, "6C", 0, 0)]):
         card = HostileCard("approve", False, plan)
         assert check_outcome(card, False) == "ok"
-        assert card.sent == 8 + len(plan)
+        assert card.sent == 12 + len(plan)
     assert length_offsets(tlv.encode("70", tlv.encode("5A", b"\x01") + tlv.encode(
         "9F02", bytes(200)))) == [1, 4, 8]
 
 
-# Findings of this file, kept as fixed cases. Contact "approve" transmits: 0 SELECT PSE,
-# 1-2 READ RECORD directory, 3 SELECT AID, 4 GPO, 5-6 READ RECORD, 7 GENERATE AC.
+# Findings of this file, kept as fixed cases. Contact "approve" transmits (no CA keys, so
+# no INTERNAL AUTHENTICATE): 0 SELECT PSE, 1-2 READ RECORD directory, 3 SELECT AID, 4 GPO,
+# 5-8 READ RECORD, 9-10 GET DATA ATC and last online ATC, 11 GENERATE AC.
 FOUND = [
     ([Mutation(6, "resize", 3, 0, b"\x01")], "malformed tag 5F34"),  # PSN 0101 -> field 23
     ([Mutation(5, "resize", 1, 0, bytes(240))], "oversized record"),
-    ([Mutation(7, "resize", 3, 0, bytes(40))], "malformed tag 9F10"),  # IAD over 32 bytes
+    ([Mutation(11, "resize", 3, 0, bytes(40))], "malformed tag 9F10"),  # IAD over 32 bytes
     ([Mutation(6, "resize", 0, 0, b"")], "PAN fails the Luhn check"),  # 8 digits
 ]
 
@@ -425,7 +427,8 @@ def test_long_label_is_cut_to_sixteen():
 
 
 @pytest.mark.parametrize("change, reason", [
-    ({"pan": "62260900000000000014"}, "malformed tag 5A"),  # 20 digits, Luhn-valid
+    # 20 digits, Luhn-valid (no ODA: the test PKI cannot certify such a PAN)
+    ({"pan": "62260900000000000014", "oda": "none"}, "malformed tag 5A"),
     ({"psn": "0F"}, "malformed tag 5F34"),  # was read as PSN 00
 ])
 def test_card_data_that_cannot_reach_the_host_is_refused(change, reason):

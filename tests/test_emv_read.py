@@ -72,7 +72,9 @@ def test_contact_read_approve(catalog):
     assert "F" not in card.track2 and "D" not in card.track2
     assert card.entry_mode == ENTRY_CHIP
     assert select_name(rec.log[0][0]) == b"1PAY.SYS.DDF01"
-    assert rec.ins() == [0xA4, 0xB2, 0xB2, 0xA4, 0xA8, 0xB2, 0xB2, 0xAE]
+    # PSE, directory, SELECT, GPO, four records, GET DATA ATC and last online ATC (velocity),
+    # GENERATE AC. No INTERNAL AUTHENTICATE: these TerminalParams hold no CA keys.
+    assert rec.ins() == [0xA4, 0xB2, 0xB2, 0xA4, 0xA8, 0xB2, 0xB2, 0xB2, 0xB2, 0xCA, 0xCA, 0xAE]
     gen_ac = rec.log[-1][0]
     assert gen_ac[2] == 0x80  # ARQC requested
 
@@ -120,9 +122,9 @@ def test_atc_increments_per_generate_ac(catalog):
     emu = emulator(catalog, "approve")
     first = read(emu.transmit)
     second = read(emu.transmit)
-    assert emu.atc == 2
-    assert field55(first)["9F36"] == b"\x00\x01"
-    assert field55(second)["9F36"] == b"\x00\x02"
+    assert emu.atc == 0x22  # each insertion starts at 0x0020 (a card already in use)
+    assert field55(first)["9F36"] == b"\x00\x21"
+    assert field55(second)["9F36"] == b"\x00\x22"
     assert first.cryptogram != second.cryptogram
     assert cryptogram.verify_arqc(catalog.imk_ac, second.pan, "01", second.icc_data)
 
@@ -367,7 +369,7 @@ def test_emulator_answers_bad_commands_with_status(catalog, command, sw):
 def test_emulator_get_data_and_atr(catalog):
     emu = emulator(catalog, "approve")
     assert emu.atr[0] == 0x3B and emulator(catalog, "approve", True).atr != emu.atr
-    assert emu.transmit(bytes.fromhex("80CA9F3600")) == bytes.fromhex("9F36020000") + OK
+    assert emu.transmit(bytes.fromhex("80CA9F3600")) == bytes.fromhex("9F36020020") + OK
     assert emu.transmit(bytes.fromhex("80CA9F1700")) == bytes.fromhex("9F170103") + OK
 
 

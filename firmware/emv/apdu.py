@@ -14,6 +14,7 @@ from typing import Callable
 __all__ = [
     "Apdu", "Response", "ApduError", "Card", "Transmit", "SW_OK",
     "select", "get_processing_options", "read_record", "generate_ac", "get_data",
+    "verify_plaintext_pin", "internal_authenticate", "external_authenticate", "script_command",
     "get_response", "with_le", "split_response",
 ]
 
@@ -94,6 +95,33 @@ def get_data(tag: str) -> Apdu:
     if len(raw) != 2:
         raise ValueError(f"GET DATA needs a 2-byte tag, got {tag!r}")
     return Apdu("GET DATA", bytes([0x80, 0xCA, raw[0], raw[1], 0x00]))
+
+
+def verify_plaintext_pin(pin_block: bytes) -> Apdu:
+    """VERIFY with an ISO 9564 format 2 plaintext PIN block (P2 80). Never logged."""
+    if len(pin_block) != 8 or pin_block[0] >> 4 != 0x2:
+        raise ValueError("VERIFY needs an 8-byte format 2 PIN block")
+    return Apdu("VERIFY", bytes([0x00, 0x20, 0x00, 0x80, 0x08]) + pin_block)
+
+
+def internal_authenticate(ddol_data: bytes) -> Apdu:
+    """INTERNAL AUTHENTICATE (DDA) with the DDOL-related data."""
+    return Apdu("INTERNAL AUTHENTICATE", _case4(0x00, 0x88, 0x00, 0x00, ddol_data))
+
+
+def external_authenticate(issuer_auth_data: bytes) -> Apdu:
+    """EXTERNAL AUTHENTICATE with tag 91 (ARPC + ARC) from the issuer; case 3, no Le."""
+    if not 8 <= len(issuer_auth_data) <= 16:
+        raise ValueError("issuer authentication data must be 8..16 bytes")
+    return Apdu("EXTERNAL AUTHENTICATE",
+                bytes([0x00, 0x82, 0x00, 0x00, len(issuer_auth_data)]) + issuer_auth_data)
+
+
+def script_command(raw: bytes) -> Apdu:
+    """An issuer script command (tag 86), sent as the issuer built it (header checked)."""
+    if len(raw) < 4 or len(raw) > 261:
+        raise ValueError(f"issuer script command of {len(raw)} bytes")
+    return Apdu("ISSUER SCRIPT", bytes(raw))
 
 
 def get_response(le: int) -> Apdu:

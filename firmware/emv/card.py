@@ -24,11 +24,16 @@ CVMS = ("online_pin", "offline_pin", "signature", "none")
 
 
 class CardReadError(Exception):
-    """The card could not be read; `reason` is short and safe to log (no card data)."""
+    """The card could not be read; `reason` is short and safe to log (no card data).
 
-    def __init__(self, reason: str):
+    `next`: "" the sale ends; "swipe" the chip failed before an application was usable, so
+    a fallback swipe may follow; "insert" a tap was refused and the chip must be inserted.
+    """
+
+    def __init__(self, reason: str, next: str = ""):
         super().__init__(reason)
         self.reason = reason
+        self.next = next
 
 
 @dataclass(frozen=True, repr=False)

@@ -1,15 +1,12 @@
-"""Chip read: application selection, GPO, READ RECORD and the first GENERATE AC (ARQC).
+"""Chip read building blocks: application selection, GPO, records, identity, field 55.
 
-Synchronous and blocking: runs on the card reader's single worker thread and only
-talks to the card through `transmit(apdu) -> data + SW1 SW2` (see firmware.emv.apdu).
-Every loop is bounded by the card's own (checked) lists and by MAX_* constants, so a
-card answering garbage ends in CardReadError, never another exception or a hang.
-Timeouts are the transmit backend's. This is the walking skeleton of the EMV kernel:
-CVM, terminal risk management, offline data authentication and the second GENERATE AC
-come later on the same Card/TLV interfaces (the TVR and CVM results are still fixed).
-
-Contactless cards in the qPBOC/qVSDC style return their cryptogram in the GPO response;
-then no GENERATE AC is sent. Logs carry only the masked PAN and AIDs.
+Synchronous and blocking: runs on the card reader's single worker thread and only talks
+to the card through firmware.emv.apdu.Card. Every loop is bounded by the card's own
+(checked) lists and by MAX_* constants, so a card answering garbage ends in CardReadError,
+never another exception or a hang. The transaction itself (CVM, ODA, risk management,
+GENERATE AC 1 and 2) is firmware.emv.kernel.EmvSession, built on these pieces;
+`read_card` here is kept for callers that want the kernel's one-shot read.
+Logs carry only the masked PAN and AIDs.
 """
 from __future__ import annotations
 
@@ -18,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Mapping
 
-from firmware.cardsafe import luhn_ok, mask_pan
+from firmware.cardsafe import luhn_ok
 from firmware.emv import apdu, tlv
-from firmware.emv.apdu import ApduError, Card, Transmit
-from firmware.emv.card import ENTRY_CHIP, ENTRY_CONTACTLESS, CardData, CardReadError
+from firmware.emv.apdu import ApduError, Card
+from firmware.emv.card import CardData, CardReadError
 
 __all__ = ["TerminalParams", "read_card", "terminal_values", "FIELD55_TAGS"]
 
@@ -30,7 +27,6 @@ log = logging.getLogger("kpos.emv")
 PSE = b"1PAY.SYS.DDF01"
 PPSE = b"2PAY.SYS.DDF01"
 MAX_DIRECTORY_RECORDS = 16
-MAX_AFL_RECORDS = 64
 MAX_RECORD_DATA = 256  # a short R-APDU carries at most 256 data bytes (ISO 7816-4 Ne)
 MAX_PAN_DIGITS = 19  # 5A is cn..19; field 2 is n..19
 MAX_TRACK2 = 37  # 57 as text with its '=' separator; field 35 is z..37
@@ -43,7 +39,7 @@ SW_RECORD_NOT_FOUND = 0x6A83
 FIELD55_TAGS = ("9F26", "9F27", "9F10", "9F37", "9F36", "95", "9A", "9C", "9F02", "5F2A",
                 "82", "9F1A", "9F03", "9F33", "9F34", "9F35", "9F1E", "84", "9F09", "9F41")
 FIELD55_REQUIRED = ("9F26", "9F27", "9F36", "82", "9F37", "9F02")
-CID_ARQC = 0x80
+CID_TYPES = {0x00: "AAC", 0x40: "TC", 0x80: "ARQC"}  # 9F27 bits 8-7
 CVM_RESULTS_NONE = "3F0000"  # no CVM performed; the CVM step will set this later
 
 
@@ -51,7 +47,8 @@ CVM_RESULTS_NONE = "3F0000"  # no CVM performed; the CVM step will set this late
 class TerminalParams:
     country: str = "0156"  # 9F1A, n4
     terminal_type: str = "22"  # 9F35: attended, merchant, online with offline capability
-    capabilities: str = "E0F8C8"  # 9F33
+    # 9F33: manual, magstripe, IC; offline plaintext PIN, online PIN, signature, no CVM; SDA, DDA
+    capabilities: str = "E0E8C0"
     additional_capabilities: str = "6000F0A001"  # 9F40
     ifd_serial: str = "KPOS0001"  # 9F1E, an8
     known_aids: tuple[str, ...] = ("A000000333010101", "A000000333010102", "A000000333010103",
@@ -66,6 +63,7 @@ class _App:
     aid: str
     label: str
     priority: int  # 1 highest .. 15, 16 = no priority given
+    confirm: bool = False  # 87 bit 8: the cardholder must confirm this application
 
 
 def _bcd(number: int, length: int) -> bytes:
@@ -98,46 +96,10 @@ def terminal_values(params: TerminalParams, *, amount: int, currency: int, when:
     return values
 
 
-def read_card(transmit: Transmit, params: TerminalParams, *, amount: int, currency: int,
-              when: datetime, unpredictable: bytes, contactless: bool = False,
-              sequence: int = 1) -> CardData:
-    """Read the card and get its ARQC. Raises CardReadError with a short PAN-free reason.
-
-    `amount` in minor units, `currency` ISO 4217 numeric, `unpredictable` 4 random bytes,
-    `sequence` the transaction sequence counter for 9F41. Blocking; reader worker only.
-    """
-    values = terminal_values(params, amount=amount, currency=currency, when=when,
-                             unpredictable=unpredictable, contactless=contactless,
-                             sequence=sequence)
-    try:
-        return _read(Card(transmit), params, values, contactless)
-    except OSError as exc:
-        raise CardReadError("card removed or reader error") from exc
-    except ApduError as exc:
-        raise CardReadError(str(exc)) from exc
-    except tlv.TlvError as exc:
-        raise CardReadError("malformed card data") from exc
-
-
-def _read(card: Card, params: TerminalParams, terminal: dict[str, bytes],
-          contactless: bool) -> CardData:
-    app = _choose(_candidates(card, params, contactless))
-    fci = _select_app(card, app.aid)
-    card_data = dict(fci)
-    sent, gpo = _gpo(card, fci, terminal)
-    card_data.update({k: v for k, v in gpo.items() if k != "94"})
-    for tag, value in _read_records(card, _afl(gpo)).items():
-        card_data.setdefault(tag, value)
-    identity = _identity(card_data)  # before GENERATE AC: no ARQC from a card we refuse
-    if "9F26" not in gpo:
-        sent_cdol, gen_ac = _generate_ac(card, card_data, terminal)
-        sent.update(sent_cdol)
-        card_data.update(gen_ac)
-    _check_cryptogram(card_data)
-    result = _card_data(identity, card_data, app,
-                        _field55(terminal, sent, card_data, app.aid), contactless)
-    log.info("chip read ok: %s aid=%s", mask_pan(result.pan), result.aid)
-    return result
+def read_card(*args, **kwargs) -> CardData:
+    """firmware.emv.kernel.read_card (one-shot read up to the first cryptogram)."""
+    from firmware.emv.kernel import read_card as kernel_read_card  # the kernel imports us
+    return kernel_read_card(*args, **kwargs)
 
 
 # --- application selection -------------------------------------------------------
@@ -189,7 +151,7 @@ def _apps_from(nodes: list[tlv.Tlv]) -> list[_App]:
         fields = tlv.flatten(entry.children or ())
         if "4F" in fields and 5 <= len(fields["4F"]) <= 16:
             apps.append(_App(fields["4F"].hex().upper(), _label(fields),
-                             _priority(fields.get("87"))))
+                             _priority(fields.get("87")), _confirm(fields.get("87"))))
     return apps
 
 
@@ -206,14 +168,12 @@ def _select_known(card: Card, known_aids: tuple[str, ...]) -> list[_App]:
     return apps
 
 
-def _choose(apps: list[_App]) -> _App:
-    if not apps:
-        raise CardReadError("no supported application")
-    return min(enumerate(apps), key=lambda pair: (pair[1].priority, pair[0]))[1]
-
-
 def _priority(value: bytes | None) -> int:
     return (value[0] & 0x0F) or 16 if value and len(value) == 1 else 16
+
+
+def _confirm(value: bytes | None) -> bool:
+    return bool(value and len(value) == 1 and value[0] & 0x80)
 
 
 def _label(fields: Mapping[str, bytes]) -> str:
@@ -273,63 +233,18 @@ def _gpo(card: Card, fci: Mapping[str, bytes],
     return sent, fields
 
 
-def _afl(gpo: Mapping[str, bytes]) -> list[tuple[int, int]]:
-    """(sfi, record) pairs from the AFL (94), validated and bounded."""
-    afl = gpo.get("94", b"")
-    if len(gpo.get("82", b"")) != 2 or not afl or len(afl) % 4:
-        raise CardReadError("malformed AFL")
-    pairs = []
-    for i in range(0, len(afl), 4):
-        sfi, first, last = afl[i] >> 3, afl[i + 1], afl[i + 2]
-        if afl[i] & 0x07 or not 1 <= sfi <= 30 or not 1 <= first <= last:
-            raise CardReadError("malformed AFL")
-        pairs += [(sfi, rec) for rec in range(first, last + 1)]
-    if len(pairs) > MAX_AFL_RECORDS:
-        raise CardReadError("AFL lists too many records")
-    return pairs
-
-
-def _read_records(card: Card, afl: list[tuple[int, int]]) -> dict[str, bytes]:
-    fields: dict[str, bytes] = {}
-    for sfi, number in afl:
-        children = _record(card.command(apdu.read_record(sfi, number)), "malformed record")
-        for tag, value in tlv.flatten(children).items():
-            fields.setdefault(tag, value)
-    return fields
-
-
-def _generate_ac(card: Card, card_data: Mapping[str, bytes],
-                 terminal: Mapping[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    if "8C" not in card_data:
-        raise CardReadError("card has no CDOL1")
-    data, sent = _dol_data(card_data["8C"], {**card_data, **terminal})
-    if not 0 < len(data) <= 255:
-        raise CardReadError("CDOL1 length unusable")
-    nodes = tlv.parse(card.command(apdu.generate_ac(apdu.AC_ARQC, data)))
-    if len(nodes) != 1 or nodes[0].tag not in ("80", "77"):
-        raise CardReadError("malformed GENERATE AC response")
-    if nodes[0].tag == "77":
-        return sent, tlv.flatten(nodes[0].children or ())
-    raw = nodes[0].value  # format 1: CID, ATC, AC, optional IAD
-    if len(raw) < 11:
-        raise CardReadError("malformed GENERATE AC response")
-    fields = {"9F27": raw[:1], "9F36": raw[1:3], "9F26": raw[3:11]}
-    if len(raw) > 11:
-        fields["9F10"] = raw[11:]
-    return sent, fields
-
-
-def _check_cryptogram(card_data: Mapping[str, bytes]) -> None:
+def _check_cryptogram(card_data: Mapping[str, bytes]) -> str:
+    """The cryptogram's type ("AAC", "TC", "ARQC") once its data objects are sane."""
     cid, atc = card_data.get("9F27", b""), card_data.get("9F36", b"")
     ac = card_data.get("9F26", b"")
     if len(cid) != 1 or len(atc) != 2 or len(ac) != 8:
         raise CardReadError("malformed cryptogram")
     if len(card_data.get("9F10", b"")) > MAX_IAD:
         raise CardReadError("malformed tag 9F10")
-    if cid[0] & 0xC0 == 0x00:
-        raise CardReadError("card declined (AAC)")
-    if cid[0] & 0xC0 != CID_ARQC:
+    kind = CID_TYPES.get(cid[0] & 0xC0)
+    if kind is None:
         raise CardReadError(f"unexpected cryptogram type {cid[0]:02X}")
+    return kind
 
 
 # --- results ----------------------------------------------------------------------
@@ -398,13 +313,3 @@ def _pan_seq(raw: bytes) -> str:
     if len(raw) != 1 or not text.isdigit():
         raise CardReadError("malformed tag 5F34")
     return text
-
-
-def _card_data(identity: _Identity, fields: Mapping[str, bytes], app: _App, icc_data: bytes,
-               contactless: bool) -> CardData:
-    return CardData(
-        pan=identity.pan, expiry=identity.expiry, pan_seq=identity.pan_seq,
-        track2=identity.track2, aid=app.aid, app_label=_label(fields) or app.label,
-        icc_data=icc_data, entry_mode=ENTRY_CONTACTLESS if contactless else ENTRY_CHIP,
-        cryptogram=fields["9F26"].hex().upper(),
-    )

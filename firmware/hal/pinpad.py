@@ -6,7 +6,7 @@ replaces this class in a production deployment: the flow only ever sees the PIN'
 """
 from __future__ import annotations
 
-from firmware.keys import pin_block_iso0
+from firmware.keys import pin_block_iso0, pin_block_iso2
 
 __all__ = ["SoftPinPad", "PIN_KEYS"]
 
@@ -43,6 +43,14 @@ class SoftPinPad:
         """ISO 9564 format 0 block under the session PIK; wipes the buffer either way."""
         try:
             return pin_block_iso0(self._buf, pan, pik)
+        finally:
+            self.wipe()
+
+    def offline_pin_block(self) -> bytes:
+        """ISO 9564 format 2 plaintext block for the chip's VERIFY; wipes the buffer either way.
+        The block itself holds the PIN: the caller hands it to the card and drops it."""
+        try:
+            return pin_block_iso2(self._buf)
         finally:
             self.wipe()
 

@@ -9,6 +9,7 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -58,7 +59,7 @@ async def sim_session(cfg: Config, *, forward_display=None, inputs=(), faults: F
     if cfg.sim is None:
         raise ValueError(f"{cfg.path}: a [sim] section is needed to run the simulator")
     catalog = load_catalog(cfg.sim.catalog)
-    reader, device_reader = _card_reader(catalog, pcsc)
+    reader, device_reader = _card_reader(catalog, pcsc, clock)
     data_dir = cfg.terminal.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     acquirer = AcquirerSimulator(catalog, cfg.sim.ledger, faults=faults)
@@ -89,10 +90,10 @@ async def sim_session(cfg: Config, *, forward_display=None, inputs=(), faults: F
                 reader.close()
 
 
-def _card_reader(catalog: Catalog, pcsc: bool):
+def _card_reader(catalog: Catalog, pcsc: bool, clock=None):
     """(what scripts and the console insert cards into, what the terminal reads from)."""
     if not pcsc:
-        reader = SimCardReader(catalog)
+        reader = SimCardReader(catalog, today=(lambda: clock.now().date()) if clock else date.today)
         return reader, reader
     from firmware.hal.reader_pcsc import PcscCardReader, probe
     from firmware.sim.vpicc import SimPcscSlot
