@@ -20,10 +20,10 @@ from firmware import keys
 from firmware.acquirer import messages
 from firmware.acquirer.messages import MessageError, TerminalIds
 from firmware.emv import cryptogram, tlv
-from firmware.emv.card import ENTRY_MAGSTRIPE, CardData
+from firmware.emv.card import ENTRY_FALLBACK, ENTRY_MAGSTRIPE, CardData
 from firmware.emv.reader import TerminalParams, read_card
 from firmware.emv.cryptogram import ac_session_key, compute_arpc
-from firmware.sim.acquirer import AcquirerSimulator, Faults
+from firmware.sim.acquirer import ISSUER_SCRIPT, AcquirerSimulator, Faults
 from firmware.sim.card_emulator import CardEmulator
 from firmware.sim.catalog import load_catalog
 from firmware.sim.ledger import Ledger, LedgerError, pan_key
@@ -50,12 +50,14 @@ def chip_card(name: str, amount: int, pan: str | None = None, *,
                      unpredictable=bytes.fromhex("1A2B3C4D"), contactless=contactless)
 
 
-def swiped_card(name: str) -> CardData:
-    """A magstripe read: no field 55."""
+def swiped_card(name: str, entry_mode: str = ENTRY_MAGSTRIPE, track2: str | None = None
+                ) -> CardData:
+    """A magstripe read (swipe or fallback): no field 55; track 2 with the card's service code."""
     c = CATALOG.cards[name]
-    return CardData(pan=c.pan, expiry=c.expiry, pan_seq=None,
-                    track2=f"{c.pan}={c.expiry}2010000000000", aid="", app_label="",
-                    icc_data=b"", entry_mode=ENTRY_MAGSTRIPE)
+    if track2 is None:
+        track2 = f"{c.pan}={c.expiry}{c.service_code}0000000000"
+    return CardData(pan=c.pan, expiry=c.expiry, pan_seq=None, track2=track2, aid="",
+                    app_label="", icc_data=b"", entry_mode=entry_mode)
 
 
 def retag(icc: bytes, tag: str, value: bytes) -> bytes:
@@ -446,8 +448,8 @@ def test_forged_arqc_is_refused_before_the_pin_so_no_try_is_counted(tmp_path):
 def test_magstripe_sale_needs_no_field_55_and_gets_none(tmp_path):
     async def main():
         async with signed_on(tmp_path) as (sim, term):
-            req = term.sale("approve", 700, card=swiped_card("approve"))
-            assert req["22"] == "021" and "55" not in req
+            req = term.sale("magstripe_only", 700, card=swiped_card("magstripe_only"))
+            assert req["22"] == "021" and "55" not in req and req["35"][21:24] == "120"
             resp = await term.ask(req)
             assert resp["39"] == "00" and "55" not in resp
             auth = await decision(sim, req)
@@ -464,6 +466,119 @@ def test_declines_for_other_reasons_still_carry_arpc(tmp_path):
             assert_issuer_data(req, resp, "51")
             auth = await decision(sim, req)
             assert (auth.reason, auth.arqc) == ("insufficient funds", "verified")
+    asyncio.run(main())
+
+
+# --- swipes, the PIN rule, issuer scripts ---------------------------------------------
+
+
+SWIPES = [
+    # card, entry mode, track 2 change, code, ledger reason
+    ("approve", ENTRY_MAGSTRIPE, None, "45", "chip card swiped"),
+    ("approve", ENTRY_FALLBACK, None, "00", "approved"),
+    ("magstripe_only", ENTRY_FALLBACK, None, "00", "approved"),
+    ("magstripe_only", ENTRY_MAGSTRIPE, "", "30", "track 2 absent or malformed"),
+    ("magstripe_only", ENTRY_MAGSTRIPE, "6226090000000196=3012", "30",
+     "track 2 absent or malformed"),
+    ("magstripe_only", ENTRY_MAGSTRIPE, "6226090000000014=30121200000000000", "30",
+     "track 2 PAN differs from field 2"),
+    ("approve", ENTRY_FALLBACK, "6226090000000014=29122200000000000", "30",
+     "track 2 expiry differs from field 14"),
+]
+
+
+@pytest.mark.parametrize("name,entry,track2,code,reason", SWIPES,
+                         ids=[f"{s[0]}-{s[1]}-{s[4]}" for s in SWIPES])
+def test_swipe_rules(tmp_path, name, entry, track2, code, reason):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, name)
+            req = term.sale(name, 800, card=swiped_card(name, entry, track2))
+            assert req["22"] == entry and "55" not in req and ("35" in req) == (track2 != "")
+            resp = await term.ask(req)
+            assert resp["39"] == code and "55" not in resp
+            assert await balance(sim, name) == before - (800 if code == "00" else 0)
+            assert (await decision(sim, req)).reason == reason
+    asyncio.run(main())
+
+
+def without_tag(icc: bytes, tag: str) -> bytes:
+    nodes = tlv.parse(icc)
+    assert any(n.tag == tag for n in nodes), tag
+    return tlv.encode_nodes([n for n in nodes if n.tag != tag])
+
+
+PIN_RULE = [
+    # 9F34 in field 55 (None: absent), PIN entered, code
+    ("420300", None, "55"),  # online PIN, no PIN block
+    ("020000", None, "55"),
+    ("420300", "catalog", "00"),
+    ("010002", None, "00"),  # offline plaintext PIN by the card
+    ("440302", None, "00"),  # offline enciphered PIN
+    ("030002", None, "00"),  # offline PIN and signature
+    ("1E0300", None, "00"),  # signature
+    ("1F0002", None, "00"),  # no CVM required
+    ("3F0000", None, "00"),  # no CVM performed
+    ("1E0300", "0000", "55"),  # a PIN block sent anyway is checked
+    (None, None, "55"),  # field 55 without 9F34
+]
+
+
+@pytest.mark.parametrize("cvm_results,pin,code", PIN_RULE,
+                         ids=[f"{p[0]}-{p[1]}" for p in PIN_RULE])
+def test_online_pin_is_required_only_when_9f34_names_it(tmp_path, cvm_results, pin, code):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            req = term.sale("approve", 900, pin=pin)
+            if cvm_results is None:
+                req["55"] = without_tag(req["55"], "9F34")
+            else:
+                req["55"] = retag(req["55"], "9F34", bytes.fromhex(cvm_results))
+            resp = await term.ask(req)
+            assert resp["39"] == code
+            auth = await decision(sim, req)
+            assert auth.arqc == "verified"  # 9F34 is not part of the ARQC
+            assert auth.reason == {"00": "approved", "55": "PIN block absent" if pin is None
+                                   else "wrong PIN"}[code]
+    asyncio.run(main())
+
+
+def test_swipe_without_pin_block_is_refused(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            req = term.sale("magstripe_only", 100, pin=None, card=swiped_card("magstripe_only"))
+            assert (await term.ask(req))["39"] == "55"
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("name,pin,code,script", [
+    ("script", "catalog", "00", True), ("script", "0000", "55", True),
+    ("approve", "catalog", "00", False),
+])
+def test_issuer_script_follows_91_and_8a_for_script_cards(tmp_path, name, pin, code, script):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            req = term.sale(name, 1500, pin=pin)
+            resp = await term.ask(req)
+            assert resp["39"] == code
+            nodes = tlv.parse(resp["55"])
+            assert [n.tag for n in nodes] == ["91", "8A"] + (["72"] if script else [])
+            assert_issuer_data(req, {**resp, "55": tlv.encode_nodes(nodes[:2])}, code)
+            if script:
+                assert tlv.encode_nodes(nodes[2:]) == ISSUER_SCRIPT
+                ident, command = nodes[2].children
+                assert (ident.tag, ident.value) == ("9F18", bytes.fromhex("00000001"))
+                assert command.tag == "86" and command.value[:6] == bytes.fromhex("04DA9F140503")
+                assert len(command.value) == 10  # header, Lc 5: LCOL 03 + 4-byte MAC
+    asyncio.run(main())
+
+
+def test_swiped_card_gets_no_script(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            req = term.sale("script", 100, card=swiped_card("script", ENTRY_FALLBACK))
+            resp = await term.ask(req)
+            assert resp["39"] == "00" and "55" not in resp
     asyncio.run(main())
 
 

@@ -49,6 +49,7 @@ RESPONSE_CODES: dict[str, tuple[str, str]] = {
     "42": ("NO SUCH ACCOUNT", "无此账户"),
     "43": ("STOLEN CARD", "被窃卡"),
     "44": ("NO SUCH ACCOUNT", "无此账户"),
+    "45": ("USE CHIP", "请使用芯片"),
     "51": ("INSUFFICIENT FUNDS", "余额不足"),
     "52": ("NO CHEQUE ACCOUNT", "无此支票账户"),
     "53": ("NO SAVINGS ACCOUNT", "无此储蓄账户"),

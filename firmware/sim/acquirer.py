@@ -12,7 +12,11 @@ never a PAN, track 2, PIN block or ICC data. TEST HOST: catalog cards and keys o
 Chip data (docs/acquirer-protocol.md §8): field 55 of a sale must agree with fields 4 and
 49 and carry an ARQC that verifies under the catalog's IMK-AC; every 0210 to a request
 with an ARQC carries field 55 = 91 (ARPC method 1 + ARC) and 8A, both computed by
-firmware/emv/cryptogram.py, the same code the card emulator uses.
+firmware/emv/cryptogram.py, the same code the card emulator uses, then for catalog cards
+with `issuer_script` an issuer script (72). Online PIN (field 52) is required when the
+CVM results (9F34) name online PIN or there is no field 55; a plain swipe (22 = 02x) of a
+chip card (service code 2xx/6xx) is declined 45; a swipe's track 2 (35) must agree with
+fields 2 and 14.
 """
 from __future__ import annotations
 
@@ -36,7 +40,8 @@ from firmware.sim.ledger import PIN_TRIES_LIMIT, Authorisation, Ledger
 
 __all__ = [
     "Faults", "AcquirerSimulator", "serve", "sale_response", "NO_ANSWER", "Decision",
-    "check_icc", "check_arqc", "card_psn", "issuer_icc_data",
+    "check_icc", "check_swipe", "check_arqc", "card_psn", "issuer_icc_data", "pin_required",
+    "ISSUER_SCRIPT",
     "ARQC_VERIFIED", "ARQC_FAILED", "ARQC_NOT_CHECKED",
 ]
 
@@ -50,11 +55,22 @@ RC_APPROVED, RC_DO_NOT_HONOUR = "00", "05"
 RC_BAD_TERMINAL, RC_BAD_TXN, RC_BAD_CARD = "03", "12", "14"
 RC_FORMAT, RC_LOW_FUNDS, RC_EXPIRED, RC_WRONG_PIN = "30", "51", "54", "55"
 RC_PIN_TRIES, RC_SYSTEM, RC_DUPLICATE = "75", "96", "94"
+RC_USE_CHIP = "45"  # UnionPay: "请使用芯片", a chip card read by its magnetic stripe
 
 SALE_PROCESSING_CODE = "000000"
 
 # Field 22 PAN entry (first two digits) that reads a chip: contact, contactless.
 CHIP_ENTRY_MODES = ("05", "07")
+# Field 22 PAN entry of a magnetic stripe read: plain swipe, fallback after a chip failure.
+SWIPE_ENTRY, FALLBACK_ENTRY = "02", "80"
+CHIP_SERVICE_CODES = "26"  # first digit of a track 2 service code naming an IC card
+CVM_ONLINE_PIN = 0x02  # 9F34 byte 1, bits 6-1: enciphered PIN verified online
+# Issuer script (72) for catalog cards with `issuer_script`: script id 9F18, then one
+# command 86: PUT DATA (secure messaging CLA 04) of LCOL 9F14 = 03, then a 4-byte MAC.
+# The MAC is a placeholder: the card emulator does not check script MACs.
+SCRIPT_ID = bytes.fromhex("00000001")
+SCRIPT_PUT_DATA = bytes.fromhex("04DA9F14" "05" "03") + bytes(4)  # header, Lc, LCOL, MAC
+ISSUER_SCRIPT = tlv.encode("72", tlv.encode("9F18", SCRIPT_ID) + tlv.encode("86", SCRIPT_PUT_DATA))
 # Chip data failures answer 05 "do not honour", as UnionPay does for card verification
 # (CVN) failures and as issuers do to avoid telling a forger which check failed; the
 # ledger keeps the precise reason. Field 55 absent or unparsable is a format error (30).
@@ -294,7 +310,11 @@ class AcquirerSimulator:
                  auth.amount, rc or "no answer", decision.reason, decision.arqc or "not checked")
         if rc is None:
             return None
-        return sale_response(req, auth, issuer_icc_data(req, self.catalog.imk_ac, rc))
+        icc = issuer_icc_data(req, self.catalog.imk_ac, rc)
+        card = self.catalog.by_pan(req["2"])
+        if icc and card is not None and card.issuer_script:
+            icc += ISSUER_SCRIPT
+        return sale_response(req, auth, icc)
 
     def _sale_decision(self, req: dict, now: datetime) -> Decision:
         """The sale's decision, checks in the documented order (protocol doc §8)."""
@@ -305,9 +325,10 @@ class AcquirerSimulator:
             return Decision(RC_BAD_TXN, "processing code is not a sale")
         if self._ledger.find(tid, req["11"], req.get("13") or mmdd(now)) is not None:
             return Decision(RC_DUPLICATE, "duplicate STAN")
-        icc = check_icc(req)
-        if icc.rc:
-            return icc
+        for check in (check_icc, check_swipe):
+            verdict = check(req)
+            if verdict.rc:
+                return verdict
         if amount in self.catalog.magic_amounts:
             return Decision(self.catalog.magic_amounts[amount], "magic amount")
         card = self.catalog.by_pan(pan)
@@ -336,9 +357,10 @@ class AcquirerSimulator:
         return RC_APPROVED, "approved"
 
     def _pin_code(self, req: dict, tid: str, card: TestCard) -> tuple[str, str] | None:
-        """None when the online PIN is right; else (55 / 75 tries / 96 no session key, reason)."""
+        """None when the online PIN is right or not needed; else (55 / 75 tries / 96 no
+        session key, reason). A PIN block sent when none was needed is checked all the same."""
         if "52" not in req:
-            return RC_WRONG_PIN, "PIN block absent"  # online PIN required for every catalog card
+            return (RC_WRONG_PIN, "PIN block absent") if pin_required(req) else None
         if self._ledger.pin_tries(card.pan) >= PIN_TRIES_LIMIT:
             return RC_PIN_TRIES, "PIN tries exceeded"
         session = self._ledger.session_keys(tid)
@@ -421,6 +443,42 @@ def check_icc(req: Mapping[str, object]) -> Decision:
     if _bcd_int(values.get("5F2A")) != _field_int(req, "49"):
         return Decision(RC_CHIP_DATA, "currency mismatch 5F2A")
     return _PASS
+
+
+def check_swipe(req: Mapping[str, object]) -> Decision:
+    """Magnetic stripe verdict (22 = 02x swipe, 80x fallback), rc "" for other entries.
+
+    Field 35 must be present, well formed and agree with fields 2 and 14 (else 30); a
+    plain swipe of a chip card (service code 2xx / 6xx) is declined 45: insert the chip.
+    """
+    entry = str(req.get("22", ""))[:2]
+    if entry not in (SWIPE_ENTRY, FALLBACK_ENTRY):
+        return _PASS
+    track2 = req.get("35")
+    if not isinstance(track2, str) or "=" not in track2:
+        return Decision(RC_FORMAT, "track 2 absent or malformed")
+    pan, rest = track2.split("=", 1)
+    if len(rest) < 7 or not rest[:7].isdigit():
+        return Decision(RC_FORMAT, "track 2 absent or malformed")
+    if pan != req.get("2"):
+        return Decision(RC_FORMAT, "track 2 PAN differs from field 2")
+    if "14" in req and rest[:4] != req["14"]:
+        return Decision(RC_FORMAT, "track 2 expiry differs from field 14")
+    if entry == SWIPE_ENTRY and rest[4] in CHIP_SERVICE_CODES:
+        return Decision(RC_USE_CHIP, "chip card swiped")
+    return _PASS
+
+
+def pin_required(req: Mapping[str, object]) -> bool:
+    """Online PIN (field 52) is required unless field 55's CVM results (9F34) name another
+    CVM: offline PIN, signature, no CVM, or none performed. Without field 55 (a swipe or
+    fallback) or without 9F34 it is required."""
+    try:
+        values = _icc_values(req)
+    except tlv.TlvError:
+        return True
+    cvm_results = (values or {}).get("9F34", b"")
+    return not cvm_results or cvm_results[0] & 0x3F == CVM_ONLINE_PIN
 
 
 def card_psn(req: Mapping[str, object], values: Mapping[str, bytes]) -> str | None:

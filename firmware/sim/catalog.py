@@ -1,7 +1,8 @@
 """Simulator catalog: test cards, terminal keys and magic amounts from one TOML file.
 
 Pure data loading, any thread. Shared by the acquirer simulator and the EMV card
-emulator. TEST DATA ONLY.
+emulator. Every key of a card is checked where it is read (`_card`); an unknown key or a
+value out of its range is a CatalogError naming the card's index and the key. TEST DATA ONLY.
 """
 from __future__ import annotations
 
@@ -12,16 +13,32 @@ from pathlib import Path
 
 from firmware.cardsafe import luhn_ok
 
-__all__ = ["TestCard", "Catalog", "CatalogError", "load_catalog", "default_catalog_path",
-           "BROKEN_KINDS"]
+__all__ = ["TestCard", "CardApp", "Catalog", "CatalogError", "load_catalog",
+           "default_catalog_path", "BROKEN_KINDS", "CVMS", "ODA_KINDS", "SECOND_AC_KINDS"]
 
 OUTCOMES_FIXED = {"approve", "no_response", "garbage"}
 # "broken:KIND": the chip answers one deterministic defect (see firmware.sim.card_emulator).
-BROKEN_KINDS = frozenset({"tlv_length", "oversized_record", "missing_pan", "bad_sw"})
+BROKEN_KINDS = frozenset({"tlv_length", "oversized_record", "missing_pan", "bad_sw",
+                          "app_blocked"})
+CVMS = ("online_pin", "offline_pin", "signature", "no_cvm")  # the card's CVM list (8E)
+ODA_KINDS = ("dda", "sda", "none", "bad_sda")  # offline data authentication the card offers
+SECOND_AC_KINDS = ("approve", "decline")  # "decline": always AAC at the second GENERATE AC
+CHIP_SERVICE_CODES = "26"  # first service code digit of a chip card (track 2)
+MAX_PIN_TRIES = 15  # 9F17 is one byte; EMV cards keep the counter in a nibble
+APP_KEYS = {"aid", "label", "priority"}
 
 
 class CatalogError(ValueError):
     """A catalog entry is malformed; the message names the entry and key."""
+
+
+@dataclass(frozen=True)
+class CardApp:
+    """One application on a card: AID (hex), label (ASCII, <= 16) and priority 1..15."""
+
+    aid: str
+    label: str
+    priority: int = 1
 
 
 @dataclass(frozen=True)
@@ -32,10 +49,19 @@ class TestCard:
     expiry: str  # YYMM
     pin: str
     balance: int  # minor units
-    aid: str  # hex
-    label: str
+    aid: str = ""  # hex; with `apps`, the first application's; "" without a chip
+    label: str = ""
     outcome: str = "approve"
     pse: bool = True
+    cvm: str = "online_pin"  # one of CVMS
+    pin_tries: int = 3  # offline PIN try counter at insertion, 0 = blocked
+    oda: str = "dda"  # one of ODA_KINDS
+    second_ac: str = "approve"  # one of SECOND_AC_KINDS
+    contactless: bool = True  # answers PPSE and can be tapped
+    chip: bool = True  # False: magstripe only, never inserted or tapped
+    service_code: str = "220"  # track 2 service code, 3 digits
+    apps: tuple[CardApp, ...] = ()  # a multi-application card; empty: aid and label
+    issuer_script: bool = False  # the host adds an issuer script (72) to its 0210
 
     def __repr__(self) -> str:  # never show the PAN or PIN
         return f"TestCard({self.name!r})"
@@ -49,6 +75,11 @@ class TestCard:
     def broken(self) -> str | None:
         """The chip defect this card emulates ("tlv_length", ...), if any."""
         return self.outcome.split(":", 1)[1] if self.outcome.startswith("broken:") else None
+
+    @property
+    def applications(self) -> tuple[CardApp, ...]:
+        """The card's applications in directory order (one, unless `apps` lists more)."""
+        return self.apps or (CardApp(self.aid, self.label),)
 
 
 @dataclass(frozen=True)
@@ -92,6 +123,14 @@ def _card(entry: dict, where: str) -> TestCard:
     unknown = set(entry) - known
     if unknown:
         raise CatalogError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    entry = dict(entry)
+    if "apps" in entry:
+        if "aid" in entry or "label" in entry:
+            raise CatalogError(f"{where}: apps replaces aid and label; give one or the other")
+        entry["apps"] = _apps(entry["apps"], f"{where}: apps")
+        entry.update(aid=entry["apps"][0].aid, label=entry["apps"][0].label)
+    elif entry.get("chip", True) and ("aid" not in entry or "label" not in entry):
+        raise CatalogError(f"{where}: a chip card needs aid and label (or apps)")
     try:
         card = TestCard(**entry)
     except TypeError as exc:
@@ -102,7 +141,64 @@ def _card(entry: dict, where: str) -> TestCard:
         raise CatalogError(f"{where}: expiry must be YYMM")
     if not (card.outcome in OUTCOMES_FIXED or card.forced_code or card.broken in BROKEN_KINDS):
         raise CatalogError(f"{where}: outcome {card.outcome!r} not understood")
+    _check_chip(card, where)
+    if card.chip:
+        _check_apps(card.applications, where)
     return card
+
+
+def _check_chip(card: TestCard, where: str) -> None:
+    """The keys that say how the chip behaves, and that they agree with each other."""
+    for key, allowed in (("cvm", CVMS), ("oda", ODA_KINDS), ("second_ac", SECOND_AC_KINDS)):
+        if getattr(card, key) not in allowed:
+            raise CatalogError(f"{where}: {key} {getattr(card, key)!r} not one of "
+                               f"{', '.join(allowed)}")
+    for key in ("pse", "contactless", "chip", "issuer_script"):
+        if not isinstance(getattr(card, key), bool):
+            raise CatalogError(f"{where}: {key} must be true or false")
+    if not _int_in(card.pin_tries, 0, MAX_PIN_TRIES):
+        raise CatalogError(f"{where}: pin_tries must be an integer 0..{MAX_PIN_TRIES}")
+    code = card.service_code
+    if not (isinstance(code, str) and len(code) == 3 and code.isdigit()):
+        raise CatalogError(f"{where}: service_code must be 3 digits")
+    if not card.chip and card.contactless:
+        raise CatalogError(f"{where}: contactless must be false when chip is false")
+    if not card.chip and code[0] in CHIP_SERVICE_CODES:
+        raise CatalogError(f"{where}: service_code {code} names a chip, but chip is false")
+
+
+def _apps(raw: object, where: str) -> tuple[CardApp, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise CatalogError(f"{where}: must be a list of {{aid, label, priority}} tables")
+    apps = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or set(item) != APP_KEYS:
+            raise CatalogError(f"{where}[{i}]: needs exactly the keys aid, label, priority")
+        apps.append(CardApp(**item))
+    return tuple(apps)
+
+
+def _check_apps(apps: tuple[CardApp, ...], where: str) -> None:
+    for app in apps:
+        try:
+            aid = bytes.fromhex(app.aid) if isinstance(app.aid, str) else b""
+        except ValueError:
+            aid = b""
+        if not 5 <= len(aid) <= 16:
+            raise CatalogError(f"{where}: aid {app.aid!r} must be 5..16 bytes of hex")
+        label = app.label
+        if not (isinstance(label, str) and 1 <= len(label) <= 16 and label.isascii()
+                and label.isprintable()):
+            raise CatalogError(f"{where}: label must be 1..16 printable ASCII characters")
+        if not _int_in(app.priority, 1, 15):
+            raise CatalogError(f"{where}: priority must be an integer 1..15")
+    if len({app.aid.upper() for app in apps}) != len(apps):
+        raise CatalogError(f"{where}: the same aid twice")
+
+
+def _int_in(value: object, low: int, high: int) -> bool:
+    """True for an int (not a bool: TOML true is no count) in low..high."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _hexkey(text: str, where: str) -> bytes:
