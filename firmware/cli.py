@@ -1,9 +1,11 @@
-"""kpos command line: run | sim | acquirer.
+"""kpos command line: run | sim | acquirer | doctor.
 
 `kpos run`       the terminal on its configured devices (the systemd service's command)
 `kpos sim`       acquirer simulator on loopback + terminal with simulated peripherals
 `kpos acquirer`  the ISO 8583 host simulator alone
-Exit codes: 0 ok, 1 scenario failed, 2 bad usage or config, 3 terminal fault at start.
+`kpos doctor`    check config, files, devices and the acquirer link (firmware.doctor)
+Exit codes: 0 ok, 1 scenario or doctor check failed, 2 bad usage or config, 3 terminal
+fault at start.
 """
 from __future__ import annotations
 
@@ -54,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     acq.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     acq.add_argument("--drop", action="store_true", help="never answer (no response)")
     acq.set_defaults(handler=_cmd_acquirer)
+
+    doc = sub.add_parser("doctor", help="check config, files, devices and the acquirer link")
+    doc.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
+    doc.add_argument("--json", action="store_true", help="print a JSON list of {check, status, detail}")
+    doc.set_defaults(handler=_cmd_doctor)
     return p
 
 
@@ -179,3 +186,9 @@ def _cmd_acquirer(args) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _cmd_doctor(args) -> int:
+    _setup_logging("ERROR")  # doctor reports what the modules would log as warnings
+    from firmware.doctor import main as doctor
+    return doctor(args.config, as_json=args.json)

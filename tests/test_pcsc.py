@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import queue
 import socket
@@ -15,7 +16,9 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -23,9 +26,10 @@ import pytest
 
 from firmware.emv.card import ENTRY_CHIP, ENTRY_CONTACTLESS, CardReadError
 from firmware.emv.reader import TerminalParams, read_card
-from firmware.flows.types import CardInserted, CardRemoved
-from firmware.hal.reader_pcsc import (PcscCardReader, PcscReaderError, is_contactless_atr,
-                                      match_reader, probe)
+from firmware.flows.types import CardInserted, CardRemoved, ReaderStatus
+from firmware.hal import DeviceError, build_devices
+from firmware.hal.reader_pcsc import (PcscCardReader, PcscReaderError, card_atr,
+                                      is_contactless_atr, looks_contactless, match_reader, probe)
 from firmware.sim.card_emulator import ATR_CONTACT, ATR_CONTACTLESS, CardEmulator
 from firmware.sim.catalog import load_catalog
 from firmware.sim.runner import sim_session
@@ -37,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 WHEN = datetime(2025, 3, 14, 9, 26, 53)
 UNPREDICTABLE = bytes.fromhex("A1B2C3D4")
 EVENT_TIMEOUT = 5.0  # s; pcscd polls vpcd every 0.4 s
+PCSCD_SOCKET = "/run/pcscd/pcscd.comm"  # where pcscd listens (fixed in pcsc-lite 1.9)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +99,32 @@ def test_contactless_atr_heuristic():
     assert is_contactless_atr(bytes.fromhex("3B8F8001804F0CA000000306030001000000006A"))
     assert not is_contactless_atr(ATR_CONTACT)
     assert not is_contactless_atr(b"\x3B\x80")
+    assert looks_contactless("ACS ACR1252 1S CL Reader PICC 00 00", ATR_CONTACT)
+    assert looks_contactless("Virtual PCD 00 00", ATR_CONTACTLESS)
+    assert not looks_contactless("Virtual PCD 00 00", ATR_CONTACT)
+
+
+@pytest.mark.parametrize("setting,forced", [("auto", None), ("yes", True), ("no", False)])
+def test_build_devices_pcsc_reader_from_config(sim_config, setting, forced):
+    devices = replace(sim_config.devices, card_reader="pcsc", reader_name="ACS|Identiv",
+                      reader_contactless=setting)
+    built = build_devices(replace(sim_config, devices=devices))
+    reader = built.reader
+    assert isinstance(reader, PcscCardReader)
+    assert reader.pattern == "ACS|Identiv"
+    assert reader.contactless is (forced if forced is not None else False)  # no card yet
+    assert reader.fault == "not started"  # built, not attached: no thread, no events yet
+
+
+def test_build_devices_without_pyscard_names_the_package(sim_config, monkeypatch):
+    import firmware.hal
+    monkeypatch.setitem(sys.modules, "smartcard", None)  # import smartcard -> ImportError
+    monkeypatch.delitem(sys.modules, "firmware.hal.reader_pcsc")
+    monkeypatch.delattr(firmware.hal, "reader_pcsc")
+    cfg = replace(sim_config, devices=replace(sim_config.devices, card_reader="pcsc"))
+    with pytest.raises(DeviceError, match=r"'pcsc' needs the pyscard package \(pip install "
+                                          r"kpos\[pcsc\]\)"):
+        build_devices(cfg)
 
 
 def test_vpcd_port_from_reader_conf(tmp_path):
@@ -150,6 +181,18 @@ def test_reader_appears(vpcd_lock, reader):
     assert probe(READER) == vpcd_lock.reader
     assert reader.status() == f"reader {vpcd_lock.reader}: card out"
     assert not reader.present()
+    assert card_atr(vpcd_lock.reader) is None
+
+
+def test_card_atr_of_the_card_in_the_reader(reader, slot, vpcd_lock):
+    slot.tap("visa")
+    next_event(reader, CardInserted)
+    assert card_atr(vpcd_lock.reader) == ATR_CONTACTLESS
+    slot.remove()
+    next_event(reader, CardRemoved)
+    with pytest.raises(PcscReaderError) as caught:
+        card_atr("No Such Reader 42")
+    assert caught.value.fault == "reader unplugged"
 
 
 def test_insert_and_remove_post_events(reader, slot):
@@ -221,50 +264,133 @@ def test_remove_mid_read_is_card_read_error(reader, vpcd_lock, catalog, at):
 
 
 def test_reader_missing_is_a_fault(vpcd_lock):
+    events: queue.Queue = queue.Queue()
     rdr = PcscCardReader("No Such Reader 42")
-    rdr.attach(lambda event: pytest.fail(f"unexpected {event!r}"))
+    rdr.attach(events.put)
     try:
-        assert rdr.wait_for(lambda r: "no card reader matching" in r.fault, EVENT_TIMEOUT)
-        assert rdr.status() == "no card reader matching 'No Such Reader 42'"
-        with pytest.raises(PcscReaderError, match="unavailable: no card reader matching"):
+        assert events.get(timeout=EVENT_TIMEOUT) == ReaderStatus("no reader matches 'No Such Reader 42'")
+        assert rdr.status() == "no reader matches 'No Such Reader 42'"
+        with pytest.raises(PcscReaderError, match="^no reader matches 'No Such Reader 42'$"):
             rdr.transmit(bytes.fromhex("00A4040000"))
     finally:
         rdr.close()
-    with pytest.raises(PcscReaderError, match=r"readers: Virtual PCD 00 00"):
+    assert events.empty()  # one status, posted once, and no card events
+    with pytest.raises(PcscReaderError, match=r"^no reader matches 'No Such Reader 42' "
+                                              r"\(readers: Virtual PCD 00 00"):
         probe("No Such Reader 42")
 
 
-RECOVERY_SCRIPT = textwrap.dedent("""
-    import os, sys
-    from firmware.hal.reader_pcsc import PcscCardReader, PcscReaderError
-    sock, real = sys.argv[1], sys.argv[2]
-    r = PcscCardReader("Virtual PCD")
-    r.attach(print)
-    assert r.wait_for(lambda r: "pcscd" in r.fault, 5), r.status()
-    print("fault:", r.fault)
+class PcscdSwitch:
+    """A Unix-socket relay in front of the real pcscd. `off()` removes the socket and cuts
+    every connection, which is what a client sees when pcscd stops; `on()` brings it back.
+    Clients reach it through PCSCLITE_CSOCK_NAME (read once per process, so in a child)."""
+
+    def __init__(self, path: Path, target: str = PCSCD_SOCKET):
+        self.path, self.target = path, target
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def on(self) -> None:
+        self._server = socket.socket(socket.AF_UNIX)
+        self._server.bind(str(self.path))
+        self._server.listen()
+        threading.Thread(target=self._accept, args=(self._server,), daemon=True).start()
+
+    def off(self) -> None:
+        with self._lock:
+            server, self._server = self._server, None
+            conns, self._conns = self._conns, []
+        if server is None:
+            return
+        server.shutdown(socket.SHUT_RDWR)  # wakes accept() (Linux)
+        server.close()
+        self.path.unlink()
+        for conn in conns:
+            with contextlib.suppress(OSError):  # already closed by its peer
+                conn.shutdown(socket.SHUT_RDWR)  # close() alone would not wake a pump's recv
+            conn.close()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # switched off
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.target)
+            with self._lock:
+                live = self._server is server
+                if live:
+                    self._conns += [client, upstream]
+            if not live:  # switched off meanwhile
+                client.close()
+                upstream.close()
+                return
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
     try:
-        r.transmit(bytes.fromhex("00A4040000"))
-    except PcscReaderError as exc:
-        print("transmit:", exc)
-    os.symlink(real, sock)  # pcscd "comes back"
-    assert r.wait_for(lambda r: r.fault == "", 5), r.status()
-    print("recovered:", r.status())
-    r.close()
+        while data := src.recv(65536):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the switch cut the connection
+
+
+STATUS_SCRIPT = textwrap.dedent("""
+    import queue, sys
+    from firmware.hal.reader_pcsc import PcscCardReader
+    events = queue.Queue()
+    reader = PcscCardReader("Virtual PCD")
+    reader.attach(events.put)
+
+    def transmit_error():
+        try:
+            reader.transmit(bytes.fromhex("00A4040000"))
+        except OSError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    for _ in range(int(sys.argv[1])):
+        event = events.get(timeout=10)
+        print(f"{event!r} | {reader.status()} | {transmit_error()}", flush=True)
+    reader.close()
 """)
 
 
-def test_pcscd_down_is_a_fault_and_recovers(vpcd_lock, tmp_path):
-    """pcscd unreachable (its socket path points nowhere, in a child process), then back."""
-    sock = tmp_path / "pcscd.comm"
-    env = {**os.environ, "PCSCLITE_CSOCK_NAME": str(sock)}
-    done = subprocess.run([sys.executable, "-c", RECOVERY_SCRIPT, str(sock),
-                           "/run/pcscd/pcscd.comm"], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[0].startswith("fault: pcscd not running: start pcscd"), lines
-    assert lines[1].startswith("transmit: card reader unavailable: pcscd not running"), lines
-    assert lines[2] == f"recovered: reader {vpcd_lock.reader}: card out", lines
+def test_reader_status_follows_pcscd_down_and_back(vpcd_lock, tmp_path):
+    """One reader object in a child process, whose pcscd socket the test switches off and on:
+    the first state after attach, then every change, is a ReaderStatus event."""
+    switch = PcscdSwitch(tmp_path / "pcscd.comm")
+    env = {**os.environ, "PCSCLITE_CSOCK_NAME": str(switch.path)}
+    child = subprocess.Popen([sys.executable, "-c", STATUS_SCRIPT, "4"], env=env, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line.rstrip("\n")) for line in child.stdout],
+                     daemon=True).start()
+    seen = []
+    try:
+        for toggle in (None, switch.on, switch.off, switch.on):  # pcscd starts "stopped"
+            if toggle:
+                toggle()
+            try:
+                seen.append(lines.get(timeout=EVENT_TIMEOUT))
+            except queue.Empty:
+                child.kill()
+                pytest.fail(f"no ReaderStatus after {seen}; child stderr:\n{child.stderr.read()}")
+        assert child.wait(EVENT_TIMEOUT) == 0, child.stderr.read()
+    finally:
+        switch.off()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    down = "ReaderStatus(fault='pcscd not running') | pcscd not running | " \
+           "PcscReaderError: pcscd not running"
+    up = f"ReaderStatus(fault='') | reader {vpcd_lock.reader}: card out | OSError: no card in reader"
+    assert seen == [down, up, down, up]
 
 
 def test_cli_sim_pcsc_without_pcscd_names_pcscd(vpcd_lock, tmp_path):
@@ -274,7 +400,7 @@ def test_cli_sim_pcsc_without_pcscd_names_pcscd(vpcd_lock, tmp_path):
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=30,
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 3, done.stderr
-    assert "pcscd not running: start pcscd" in done.stderr
+    assert "--pcsc: pcscd not running (" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "data" / "journal.db").exists()  # stopped before the terminal
 
@@ -283,7 +409,7 @@ SALE = """
     keys 1 2 5 0
     expect screen "CNY 12.50"
     keys ENTER
-    expect screen "Insert card"
+    expect screen "Insert"
     insert approve
     expect screen "Enter PIN"
     keys 1 2 3 4 ENTER

@@ -6,17 +6,25 @@ Contract (firmware.hal.reader.CardReader):
   `reader` (a case-insensitive regex, so a plain substring works; an invalid regex is taken as
   a literal substring). On a card arriving it posts CardInserted(), on the card leaving (or
   the reader or pcscd going away with a card in it) CardRemoved(); it does nothing else.
-- While pcscd is unreachable or no reader matches, `fault` holds a short operator text
-  ("" when fine) and the thread retries every RETRY_INTERVAL s, so it recovers on its own
-  when pcscd or the reader comes back. `wait_for(predicate, timeout)` waits on any change.
+- While pcscd is unreachable, no reader matches or the reader was unplugged, `fault` holds a
+  short operator text that fits a 20-column display in two lines ("pcscd not running",
+  "no reader matches 'ACS'", "reader unplugged"; "" when fine; the PC/SC detail goes to the
+  log) and the thread retries every RETRY_INTERVAL s, so it recovers on its own when pcscd
+  or the reader comes back. Every change of `fault` is posted as ReaderStatus(fault), the
+  first state after attach included (ReaderStatus("") once the reader is found); a
+  ReaderStatus("") comes before the CardInserted of a card already in the reader, a fault
+  after the CardRemoved of the card it took away. `wait_for(predicate, timeout)` waits on
+  any change.
 - `transmit(apdu) -> data + SW1 SW2` runs only on the reader worker (its own PC/SC context).
   It connects lazily on the first APDU after each insertion (T=0 or T=1, whichever the card
   offers; shared mode) and raises OSError with a short reason when the card is absent or
   gone, PcscReaderError (an OSError) when the reader or pcscd is unavailable. 61xx/6Cxx are
   the caller's (firmware.emv.apdu.Card). Blocking; pcscd bounds each call.
-- `contactless`: forced by the constructor flag, else guessed: a reader name that says
-  contactless (CL, PICC, NFC, ...) or the card's ATR in the PC/SC form built for ISO 14443
-  cards (3B 8n 80 01 ..., PC/SC part 3).
+- `contactless`: forced by the constructor flag, else guessed (`looks_contactless`): a reader
+  name that says contactless (CL, PICC, NFC, ...) or the card's ATR in the PC/SC form built
+  for ISO 14443 cards (3B 8n 80 01 ..., PC/SC part 3).
+- `probe`, `list_readers`, `card_atr`: one-shot looks for tools (`kpos doctor`) and tests;
+  blocking, a few ms, any thread, each on its own short-lived context.
 - `close()` (loop thread, after the worker is shut down) stops the monitor and releases
   both contexts; it waits at most CLOSE_TIMEOUT s for each.
 APDUs and responses carry card data: they never reach logs or exception texts.
@@ -30,27 +38,37 @@ from typing import Callable
 
 from smartcard import scard
 
-from firmware.flows.types import CardInserted, CardRemoved
+from firmware.flows.types import CardInserted, CardRemoved, ReaderStatus
 
 __all__ = ["PcscCardReader", "PcscReaderError", "match_reader", "is_contactless_atr",
-           "probe", "PCSCD_HINT"]
+           "looks_contactless", "probe", "list_readers", "card_atr", "PCSCD_DOWN",
+           "READER_UNPLUGGED"]
 
 log = logging.getLogger("kpos.reader.pcsc")
 
 STATUS_WAIT_MS = 500  # one SCardGetStatusChange wait; close() also cancels it at once
 RETRY_INTERVAL = 1.0  # s between attempts to reach pcscd or find the reader
 CLOSE_TIMEOUT = 2.0  # s
-PCSCD_HINT = "pcscd not running: start pcscd"
+PCSCD_DOWN = "pcscd not running"  # operator texts (`fault`)
+READER_UNPLUGGED = "reader unplugged"
+READER_ERROR = "card reader error"
 CONTACTLESS_NAME = re.compile(r"contactless|\bCL\b|PICC|NFC|ACR122", re.IGNORECASE)
 PROTOCOLS = scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
 SERVICE_GONE = {scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED,
                 scard.SCARD_F_COMM_ERROR, scard.SCARD_E_INVALID_HANDLE}
 CARD_GONE = {scard.SCARD_W_REMOVED_CARD, scard.SCARD_E_NO_SMARTCARD,
              scard.SCARD_W_RESET_CARD, scard.SCARD_E_NOT_TRANSACTED}
+READER_GONE = {scard.SCARD_E_UNKNOWN_READER, scard.SCARD_E_READER_UNAVAILABLE}
+STATE_GONE = scard.SCARD_STATE_UNKNOWN | scard.SCARD_STATE_UNAVAILABLE
 
 
 class PcscReaderError(OSError):
-    """The PC/SC reader or pcscd is unavailable; the message is the operator text."""
+    """The PC/SC reader or pcscd is unavailable. `fault` is the short operator text; str()
+    adds the PC/SC detail for logs and tools."""
+
+    def __init__(self, fault: str, detail: str = ""):
+        super().__init__(f"{fault} ({detail})" if detail else fault)
+        self.fault = fault
 
 
 def match_reader(pattern: str, names: list[str]) -> str | None:
@@ -67,15 +85,30 @@ def is_contactless_atr(atr: bytes) -> bool:
     return len(atr) >= 4 and atr[0] == 0x3B and atr[1] & 0xF0 == 0x80 and atr[2:4] == b"\x80\x01"
 
 
+def looks_contactless(reader_name: str, atr: bytes) -> bool:
+    """A reader name that says contactless, or a contactless card's ATR (pure)."""
+    return bool(CONTACTLESS_NAME.search(reader_name)) or is_contactless_atr(atr)
+
+
+def _no_match(pattern: str) -> str:
+    """The operator text for "no reader matches the configured pattern"."""
+    return f"no reader matches {pattern!r}" if pattern else "no card reader"
+
+
 def _reason(hresult: int) -> str:
     return f"{scard.SCardGetErrorMessage(hresult).rstrip('. ')} (0x{hresult & 0xFFFFFFFF:08X})"
+
+
+def _error(hresult: int) -> PcscReaderError:
+    """A failed PC/SC call as a PcscReaderError: pcscd gone, or some other reader error."""
+    return PcscReaderError(PCSCD_DOWN if hresult in SERVICE_GONE else READER_ERROR, _reason(hresult))
 
 
 def _establish() -> int:
     """A new PC/SC context; PcscReaderError naming pcscd when it is not reachable."""
     hresult, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
     if hresult != scard.SCARD_S_SUCCESS:
-        raise PcscReaderError(f"{PCSCD_HINT} ({_reason(hresult)})")
+        raise PcscReaderError(PCSCD_DOWN, _reason(hresult))
     return context
 
 
@@ -84,7 +117,7 @@ def _list_readers(context: int) -> list[str]:
     if hresult == scard.SCARD_E_NO_READERS_AVAILABLE:
         return []
     if hresult != scard.SCARD_S_SUCCESS:
-        raise PcscReaderError(f"cannot list readers: {_reason(hresult)}")
+        raise _error(hresult)
     return list(names)
 
 
@@ -96,19 +129,46 @@ def _release(context: int | None) -> None:
             log.warning("releasing PC/SC context: %s", _reason(hresult))
 
 
-def probe(pattern: str) -> str:
-    """The name of the reader matching `pattern` now; PcscReaderError with the operator text
-    when pcscd is down or no reader matches. Blocking, a few ms; any thread."""
+def list_readers() -> list[str]:
+    """The readers pcscd lists now; PcscReaderError when pcscd is down."""
     context = _establish()
     try:
-        names = _list_readers(context)
+        return _list_readers(context)
     finally:
         _release(context)
+
+
+def probe(pattern: str) -> str:
+    """The name of the reader matching `pattern` now; PcscReaderError when pcscd is down or
+    no reader matches (the detail lists the readers there are)."""
+    names = list_readers()
     name = match_reader(pattern, names)
     if name is None:
-        raise PcscReaderError(f"no card reader matching {pattern!r} (readers: "
-                              f"{', '.join(names) or 'none'})")
+        raise PcscReaderError(_no_match(pattern), f"readers: {', '.join(names) or 'none'}")
     return name
+
+
+def card_atr(reader_name: str) -> bytes | None:
+    """The ATR of the card in `reader_name` now (an ATR is not card data), None when the slot
+    is empty or the card is mute; PcscReaderError when pcscd or the reader is gone."""
+    context = _establish()
+    try:
+        hresult, states = scard.SCardGetStatusChange(
+            context, 0, [(reader_name, scard.SCARD_STATE_UNAWARE)])
+    finally:
+        _release(context)
+    if hresult in READER_GONE:
+        raise PcscReaderError(READER_UNPLUGGED, _reason(hresult))
+    if hresult not in (scard.SCARD_S_SUCCESS, scard.SCARD_E_TIMEOUT):
+        raise _error(hresult)
+    _, event, atr = states[0]
+    if event & STATE_GONE:
+        raise PcscReaderError(READER_UNPLUGGED)
+    return bytes(atr) if _card_in(event) else None
+
+
+def _card_in(event: int) -> bool:
+    return bool(event & scard.SCARD_STATE_PRESENT) and not event & scard.SCARD_STATE_MUTE
 
 
 class PcscCardReader:
@@ -155,7 +215,7 @@ class PcscCardReader:
             return self._forced_contactless
         with self._cond:
             name, atr = self.reader_name or "", self._atr
-        return bool(CONTACTLESS_NAME.search(name)) or is_contactless_atr(atr)
+        return looks_contactless(name, atr)
 
     def status(self) -> str:
         """One line for the operator: the fault, or which reader is in use."""
@@ -198,7 +258,7 @@ class PcscCardReader:
                                                     self.reader_name, self.fault)
             if not present or name is None:
                 if fault:
-                    raise PcscReaderError(f"card reader unavailable: {fault}")
+                    raise PcscReaderError(fault)
                 raise OSError("no card in reader")
             if self._handle is None or self._handle_generation != generation:
                 self._connect(name, generation)
@@ -247,7 +307,7 @@ class PcscCardReader:
             try:
                 context = _establish()
             except PcscReaderError as exc:
-                self._set(fault=str(exc), name=None, present=False)
+                self._set(fault=exc.fault, name=None, present=False, detail=str(exc))
                 self._stop.wait(RETRY_INTERVAL)
                 continue
             with self._cond:
@@ -255,7 +315,7 @@ class PcscCardReader:
             try:
                 self._watch(context)
             except PcscReaderError as exc:
-                self._set(fault=str(exc), name=None, present=False)
+                self._set(fault=exc.fault, name=None, present=False, detail=str(exc))
             finally:
                 with self._cond:
                     self._monitor_context = None
@@ -264,34 +324,32 @@ class PcscCardReader:
 
     def _watch(self, context: int) -> None:
         """Follow the matching reader until pcscd goes away (PcscReaderError) or close()."""
-        name, known = None, scard.SCARD_STATE_UNAWARE
+        name, known, absent = None, scard.SCARD_STATE_UNAWARE, _no_match(self.pattern)
         while not self._stop.is_set():
             if name is None:
                 name = match_reader(self.pattern, _list_readers(context))
                 if name is None:
-                    self._set(fault=f"no card reader matching {self.pattern!r}", name=None,
-                              present=False)
+                    self._set(fault=absent, name=None, present=False)
                     self._stop.wait(RETRY_INTERVAL)
                     continue
                 known = scard.SCARD_STATE_UNAWARE
             hresult, states = scard.SCardGetStatusChange(context, STATUS_WAIT_MS, [(name, known)])
             if hresult in (scard.SCARD_E_TIMEOUT, scard.SCARD_E_CANCELLED):
                 continue
-            if hresult == scard.SCARD_E_UNKNOWN_READER:
-                name = None
+            gone = hresult in READER_GONE
+            if hresult != scard.SCARD_S_SUCCESS and not gone:
+                raise _error(hresult)
+            if gone or states[0][1] & STATE_GONE:  # unplugged: say so (not "no match") till back
+                name, absent = None, READER_UNPLUGGED
+                self._set(fault=absent, name=None, present=False)
                 continue
-            if hresult != scard.SCARD_S_SUCCESS:
-                raise PcscReaderError(f"{PCSCD_HINT} ({_reason(hresult)})")
             _, event, atr = states[0]
             known = event & ~scard.SCARD_STATE_CHANGED
-            if event & (scard.SCARD_STATE_UNKNOWN | scard.SCARD_STATE_UNAVAILABLE):
-                name = None  # reader unplugged: look for it again
-                continue
-            present = bool(event & scard.SCARD_STATE_PRESENT) and not event & scard.SCARD_STATE_MUTE
-            self._set(fault="", name=name, present=present, atr=bytes(atr))
+            self._set(fault="", name=name, present=_card_in(event), atr=bytes(atr))
 
-    def _set(self, *, fault: str, name: str | None, present: bool, atr: bytes = b"") -> None:
-        """Record the monitor's view; log fault changes once; post presence transitions."""
+    def _set(self, *, fault: str, name: str | None, present: bool, atr: bytes = b"",
+             detail: str = "") -> None:
+        """Record the monitor's view; log and post fault changes and presence transitions."""
         with self._cond:
             was_present, old_fault = self._present, self.fault
             self.fault, self.reader_name, self._present = fault, name, present
@@ -299,12 +357,15 @@ class PcscCardReader:
                 self._generation += 1
                 self._atr = atr
             self._cond.notify_all()
-        if fault != old_fault:
-            if fault:
-                log.warning("card reader fault: %s", fault)
-            else:
-                log.info("card reader %s ready", name)
+        changed = fault != old_fault
+        if changed and fault:
+            log.warning("card reader fault: %s", detail or fault)
+        elif changed:
+            log.info("card reader %s ready", name)
+            self._post(ReaderStatus(""))  # ready before the card already in it
         if present and not was_present:
             self._post(CardInserted())
         elif was_present and not present:
             self._post(CardRemoved())
+        if changed and fault:
+            self._post(ReaderStatus(fault))  # after the card it took away
