@@ -33,7 +33,7 @@ from firmware.flows.types import (
 )
 from firmware.hal.pinpad import PIN_KEYS, SoftPinPad
 from firmware.hal.printer import PrinterError
-from firmware.journal import Journal
+from firmware.journal import JOURNAL_NAME, Journal
 from firmware.keys import KeyCheckError, SessionKeys, session_keys_from_working
 from firmware.receipts import ReceiptData, preview, render
 from firmware.vault import Vault
@@ -136,7 +136,7 @@ class Terminal:
             vault = Vault.open(self.cfg.security.vault_key_file)
             data_dir.mkdir(parents=True, exist_ok=True)
             self.journal = await self.journal_worker.run(
-                lambda: Journal(data_dir / "journal.db", vault, now=self.clock.now))
+                lambda: Journal(data_dir / JOURNAL_NAME, vault, now=self.clock.now))
         except Exception as exc:
             self.devices.display.show(Screen("TERMINAL FAULT", wrap(str(exc), 3), tone="error"))
             raise StartupFault(str(exc)) from exc

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Callable
 
 from firmware.config import Config, ConfigError, load_config, read_tmk
+from firmware.journal import JOURNAL_NAME
 from firmware.vault import Vault
 
 __all__ = ["Result", "run_checks", "main", "CHECKS", "OK", "WARN", "FAIL"]
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 CHECK_TIMEOUT = 10.0  # s for all checks together (at least connect_timeout + 1 s)
-JOURNAL_NAME = "journal.db"  # in data_dir, as firmware.app opens it
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,12 @@ __all__ = [
     "NEVER_STORED_FIELDS",
     "REVERSAL_REASONS",
     "STAN_MAX",
+    "JOURNAL_NAME",
 ]
 
 log = logging.getLogger("kpos.journal")
 
+JOURNAL_NAME = "journal.db"  # the journal's file name in the terminal's data_dir
 STAN_MAX = 999999
 BATCH_MAX = 999999
 # ISO 8583 fields never written to disk, not even sealed: track 2, track 3, track 1, PIN block.
