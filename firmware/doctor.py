@@ -168,7 +168,8 @@ def check_acquirer(cfg: Config) -> tuple[str, str]:
     try:
         socket.create_connection((a.host, a.port), timeout=a.connect_timeout).close()
     except OSError as exc:
-        return FAIL, f"{where}: {exc.strerror or exc}"
+        hint = " (kpos sim starts its own acquirer simulator on a free port)" if cfg.sim else ""
+        return FAIL, f"{where}: {exc.strerror or exc}{hint}"
     took = (time.monotonic() - start) * 1000
     return OK, f"{where} accepts connections ({took:.0f} ms{', TLS not checked' if a.tls else ''})"
 
