@@ -32,6 +32,8 @@ from pcscd_fixture import READER, pcscd, vpcd_lock  # noqa: F401  (fixtures)
 
 EVENT_TIMEOUT = 5.0  # s
 
+SIM_HINT = " (kpos sim starts its own acquirer simulator on a free port)"
+
 
 def free_port() -> int:
     """A 127.0.0.1 port nothing listens on (bound, then released)."""
@@ -111,7 +113,7 @@ def test_all_ok_with_the_acquirer_simulator_listening(tmp_path):
 def test_acquirer_down_is_a_fail(tmp_path):
     port = free_port()
     acquirer = by_check(run_checks(config(tmp_path, port)))["acquirer"]
-    assert (acquirer.status, acquirer.detail) == (FAIL, f"127.0.0.1:{port}: Connection refused")
+    assert (acquirer.status, acquirer.detail) == (FAIL, f"127.0.0.1:{port}: Connection refused" + SIM_HINT)
 
 
 def test_corrupt_journal_is_a_fail_and_left_as_it_was(tmp_path):
@@ -279,7 +281,7 @@ def test_cli_exit_1_and_json_when_the_acquirer_is_down(tmp_path):
     report = json.loads(done.stdout)
     assert [set(item) for item in report] == [{"check", "status", "detail"}] * 10
     assert report[-1] == {"check": "acquirer", "status": "FAIL",
-                          "detail": f"127.0.0.1:{port}: Connection refused"}
+                          "detail": f"127.0.0.1:{port}: Connection refused" + SIM_HINT}
     assert {item["status"] for item in report[:-1]} == {"OK"}
 
 
