@@ -4,46 +4,16 @@ the receipts checked. The same paths over real pcscd + vpcd are in tests/test_pc
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 from firmware.sim.runner import sim_session
-from firmware.sim.script import parse_script, run_script
-from scenario import run_scenario as run
-
-SALE_5000 = """
-    keys 5000 ENTER
-    expect screen "Insert"
-"""
-
-
-def row(session) -> sqlite3.Row:
-    """The newest journal row's clear columns (masked PAN only)."""
-    db = sqlite3.connect(f"file:{session.cfg.terminal.data_dir / 'journal.db'}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT t.*, r.status AS reversal FROM txn t "
-                          "LEFT JOIN reversal r ON r.txn_id = t.id ORDER BY t.id DESC").fetchone()
-    finally:
-        db.close()
-
-
-def merchant_copy(session) -> str:
-    return sorted(session.receipts_dir.glob("*merchant.txt"))[-1].read_text(encoding="utf-8")
-
-
-def tvr_bits(tvr_hex: str) -> set[str]:
-    from firmware.emv.tvr import Tvr
-    return set(Tvr(bytes.fromhex(tvr_hex)).names())
-
+from scenario import (
+    OFFLINE_PIN_THREE_WRONG, OFFLINE_PIN_WRONG_THEN_RIGHT, ONLINE_PIN_APPROVED, SALE_5000,
+    TAP_OVER_CVM_LIMIT,
+    merchant_copy, pull_card_after_the_sale_is_sent, row, run_scenario as run, tvr_bits,
+)
 
 def test_online_pin_sale_has_tc_tvr_and_tsi_on_journal_and_receipt(sim_config):
-    session = run(sim_config, SALE_5000 + """
-        insert approve
-        expect screen "Enter PIN"
-        keys 1234 ENTER
-        expect screen "Take receipts"
-        expect journal APPROVED
-    """)
+    session = run(sim_config, SALE_5000 + ONLINE_PIN_APPROVED)
     r = row(session)
     assert (r["cryptogram_type"], r["cvm"], r["entry_mode"]) == ("TC", "online_pin", "051")
     assert r["reversal"] == "CANCELLED"
@@ -56,34 +26,14 @@ def test_online_pin_sale_has_tc_tvr_and_tsi_on_journal_and_receipt(sim_config):
 
 
 def test_offline_pin_wrong_then_right(sim_config):
-    session = run(sim_config, SALE_5000 + """
-        insert offline_pin
-        expect screen "Enter PIN"
-        keys 9999 ENTER
-        expect screen "Wrong PIN: 2 left"
-        keys 1234 ENTER
-        expect screen "Take receipts"
-        expect journal APPROVED
-        expect balance offline_pin 995000
-    """)
+    session = run(sim_config, SALE_5000 + OFFLINE_PIN_WRONG_THEN_RIGHT)
     r = row(session)
     assert r["cvm"] == "offline_pin" and r["cryptogram_type"] == "TC"
     assert "PIN VERIFIED" in merchant_copy(session)
 
 
 def test_offline_pin_three_wrong_blocks_and_the_card_declines(sim_config):
-    session = run(sim_config, SALE_5000 + """
-        insert offline_pin
-        expect screen "Enter PIN"
-        keys 1111 ENTER
-        expect screen "Wrong PIN: 2 left"
-        keys 2222 ENTER
-        expect screen "Wrong PIN: 1 left"
-        keys 3333 ENTER
-        expect screen "DECLINED"
-        expect screen "Declined by card"
-        expect journal NONE
-    """)
+    session = run(sim_config, SALE_5000 + OFFLINE_PIN_THREE_WRONG)
     assert session.acquirer.requests_seen == 1  # the sign-on only: nothing reached the host
 
 
@@ -125,21 +75,7 @@ def test_card_declining_at_second_generate_ac_is_reversed(sim_config):
 def test_card_pulled_before_second_generate_ac_is_reversed(sim_config):
     async def go():
         async with sim_session(sim_config) as session:
-            session.acquirer.faults.delay = 0.5  # the card leaves while the host thinks
-            await run_script(session, parse_script(SALE_5000 + """
-                insert approve
-                expect screen "Enter PIN"
-                keys 1234 ENTER
-                expect screen "Processing"
-            """), log=lambda line: None)
-            await session.acquirer.wait_requests(2, timeout=10)  # sign-on, then the sale
-            session.reader.remove()
-            await run_script(session, parse_script("""
-                expect screen "Card removed,"
-                expect journal REVERSED
-                expect reversals 0
-                expect balance approve 1000000
-            """), log=lambda line: None)
+            await pull_card_after_the_sale_is_sent(session)
             return session
     session = asyncio.run(go())
     assert "no second GENERATE AC" in row(session)["failure"]
@@ -215,13 +151,7 @@ def test_contactless_under_cvm_limit_is_a_quick_tap_without_pin(sim_config):
 
 
 def test_contactless_over_cvm_limit_asks_for_online_pin(sim_config):
-    session = run(sim_config, """
-        keys 150000 ENTER
-        expect screen "Insert, tap or swipe"
-        tap approve
-        expect screen "Enter PIN"
-        keys 1234 ENTER
-        expect screen "Take receipts"
+    session = run(sim_config, TAP_OVER_CVM_LIMIT + """
         expect balance approve 850000
     """)
     assert row(session)["cvm"] == "online_pin"
