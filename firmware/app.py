@@ -28,7 +28,7 @@ from firmware.emv.oda import load_capks
 from firmware.flows import sale
 from firmware.flows.types import (
     AppChoice, Authorise, AuthResult, Beep, CancelTimers, CardRead, CardReadFailed, Idle, Key,
-    PinLength, PinVerified, Print, PrintDone, ReadCard, ReaderStatus, Screen, SelectApp, Show,
+    PinLength, PinVerified, Print, PrintDone, ReadCard, Screen, SelectApp, Show,
     Shutdown, StartPin, StartTimer, StopPin, Timeout, VerifyPin, wrap,
 )
 from firmware.hal.pinpad import PIN_KEYS, SoftPinPad
@@ -198,8 +198,6 @@ class Terminal:
     def _dispatch(self, event: object) -> None:
         if isinstance(event, _Wake):
             return
-        if isinstance(event, ReaderStatus):
-            (log.warning if event.fault else log.info)("card reader: %s", event.fault or "ready")
         if isinstance(event, Key) and self.pinpad.active and event.key in PIN_KEYS:
             event = PinLength(self.pinpad.press(event.key))
         self.state, actions = sale.step(self.flow_cfg, self.state, event)
@@ -444,9 +442,9 @@ class Terminal:
                           icc: bytes | None = None) -> None:
         """End the chip's transaction with an AAC after a decline or no answer (best effort:
         the outcome is already decided and recorded)."""
-        if session is None or session.contactless:
+        if session is None:
             return
-        try:
+        try:  # complete() itself has nothing to send for a tap or a card that declined
             await self._run_card(lambda: session.complete(approved=False, arc=arc, icc_response=icc))
         except CardReadError as exc:
             log.info("card not closed after the decline: %s", exc.reason)

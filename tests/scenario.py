@@ -18,6 +18,23 @@ def run_scenario(cfg, script: str, **session_kw) -> SimSession:
 
 # --- shared scenario fragments and after-checks (in-process and PC/SC runs use the same) ---
 
+def unanswered_sale(fault: str) -> str:
+    """A CNY 1.00 chip sale whose 0210 is lost to acquirer fault `fault` (drop, garble):
+    "NO RESPONSE", the outcome unknown, one reversal pending, the money still taken."""
+    return f"""
+    expect signon
+    fault {fault}
+    keys 100 ENTER
+    insert approve
+    expect screen "Enter PIN"
+    keys 1234 ENTER
+    expect screen "NO RESPONSE"
+    expect journal UNKNOWN
+    expect reversals 1
+    expect balance approve 999900
+"""
+
+
 SALE_5000 = """
     keys 5000 ENTER
     expect screen "Insert"

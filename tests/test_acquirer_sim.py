@@ -21,7 +21,8 @@ from firmware.acquirer import messages
 from firmware.acquirer.messages import MessageError, TerminalIds
 from firmware.emv import cryptogram, tlv
 from firmware.emv.card import ENTRY_FALLBACK, ENTRY_MAGSTRIPE, CardData
-from firmware.emv.reader import TerminalParams, read_card
+from firmware.emv.kernel import read_card
+from firmware.emv.reader import TerminalParams
 from firmware.emv.cryptogram import ac_session_key, compute_arpc
 from firmware.sim.acquirer import ISSUER_SCRIPT, AcquirerSimulator, Faults
 from firmware.sim.card_emulator import CardEmulator

@@ -4,20 +4,10 @@ from __future__ import annotations
 import asyncio
 
 from firmware.sim.runner import sim_session
-from scenario import run_scenario as run
+from scenario import run_scenario as run, unanswered_sale
 
 
-LOST_ANSWER = """
-    expect signon
-    fault drop
-    keys 100 ENTER
-    insert approve
-    expect screen "Enter PIN"
-    keys 1234 ENTER
-    expect screen "NO RESPONSE"
-    expect journal UNKNOWN
-    expect reversals 1
-    expect balance approve 999900
+LOST_ANSWER = unanswered_sale("drop") + """
     remove
     keys ENTER
     expect screen "Key in amount"

@@ -10,7 +10,7 @@ import pytest
 from firmware.acquirer.codes import describe_code
 from firmware.sim.runner import sim_session
 from firmware.sim.script import ScriptError, load_script, run_script
-from scenario import run_scenario as run
+from scenario import run_scenario as run, unanswered_sale
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.kpos"))
 
@@ -101,18 +101,7 @@ def test_amount_over_maximum_refused(sim_config):
 
 
 def test_garbled_response_never_approves(sim_config):
-    run(sim_config, """
-        expect signon
-        fault garble
-        keys 100 ENTER
-        insert approve
-        expect screen "Enter PIN"
-        keys 1234 ENTER
-        expect screen "NO RESPONSE"
-        expect journal UNKNOWN
-        expect reversals 1
-        expect balance approve 999900
-    """)
+    run(sim_config, unanswered_sale("garble"))
 
 
 def test_host_down_is_not_sent(tmp_path):

@@ -19,7 +19,8 @@ from firmware.cardsafe import luhn_ok
 from firmware.emv import kernel, reader, tlv
 from firmware.emv.apdu import MAX_GET_RESPONSE
 from firmware.emv.card import CardData, CardReadError
-from firmware.emv.reader import TerminalParams, read_card
+from firmware.emv.kernel import read_card
+from firmware.emv.reader import TerminalParams
 from firmware.emv.tlv import Tlv, TlvError
 from firmware.sim.card_emulator import CardEmulator
 from firmware.sim.catalog import TestCard as CatalogCard, load_catalog

@@ -9,7 +9,8 @@ import pytest
 from firmware.emv import apdu, cryptogram, tlv
 from firmware.emv.apdu import ApduError, Card
 from firmware.emv.card import ENTRY_CHIP, ENTRY_CONTACTLESS, CardData, CardReadError
-from firmware.emv.reader import FIELD55_TAGS, TerminalParams, read_card
+from firmware.emv.kernel import read_card
+from firmware.emv.reader import FIELD55_TAGS, TerminalParams
 from firmware.sim.card_emulator import CardEmulator
 from firmware.sim.catalog import TestCard as CatalogCard, load_catalog
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from firmware.emv.card import ENTRY_CHIP, ENTRY_CONTACTLESS, CardReadError
-from firmware.emv.reader import TerminalParams, read_card
+from firmware.emv.kernel import read_card
+from firmware.emv.reader import TerminalParams
 from firmware.flows.types import CardInserted, CardRemoved, ReaderStatus
 from firmware.hal import DeviceError, build_devices
 from firmware.hal.reader_pcsc import (PcscCardReader, PcscReaderError, card_atr,

@@ -34,14 +34,14 @@ from typing import Callable, Mapping
 from firmware.cardsafe import mask_pan
 from firmware.emv import apdu, tlv
 from firmware.emv.action import (
-    ActionCodes, cryptogram_type, first_ac_decision, issuer_action_codes, parse_action_codes,
+    ActionCodes, first_ac_decision, issuer_action_codes, parse_action_codes,
 )
 from firmware.emv.apdu import ApduError, Card, Transmit
 from firmware.emv.card import ENTRY_CHIP, ENTRY_CONTACTLESS, CardData, CardReadError
 from firmware.emv.cvm import CvmContext, CvmProcess, parse_cvm_list
 from firmware.emv.oda import OdaError, perform_oda, static_data
 from firmware.emv.reader import (
-    FIELD55_TAGS, TerminalParams, _App, _candidates, _check_cryptogram, _dol_data, _field55,
+    TerminalParams, _App, _candidates, _check_cryptogram, _dol_data, _field55,
     _gpo, _identity, _label, _record, _select_app, terminal_values,
 )
 from firmware.emv.restrictions import check_restrictions
@@ -170,6 +170,9 @@ class EmvSession:
             return self._card_result
         if self._identity is None:
             raise RuntimeError("card() before select()")
+        return self._identity_card()
+
+    def _identity_card(self) -> CardData:
         identity, app = self._identity, self._app
         return CardData(
             pan=identity.pan, expiry=identity.expiry, pan_seq=identity.pan_seq,
@@ -353,13 +356,9 @@ class EmvSession:
         performed = self._finish_cvm(online_pin)
         self._values["95"] = bytes(self.tvr)
         self._values["9F34"] = self._cvm_results(performed)
-        if self.contactless:
-            if "9F26" not in self._data:
-                raise CardReadError("card gave no cryptogram", next="insert")
-            kind = cryptogram_type(self._data.get("9F27", b"\x80")[0])
-            if kind == "TC":
-                raise CardReadError("offline tap not supported", next="insert")
-        else:
+        if self.contactless and "9F26" not in self._data:
+            raise CardReadError("card gave no cryptogram", next="insert")
+        if not self.contactless:
             kind = first_ac_decision(bytes(self.tvr), self.params.tac,
                                      issuer_action_codes(self._data), online_capable=True,
                                      offline_capable=False)
@@ -368,7 +367,9 @@ class EmvSession:
             self._sent.update(sent)
             self._data.update(fields)
             self.tsi.set("card_risk_management_performed")
-        kind = self._check_cryptogram()
+        kind = _check_cryptogram(self._data)
+        if self.contactless and kind == "TC":
+            raise CardReadError("offline tap not supported", next="insert")
         self._card_result = self._result(kind, performed)
         log.info("GENERATE AC 1: %s tvr=%s tsi=%s cvm=%s", kind, self.tvr.hex(), self.tsi.hex(),
                  performed)
@@ -399,21 +400,11 @@ class EmvSession:
             fields["9F10"] = raw[11:]
         return sent, fields
 
-    def _check_cryptogram(self) -> str:
-        """The cryptogram's type ("ARQC", "TC", "AAC") once its data objects are sane."""
-        return _check_cryptogram(self._data)
-
     def _result(self, kind: str, performed: str) -> CardData:
-        identity, data, app = self._identity, self._data, self._app
         values = {**self._values, "95": bytes(self.tvr)}
-        icc = _field55(values, self._sent, data, app.aid) if kind == "ARQC" else b""
-        return CardData(
-            pan=identity.pan, expiry=identity.expiry, pan_seq=identity.pan_seq,
-            track2=identity.track2, aid=app.aid, app_label=_label(data) or app.label,
-            icc_data=icc, entry_mode=ENTRY_CONTACTLESS if self.contactless else ENTRY_CHIP,
-            cryptogram=data["9F26"].hex().upper(), cryptogram_type=kind,
-            service_code=_service_code(identity.track2),
-            tvr=self.tvr.hex(), tsi=self.tsi.hex(), cvm=performed)
+        icc = _field55(values, self._sent, self._data, self._app.aid) if kind == "ARQC" else b""
+        return replace(self._identity_card(), icc_data=icc, cryptogram=self._data["9F26"].hex().upper(),
+                       cryptogram_type=kind, tvr=self.tvr.hex(), tsi=self.tsi.hex(), cvm=performed)
 
     def _complete(self, approved: bool, arc: str, icc_response: bytes | None) -> CardData:
         issuer = _issuer_data(icc_response)
@@ -426,7 +417,7 @@ class EmvSession:
         ask = apdu.AC_TC if approved else apdu.AC_AAC
         _, fields = self._generate_ac(ask, "8D", "CDOL2")
         self._data.update(fields)
-        kind = self._check_cryptogram()
+        kind = _check_cryptogram(self._data)
         if kind == "ARQC":
             raise CardReadError("card answered ARQC to the second GENERATE AC")
         self._run_scripts(issuer.get("72", []), "script_failed_after_final_gen_ac")
@@ -544,5 +535,3 @@ def read_card(transmit: Transmit, params: TerminalParams | KernelParams, *, amou
     log.info("chip read ok: %s aid=%s", mask_pan(card.pan), card.aid)
     return card
 
-
-__all__ += ["FIELD55_TAGS"]

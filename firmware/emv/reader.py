@@ -4,8 +4,7 @@ Synchronous and blocking: runs on the card reader's single worker thread and onl
 to the card through firmware.emv.apdu.Card. Every loop is bounded by the card's own
 (checked) lists and by MAX_* constants, so a card answering garbage ends in CardReadError,
 never another exception or a hang. The transaction itself (CVM, ODA, risk management,
-GENERATE AC 1 and 2) is firmware.emv.kernel.EmvSession, built on these pieces;
-`read_card` here is kept for callers that want the kernel's one-shot read.
+GENERATE AC 1 and 2) is firmware.emv.kernel.EmvSession, built on these pieces.
 Logs carry only the masked PAN and AIDs.
 """
 from __future__ import annotations
@@ -17,10 +16,11 @@ from typing import Mapping
 
 from firmware.cardsafe import luhn_ok
 from firmware.emv import apdu, tlv
+from firmware.emv.action import cryptogram_type
 from firmware.emv.apdu import ApduError, Card
-from firmware.emv.card import CardData, CardReadError
+from firmware.emv.card import CardReadError
 
-__all__ = ["TerminalParams", "read_card", "terminal_values", "FIELD55_TAGS"]
+__all__ = ["TerminalParams", "terminal_values", "FIELD55_TAGS"]
 
 log = logging.getLogger("kpos.emv")
 
@@ -39,7 +39,6 @@ SW_RECORD_NOT_FOUND = 0x6A83
 FIELD55_TAGS = ("9F26", "9F27", "9F10", "9F37", "9F36", "95", "9A", "9C", "9F02", "5F2A",
                 "82", "9F1A", "9F03", "9F33", "9F34", "9F35", "9F1E", "84", "9F09", "9F41")
 FIELD55_REQUIRED = ("9F26", "9F27", "9F36", "82", "9F37", "9F02")
-CID_TYPES = {0x00: "AAC", 0x40: "TC", 0x80: "ARQC"}  # 9F27 bits 8-7
 CVM_RESULTS_NONE = "3F0000"  # no CVM performed; the CVM step will set this later
 
 
@@ -94,12 +93,6 @@ def terminal_values(params: TerminalParams, *, amount: int, currency: int, when:
     if contactless:
         values["9F66"] = bytes.fromhex(params.ttq)
     return values
-
-
-def read_card(*args, **kwargs) -> CardData:
-    """firmware.emv.kernel.read_card (one-shot read up to the first cryptogram)."""
-    from firmware.emv.kernel import read_card as kernel_read_card  # the kernel imports us
-    return kernel_read_card(*args, **kwargs)
 
 
 # --- application selection -------------------------------------------------------
@@ -241,8 +234,8 @@ def _check_cryptogram(card_data: Mapping[str, bytes]) -> str:
         raise CardReadError("malformed cryptogram")
     if len(card_data.get("9F10", b"")) > MAX_IAD:
         raise CardReadError("malformed tag 9F10")
-    kind = CID_TYPES.get(cid[0] & 0xC0)
-    if kind is None:
+    kind = cryptogram_type(cid[0])
+    if kind == "RFU":
         raise CardReadError(f"unexpected cryptogram type {cid[0]:02X}")
     return kind
 
