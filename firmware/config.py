@@ -27,7 +27,7 @@ from firmware.money import CURRENCIES
 __all__ = [
     "ConfigError", "Config", "TerminalConfig", "AcquirerConfig", "LimitsConfig",
     "TimeoutsConfig", "DevicesConfig", "PrinterConfig", "ReceiptConfig", "SecurityConfig",
-    "LogConfig", "SimConfig", "load_config", "read_tmk",
+    "LogConfig", "SimConfig", "OfflineConfig", "SafConfig", "load_config", "read_tmk",
 ]
 
 log = logging.getLogger("kpos.config")
@@ -60,6 +60,7 @@ class AcquirerConfig:
     ca_file: Path | None  # set when tls
     cert_file: Path | None  # set when tls
     key_file: Path | None  # set when tls
+    echo_interval: float  # seconds between echo tests (0800 / 301) while the link is idle
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,27 @@ class EmvConfig:
     contactless_limit: int  # minor units; a tap above it is refused ("insert card")
     cvm_limit: int  # minor units; a tap above it needs a CVM (online PIN)
     fallback: bool  # allow a swipe after a failed chip read (field 22 = 80x)
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """When the terminal may approve without the host (firmware/offline.py decides)."""
+
+    mode: str  # "prefer-online" (offline approval within the caps) | "require-online" (never)
+    max_amount: int  # minor units: the largest single offline approval
+    max_count: int  # offline approvals waiting for the acquirer, at most
+    max_total: int  # minor units: their total, at most
+    max_age: float  # seconds: no new offline approval while the oldest waiting one is older
+
+
+@dataclass(frozen=True)
+class SafConfig:
+    """Store-and-forward of advices and reversals (firmware/saf.py)."""
+
+    retry_first: float  # seconds: the first retry delay after a failed send
+    retry_max: float  # seconds: the backoff never waits longer
+    expire_after: float  # seconds: a queued item this old expires with an operator alert
+    batch: int  # advices marked as attempted per journal commit while draining
 
 
 @dataclass(frozen=True)
@@ -154,6 +176,8 @@ class Config:
     timeouts: TimeoutsConfig
     devices: DevicesConfig
     emv: EmvConfig
+    offline: OfflineConfig
+    saf: SafConfig
     printer: PrinterConfig
     receipt: ReceiptConfig
     security: SecurityConfig
@@ -164,7 +188,8 @@ class Config:
 # Section name -> its dataclass (the schema). Order is the build order.
 _SECTIONS: dict[str, type] = {
     "terminal": TerminalConfig, "acquirer": AcquirerConfig, "limits": LimitsConfig,
-    "timeouts": TimeoutsConfig, "devices": DevicesConfig, "emv": EmvConfig, "printer": PrinterConfig,
+    "timeouts": TimeoutsConfig, "devices": DevicesConfig, "emv": EmvConfig, "offline": OfflineConfig, "saf": SafConfig,
+    "printer": PrinterConfig,
     "receipt": ReceiptConfig, "security": SecurityConfig, "log": LogConfig, "sim": SimConfig,
 }
 _REQUIRED: Any = object()  # default meaning "the key must be present"
@@ -305,6 +330,7 @@ def _acquirer(s: _Section) -> AcquirerConfig:
         ca_file=s.path("ca_file", "", need=need),
         cert_file=s.path("cert_file", "", need=need),
         key_file=s.path("key_file", "", need=need),
+        echo_interval=s.float_("echo_interval", 60.0, 1, 3600),
     )
 
 
@@ -370,6 +396,26 @@ def _emv(s: _Section) -> EmvConfig:
         cvm_limit=s.int_("cvm_limit", 100_000, 0, contactless_limit,
                          span=f"0..contactless_limit ({contactless_limit})"),
         fallback=s.bool_("fallback", True),
+    )
+
+
+def _offline(s: _Section) -> OfflineConfig:
+    return OfflineConfig(
+        mode=s.str_("mode", "prefer-online", choices=("prefer-online", "require-online")),
+        max_amount=s.int_("max_amount", 30_000, 0, 999_999_999_999),
+        max_count=s.int_("max_count", 50, 0, 10_000),
+        max_total=s.int_("max_total", 300_000, 0, 999_999_999_999),
+        max_age=s.float_("max_age", 86_400.0, 0, 30 * 86_400, lo_open=True),
+    )
+
+
+def _saf(s: _Section) -> SafConfig:
+    retry_first = s.float_("retry_first", 5.0, 0, 3600, lo_open=True)
+    return SafConfig(
+        retry_first=retry_first,
+        retry_max=s.float_("retry_max", 300.0, retry_first, 86_400),
+        expire_after=s.float_("expire_after", 259_200.0, 0, 30 * 86_400, lo_open=True),
+        batch=s.int_("batch", 50, 1, 1000),
     )
 
 
@@ -473,7 +519,8 @@ def load_config(path: str | Path, *, overrides: dict | None = None) -> Config:
     cfg = Config(
         path=path, terminal=terminal, acquirer=_acquirer(section("acquirer")),
         limits=_limits(section("limits")), timeouts=_timeouts(section("timeouts")),
-        devices=devices, emv=_emv(section("emv")), printer=_printer(section("printer"), devices),
+        devices=devices, emv=_emv(section("emv")), offline=_offline(section("offline")),
+        saf=_saf(section("saf")), printer=_printer(section("printer"), devices),
         receipt=_receipt(section("receipt")), security=_security(section("security"), terminal),
         log=_log(section("log")),
         sim=_sim(section("sim"), terminal) if "sim" in raw else None,

@@ -8,6 +8,8 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Iterator
 
+from firmware import crashpoint
+
 __all__ = ["immediate"]
 
 
@@ -20,4 +22,6 @@ def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+    crashpoint.hit("commit.before")
     db.execute("COMMIT")
+    crashpoint.hit("commit.after")

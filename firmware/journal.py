@@ -1,4 +1,5 @@
-"""SQLite journal: the source of truth for every transaction, reversal and counter (DESIGN §6).
+"""SQLite journal: the source of truth for every transaction, reversal, advice and counter
+(DESIGN §6).
 
 Contract: blocking sqlite3. Every call, `__init__` included, runs on the one journal worker
 thread; the connection keeps check_same_thread=True, so a call from any other thread raises
@@ -6,6 +7,12 @@ sqlite3.ProgrammingError. WAL mode, synchronous=FULL, foreign keys on, secure_de
 Each public write is one `BEGIN IMMEDIATE ... COMMIT` and has committed (fsync'd) before
 it returns: persist before send (invariant 1). Amounts are int minor units; times are
 ISO-8601 local time text from the injected `now()`.
+Lifecycles: an online request is SENDING (reversal ARMED) until answered (APPROVED /
+DECLINED, reversal CANCELLED), unanswered (UNKNOWN, reversal PENDING -> ACKED: REVERSED) or
+not sent (FAILED). An offline approval is APPROVED with `offline_code` and an advice
+PENDING -> ACKED, or DECLINED by the acquirer later (kept, an alert). A reversal or advice
+left unsent past the expiry is EXPIRED: an alert until the operator acknowledges it.
+`recover()` settles what a power cut left in flight (start-up).
 Card data: clear columns hold the masked PAN only; the request fields needed to forward
 (PAN, expiry, ICC data) are sealed with the Vault, aad bound to the txn id, and deleted once
 the acquirer acknowledges or nothing was sent. Track data and the PIN block are never
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from firmware.emv.card import CardData
+from firmware.offline import QueueStats
 from firmware.vault import Vault, VaultError
 from firmware.dbutil import immediate
 
@@ -32,10 +40,14 @@ __all__ = [
     "JournalCorrupt",
     "TxnRecord",
     "PendingReversal",
+    "PendingAdvice",
+    "Alert",
+    "Recovery",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "NEVER_STORED_FIELDS",
     "REVERSAL_REASONS",
+    "ALERT_KINDS",
     "STAN_MAX",
     "JOURNAL_NAME",
 ]
@@ -109,14 +121,32 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE txn ADD COLUMN cvm TEXT",
         "ALTER TABLE txn ADD COLUMN cryptogram_type TEXT",
     ],
+    [  # 3: offline approvals and their advices (store-and-forward); operator alerts
+        "ALTER TABLE txn ADD COLUMN offline_code TEXT",  # Y1 | Y3 | 00 (SAF); NULL = online
+        """CREATE TABLE advice (
+            txn_id        INTEGER PRIMARY KEY REFERENCES txn (id),
+            status        TEXT NOT NULL
+                          CHECK (status IN ('PENDING', 'ACKED', 'DECLINED', 'EXPIRED')),
+            attempts      INTEGER NOT NULL DEFAULT 0,
+            response_code TEXT,
+            detail        TEXT,
+            alert_ack_at  TEXT,
+            created_at    TEXT NOT NULL,
+            updated_at    TEXT NOT NULL
+        )""",
+        "CREATE INDEX advice_by_status ON advice (status, txn_id)",
+        "ALTER TABLE reversal ADD COLUMN alert_ack_at TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Legal transitions: (what, from status) -> allowed.  Data, checked in SQL by `_move`.
 _TXN_FROM = {"not_sent": ("SENDING",), "response": ("SENDING",), "no_response": ("SENDING",),
-             "reversed": ("UNKNOWN", "DECLINED"), "card_declined": ("APPROVED",)}
+             "reversed": ("UNKNOWN", "DECLINED"), "card_declined": ("APPROVED",),
+             "offline": ("SENDING",), "recover": ("SENDING",)}
 _REVERSAL_FROM = {"not_sent": ("ARMED",), "response": ("ARMED",), "no_response": ("ARMED",),
-                  "reversed": ("PENDING",), "card_accepted": ("ARMED",), "card_declined": ("ARMED",)}
+                  "reversed": ("PENDING",), "card_accepted": ("ARMED",), "card_declined": ("ARMED",),
+                  "offline": ("ARMED",), "recover": ("ARMED",), "expire": ("PENDING",)}
 
 
 class JournalError(Exception):
@@ -157,7 +187,9 @@ class TxnRecord:
     tsi: str | None  # EMV transaction status information (9B), hex
     cvm: str | None  # CVM performed: online_pin | offline_pin | signature | none
     cryptogram_type: str | None  # of `arqc` (the latest cryptogram): ARQC | TC | AAC
+    offline_code: str | None  # approved offline: Y1 | Y3 (by the card) | 00 (SAF); None online
     reversal_status: str | None  # None when the txn was not reversible
+    advice_status: str | None  # PENDING | ACKED | DECLINED | EXPIRED; None when online
 
 
 @dataclass(frozen=True)
@@ -175,6 +207,50 @@ class PendingReversal:
     attempts: int
     created_at: str
     request: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PendingAdvice:
+    """An offline approval waiting to be forwarded; `request` is the 0220 field dict (unsealed)."""
+
+    txn_id: int
+    stan: int
+    batch: int
+    amount: int
+    currency: int
+    kind: str
+    code: str  # field 39 of the advice: Y1 | Y3 | 00
+    attempts: int
+    created_at: str
+    request: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """Something the operator must see: an advice the acquirer declined, or an advice or a
+    reversal that expired unsent. Kept until acknowledged (never a silent drop)."""
+
+    what: str  # one of ALERT_KINDS
+    txn_id: int
+    stan: int
+    amount: int  # minor units
+    currency: int
+    response_code: str | None  # the acquirer's answer to a declined advice
+    at: str  # when it happened (ISO local time)
+
+
+ALERT_KINDS = ("advice declined", "advice expired", "reversal expired")
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What start-up recovery found and settled (txn ids)."""
+
+    unknown: tuple[int, ...] = ()  # in flight at the cut: now UNKNOWN, reversal pending
+    card_unfinished: tuple[int, ...] = ()  # approved, the card never gave its final answer
+
+    def __bool__(self) -> bool:
+        return bool(self.unknown or self.card_unfinished)
 
 
 class Journal:
@@ -348,6 +424,203 @@ class Journal:
             db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (txn_id,))
         log.info("txn %d reversal acknowledged (%s)", txn_id, response_code)
 
+    # -- offline approvals and their advices (store-and-forward) ----------------------------
+
+    def record_offline(self, txn_id: int, *, card: CardData | None, advice: dict, code: str) -> None:
+        """The request in `txn_id` could not be sent and the terminal approved offline
+        (`code` Y3 or 00): txn APPROVED offline, reversal CANCELLED, the sealed request
+        replaced by the sealed `advice` (0220 fields), advice PENDING. One commit."""
+        with self._write() as db:
+            self._move(db, txn_id, "offline", "APPROVED", response_code=code, offline_code=code,
+                       **{k: v for k, v in zip(("arqc", "tvr", "tsi", "cryptogram_type"),
+                                               _chip_columns(card)) if v is not None})
+            self._move_reversal(db, txn_id, "offline", "CANCELLED")
+            self._queue_advice(db, txn_id, advice, code)
+        log.info("txn %d approved offline (%s), advice queued", txn_id, code)
+
+    def record_offline_approval(
+        self, *, kind: str, stan: int, batch: int, amount: int, currency: int,
+        card: CardData | None, advice: dict, code: str, operator: str = "01",
+    ) -> int:
+        """An offline approval without an online attempt (the card's TC at the first
+        GENERATE AC, `code` Y1): txn APPROVED offline plus its PENDING advice, one commit."""
+        _check_request_args(kind, stan, batch, amount, currency, advice)
+        terminal_id = str(advice.get("41", "")).strip()
+        now = self._stamp()
+        with self._write() as db:
+            txn_id = db.execute(
+                """INSERT INTO txn (terminal_id, kind, stan, batch, amount, currency, status,
+                       operator, masked_pan, entry_mode, aid, app_label, arqc, tvr, tsi, cvm,
+                       cryptogram_type, response_code, offline_code, created_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, 'APPROVED', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (terminal_id, kind, stan, batch, amount, currency, operator, *_card_columns(card),
+                 code, code, now, now),
+            ).lastrowid
+            self._queue_advice(db, txn_id, advice, code)
+        log.info("txn %d %s STAN %06d approved offline (%s), advice queued", txn_id, kind, stan, code)
+        return txn_id
+
+    def _queue_advice(self, db: sqlite3.Connection, txn_id: int, advice: dict, code: str) -> None:
+        blob = self._vault.seal(_encode_request(advice), aad=_aad(txn_id))
+        db.execute("INSERT OR REPLACE INTO sealed_request (txn_id, blob) VALUES (?, ?)", (txn_id, blob))
+        now = self._stamp()
+        db.execute("INSERT INTO advice (txn_id, status, detail, created_at, updated_at) "
+                   "VALUES (?, 'PENDING', ?, ?, ?)", (txn_id, f"approved offline ({code})", now, now))
+
+    def pending_advices(self, limit: int | None = None) -> list[PendingAdvice]:
+        """Advices waiting to be forwarded, oldest first (lowest txn id), unsealed."""
+        rows = self._db.execute(
+            """SELECT a.txn_id, t.stan, t.batch, t.amount, t.currency, t.kind,
+                      t.offline_code AS code, a.attempts, a.created_at, s.blob
+               FROM advice a JOIN txn t ON t.id = a.txn_id
+               LEFT JOIN sealed_request s ON s.txn_id = a.txn_id
+               WHERE a.status = 'PENDING' ORDER BY a.txn_id LIMIT ?""",
+            (-1 if limit is None else limit,)).fetchall()
+        return [PendingAdvice(**self._unsealed(row, "advice")) for row in rows]
+
+    def record_advice_attempts(self, txn_ids: list[int]) -> None:
+        """Commit one more attempt for each advice BEFORE any of them is written (so a
+        restart sends a 0221 repeat, never a second 0220). One commit for the lot."""
+        if not txn_ids:
+            return
+        with self._write() as db:
+            now = self._stamp()
+            db.executemany("UPDATE advice SET attempts = attempts + 1, updated_at = ? "
+                           "WHERE txn_id = ? AND status = 'PENDING'", [(now, i) for i in txn_ids])
+
+    def record_advice_results(self, results: list[tuple[int, str, bool]]) -> None:
+        """The acquirer answered advices: (txn_id, response code, accepted). Accepted: ACKED;
+        refused: DECLINED (kept: an operator alert, reported at settlement). Either way the
+        sealed card data is deleted. One commit for the lot."""
+        if not results:
+            return
+        with self._write() as db:
+            now = self._stamp()
+            for txn_id, code, accepted in results:
+                status = "ACKED" if accepted else "DECLINED"
+                cur = db.execute("UPDATE advice SET status = ?, response_code = ?, updated_at = ? "
+                                 "WHERE txn_id = ? AND status = 'PENDING'", (status, code, now, txn_id))
+                if cur.rowcount != 1:
+                    raise JournalError(f"txn {txn_id}: no pending advice to record {code!r} for")
+                db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (txn_id,))
+        declined = [txn_id for txn_id, _, accepted in results if not accepted]
+        if declined:
+            log.error("advices declined by the acquirer (operator alert): txn %s", declined)
+
+    def expire(self, cutoff: datetime) -> list[Alert]:
+        """Advices and reversals still pending that were queued before `cutoff`: EXPIRED,
+        each an operator alert (returned). Their sealed data stays until acknowledged."""
+        stamp = cutoff.isoformat(timespec="seconds")
+        with self._write() as db:
+            now = self._stamp()
+            adv = db.execute("UPDATE advice SET status = 'EXPIRED', detail = 'expired unsent', "
+                             "updated_at = ? WHERE status = 'PENDING' AND created_at < ? "
+                             "RETURNING txn_id", (now, stamp)).fetchall()
+            rev = db.execute("UPDATE reversal SET status = 'EXPIRED', detail = 'expired unanswered', "
+                             "updated_at = ? WHERE status = 'PENDING' AND created_at < ? "
+                             "RETURNING txn_id", (now, stamp)).fetchall()
+        ids = {r[0] for r in adv} | {r[0] for r in rev}
+        expired = [a for a in self.alerts() if a.txn_id in ids and a.what.endswith("expired")]
+        for alert in expired:
+            log.error("%s: txn %d STAN %06d amount %d (operator alert)", alert.what, alert.txn_id,
+                      alert.stan, alert.amount)
+        return expired
+
+    def alerts(self) -> list[Alert]:
+        """Declined or expired items the operator has not acknowledged, oldest first."""
+        rows = self._db.execute(
+            """SELECT CASE a.status WHEN 'DECLINED' THEN 'advice declined' ELSE 'advice expired' END
+                      AS what, t.id AS txn_id, t.stan, t.amount, t.currency, a.response_code,
+                      a.updated_at AS at
+               FROM advice a JOIN txn t ON t.id = a.txn_id
+               WHERE a.status IN ('DECLINED', 'EXPIRED') AND a.alert_ack_at IS NULL
+               UNION ALL
+               SELECT 'reversal expired', t.id, t.stan, t.amount, t.currency, NULL, r.updated_at
+               FROM reversal r JOIN txn t ON t.id = r.txn_id
+               WHERE r.status = 'EXPIRED' AND r.alert_ack_at IS NULL
+               ORDER BY txn_id""").fetchall()
+        return [Alert(**dict(row)) for row in rows]
+
+    def acknowledge_alerts(self) -> int:
+        """The operator has seen every alert: mark them, delete the sealed card data of the
+        expired items (nothing will forward it now). Returns how many were acknowledged."""
+        with self._write() as db:
+            now = self._stamp()
+            n = db.execute("UPDATE advice SET alert_ack_at = ? WHERE status IN ('DECLINED', 'EXPIRED') "
+                           "AND alert_ack_at IS NULL", (now,)).rowcount
+            n += db.execute("UPDATE reversal SET alert_ack_at = ? WHERE status = 'EXPIRED' "
+                            "AND alert_ack_at IS NULL", (now,)).rowcount
+            db.execute("""DELETE FROM sealed_request WHERE txn_id IN (
+                              SELECT txn_id FROM advice WHERE status = 'EXPIRED'
+                              UNION SELECT txn_id FROM reversal WHERE status = 'EXPIRED')""")
+        log.info("operator acknowledged %d alert(s)", n)
+        return n
+
+    def requeue_expired(self) -> int:
+        """Support action: put expired advices and reversals (not yet acknowledged, so their
+        sealed data is still there) back in the queue. Returns how many."""
+        with self._write() as db:
+            now = self._stamp()
+            n = db.execute("UPDATE advice SET status = 'PENDING', created_at = ?, updated_at = ? "
+                           "WHERE status = 'EXPIRED' AND alert_ack_at IS NULL", (now, now)).rowcount
+            n += db.execute("UPDATE reversal SET status = 'PENDING', created_at = ?, updated_at = ? "
+                            "WHERE status = 'EXPIRED' AND alert_ack_at IS NULL", (now, now)).rowcount
+        log.info("%d expired item(s) queued again", n)
+        return n
+
+    def queue_stats(self) -> QueueStats:
+        """Pending reversals and advices, the advices' total and oldest time, open alerts."""
+        reversals = self._db.execute("SELECT COUNT(*) FROM reversal WHERE status = 'PENDING'").fetchone()[0]
+        count, total, oldest = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(t.amount), 0), MIN(a.created_at) FROM advice a "
+            "JOIN txn t ON t.id = a.txn_id WHERE a.status = 'PENDING'").fetchone()
+        alerts = self._db.execute(
+            "SELECT (SELECT COUNT(*) FROM advice WHERE status IN ('DECLINED', 'EXPIRED') "
+            "AND alert_ack_at IS NULL) + (SELECT COUNT(*) FROM reversal WHERE status = 'EXPIRED' "
+            "AND alert_ack_at IS NULL)").fetchone()[0]
+        return QueueStats(reversals=reversals, advices=count, advice_total=total,
+                          oldest_advice_at=datetime.fromisoformat(oldest) if oldest else None,
+                          alerts=alerts)
+
+    # -- start-up recovery ------------------------------------------------------------------
+
+    def recover(self) -> Recovery:
+        """Settle what a power cut or a crash left half done (DESIGN §6.4), one commit:
+        - a request still SENDING (cut between the commit and the answer): UNKNOWN, its
+          reversal PENDING with reason 06 (a reversal of a request that never left is harmless);
+        - an approval whose chip never gave its final answer (APPROVED, reversal ARMED):
+          DECLINED, reversal PENDING (06), as when the card is pulled out."""
+        with self._write() as db:
+            sending = [r[0] for r in db.execute("SELECT id FROM txn WHERE status = 'SENDING' ORDER BY id")]
+            unfinished = [r[0] for r in db.execute(
+                "SELECT t.id FROM txn t JOIN reversal r ON r.txn_id = t.id "
+                "WHERE t.status = 'APPROVED' AND r.status = 'ARMED' ORDER BY t.id")]
+            detail = "restart during the exchange"
+            for txn_id in sending:
+                self._move(db, txn_id, "recover", "UNKNOWN", failure=detail)
+                if not self._move_reversal(db, txn_id, "recover", "PENDING", reason_code="06", detail=detail):
+                    db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (txn_id,))
+            detail = "restart before the card's final answer"
+            for txn_id in unfinished:
+                self._move(db, txn_id, "card_declined", "DECLINED", failure=detail)
+                self._move_reversal(db, txn_id, "card_declined", "PENDING", reason_code="06", detail=detail)
+        found = Recovery(tuple(sending), tuple(unfinished))
+        if found:
+            log.warning("recovery: %d request(s) in flight at the cut now unknown %s, %d approval(s) "
+                        "without the card's final answer now reversed %s",
+                        len(sending), sending, len(unfinished), unfinished)
+        return found
+
+    def unprinted(self, copies: tuple[str, ...] = PRINT_COPIES) -> list[TxnRecord]:
+        """Approved transactions with one of `copies` not printed yet, oldest first."""
+        for copy in copies:
+            if copy not in PRINT_COPIES:
+                raise ValueError(f"receipt copy {copy!r} not in {PRINT_COPIES}")
+        missing = " OR ".join(f"t.printed_{copy}_at IS NULL" for copy in copies) or "0"
+        rows = self._db.execute(_SELECT_TXN + f" WHERE t.status = 'APPROVED' AND ({missing}) "
+                                "ORDER BY t.id").fetchall()
+        return [TxnRecord(**dict(row)) for row in rows]
+
     # -- reading and receipts ---------------------------------------------------------------
 
     def get(self, txn_id: int) -> TxnRecord:
@@ -421,22 +694,26 @@ class Journal:
         return JournalError(f"txn {txn_id} STAN {row['stan']:06d}: is {row['status']}, cannot become {to}")
 
     def _pending(self, row: sqlite3.Row) -> PendingReversal:
+        return PendingReversal(**self._unsealed(row, "reversal"))
+
+    def _unsealed(self, row: sqlite3.Row, what: str) -> dict[str, Any]:
+        """The row's columns without `blob`, plus `request` = the opened sealed request."""
         txn_id, stan = row["txn_id"], row["stan"]
         if row["blob"] is None:
-            raise JournalError(f"txn {txn_id} STAN {stan:06d}: pending reversal has no sealed request")
+            raise JournalError(f"txn {txn_id} STAN {stan:06d}: pending {what} has no sealed request")
         try:
             request = _decode_request(self._vault.open_sealed(row["blob"], aad=_aad(txn_id)))
         except VaultError as exc:
             raise JournalError(f"txn {txn_id} STAN {stan:06d}: sealed request does not open: {exc}") from exc
-        values = {k: row[k] for k in row.keys() if k != "blob"}
-        return PendingReversal(**values, request=request)
+        return {**{k: row[k] for k in row.keys() if k != "blob"}, "request": request}
 
 
 _SELECT_TXN = """SELECT t.id, t.terminal_id, t.kind, t.stan, t.batch, t.amount, t.currency, t.status,
        t.operator, t.masked_pan, t.entry_mode, t.aid, t.app_label, t.arqc, t.created_at, t.updated_at,
        t.response_code, t.rrn, t.auth_code, t.failure, t.printed_merchant_at, t.printed_customer_at,
-       t.tvr, t.tsi, t.cvm, t.cryptogram_type, r.status AS reversal_status
-    FROM txn t LEFT JOIN reversal r ON r.txn_id = t.id"""
+       t.tvr, t.tsi, t.cvm, t.cryptogram_type, t.offline_code, r.status AS reversal_status,
+       a.status AS advice_status
+    FROM txn t LEFT JOIN reversal r ON r.txn_id = t.id LEFT JOIN advice a ON a.txn_id = t.id"""
 
 
 # -- opening -------------------------------------------------------------------------------

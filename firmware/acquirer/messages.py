@@ -22,7 +22,8 @@ from firmware.money import CURRENCIES, format_amount
 
 __all__ = [
     "MessageError", "encode", "decode", "frame", "read_frame", "MAX_FRAME",
-    "TerminalIds", "WorkingKeys", "signon_request", "sale_request", "reversal_request",
+    "TerminalIds", "WorkingKeys", "signon_request", "echo_request", "sale_request",
+    "reversal_request", "advice_request", "ADVICE_CODES", "is_echo",
     "REVERSAL_REASONS", "response_mti", "match_response", "parse_working_keys",
     "working_keys_field", "describe",
 ]
@@ -40,7 +41,15 @@ _PROCESSING_SALE = "000000"
 _MSG_TYPE_SALE = "22"  # 60.1
 _MSG_TYPE_MGMT = "00"  # 60.1 of network management messages
 _MGMT_SIGNON_DOUBLE = "003"  # 60.3: sign-on, double-length keys
+_MGMT_ECHO = "301"  # 60.3: echo test (link health)
 _MGMT_NONE = "000"
+_MSG_TYPE_OFFLINE_SALE = "30"  # 60.1 of an offline sale advice (0220)
+# Field 39 an advice carries: how the terminal approved it offline (EMV Book 4 A6 codes).
+ADVICE_CODES = {
+    "Y1": "offline approved by the card (TC at the first GENERATE AC)",
+    "Y3": "host unreachable, approved by the card (TC at the second GENERATE AC)",
+    "00": "store-and-forward: approved by the terminal, the host authorises later",
+}
 # Removed when a request is cloned into a reversal: track 2/3, PIN block, security
 # control info, MAC (recomputed by the sender).
 _REVERSAL_DROP = ("35", "36", "52", "53", "64", "128")
@@ -173,6 +182,22 @@ def signon_request(ids: TerminalIds, *, stan: int, batch: int, now: datetime,
     }
 
 
+def echo_request(ids: TerminalIds, *, stan: int, batch: int, now: datetime) -> dict:
+    """0800 echo test (60.3 = 301): is the host there? Answered 0810 with 39 = 00."""
+    return {
+        "t": "0800",
+        **_trace(stan, now),
+        "41": ids.terminal_id,
+        "42": ids.merchant_id,
+        "60": _MSG_TYPE_MGMT + _batch(batch) + _MGMT_ECHO,
+    }
+
+
+def is_echo(fields: dict) -> bool:
+    """True for an 0800/0810 echo test (60.3 = 301)."""
+    return str(fields.get("t", ""))[:2] == "08" and str(fields.get("60", ""))[8:11] == _MGMT_ECHO
+
+
 def sale_request(ids: TerminalIds, *, stan: int, batch: int, amount: int, currency: int,
                  card: CardData, pin_block: bytes | None, now: datetime) -> dict:
     """0200 sale (消费): processing code 000000, 60.1 = 22."""
@@ -218,6 +243,28 @@ def reversal_request(original: dict, reason: str, repeat: bool = False) -> dict:
     msg["39"] = reason
     msg["61"] = batch + stan
     return msg
+
+
+def advice_request(original: dict, *, code: str, icc_data: bytes | None,
+                   repeat: bool = False) -> dict:
+    """0220 offline sale advice (0221 on a repeat) built from the 0200 the terminal could
+    not send (or would have sent): same STAN, time, amount and card fields, without track 2,
+    the PIN block and the MAC; 60.1 = 30; 39 = how it was approved (ADVICE_CODES); 55 = the
+    chip data of the final cryptogram (`icc_data`; None keeps the original 55, e.g. the
+    ARQC of a store-and-forward approval). The repeat is byte-for-byte the same message
+    apart from the MTI."""
+    if code not in ADVICE_CODES:
+        raise MessageError(f"field 39: advice code {code!r} not in {sorted(ADVICE_CODES)}")
+    batch = str(original.get("60", ""))[2:8]
+    if len(str(original.get("11", ""))) != 6 or len(batch) != 6:
+        raise MessageError("field 60: original needs field 11 (STAN) and 60.2 (batch)")
+    msg = {k: v for k, v in original.items() if k not in _REVERSAL_DROP + ("p", "1")}
+    msg["t"] = "0221" if repeat else "0220"
+    msg["39"] = code
+    msg["60"] = _MSG_TYPE_OFFLINE_SALE + batch + _MGMT_NONE
+    if icc_data is not None:
+        msg["55"] = bytes(icc_data)
+    return dict(sorted(msg.items(), key=lambda kv: -1 if kv[0] == "t" else int(kv[0])))
 
 
 def _trace(stan: int, now: datetime) -> dict:
