@@ -27,7 +27,8 @@ from firmware.config import OfflineConfig
 __all__ = ["QueueStats", "OFFLINE_ENTRY", "refusal"]
 
 OFFLINE_ENTRY = ("05", "07")  # field 22 PAN entry digits allowed offline: chip, contactless
-_ENTRY_NAMES = {"02": "swipe", "80": "swipe", "01": "keyed card", "03": "QR code"}
+_ENTRY_REFUSALS = {"02": "No swipe offline", "80": "No swipe offline",
+                   "01": "No keying offline", "03": "No QR code offline"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def refusal(cfg: OfflineConfig, *, kind: str, entry_mode: str, cvm: str, amount:
         return f"No {kind} offline"
     entry = (entry_mode or "")[:2]
     if entry not in OFFLINE_ENTRY:
-        return f"No {_ENTRY_NAMES.get(entry, 'such entry')} offline"
+        return _ENTRY_REFUSALS.get(entry, "Entry not offline")
     if cvm == "online_pin":
         return "PIN needs the host"
     if amount > cfg.max_amount:
@@ -68,5 +69,5 @@ def refusal(cfg: OfflineConfig, *, kind: str, entry_mode: str, cvm: str, amount:
         return "Offline total full"
     oldest = stats.oldest_advice_at
     if oldest is not None and (now - oldest).total_seconds() > cfg.max_age:
-        return "Offline queue too old"
+        return "Queued too long"
     return ""

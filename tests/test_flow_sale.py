@@ -13,9 +13,9 @@ from firmware.emv.card import (
 from firmware.flows.sale import BUSY_PHASES, PHASES, SaleConfig, SaleState, busy, start, step
 from firmware.flows.types import (
     KEYS, LCD_COLS, LCD_ROWS, READ_NEXT, AppChoice, AuthResult, Authorise, Beep, CancelTimers,
-    CardInserted, CardRead, CardReadFailed, CardRemoved, CardSwiped, Idle, Key, PinLength,
+    CardInserted, CardRead, CardReadFailed, CardRemoved, CardSwiped, Idle, Key, LinkStatus, PinLength,
     PinVerified, Print, PrintDone, ReadCard, ReaderStatus, Screen, SelectApp, Show, Shutdown,
-    StartPin, StartTimer, StopPin, SwipeFailed, Timeout, VerifyPin, wrap,
+    StartPin, StartTimer, StopPin, SwipeFailed, Timeout, VerifyPin, fit, wrap,
 )
 
 PAN = "6226090000000014"
@@ -24,7 +24,7 @@ CARD = CardData(pan=PAN, expiry="3012", pan_seq="01", track2=PAN + "=3012201",
                 icc_data=b"\x9f\x26\x08" + bytes(8))
 CFG = SaleConfig(max_amount=9_999_999)
 
-IDLE = Screen("KPOS", ("SALE", "Key in amount"))
+IDLE = Screen("KPOS", ("Key in amount", "CONNECTING  queued 0"))
 READING = Screen("Reading card", ("Do not remove",))
 PROCESSING = Screen("Processing", ("Please wait",))
 REMOVE = Screen("Remove card", ("Please take card",))
@@ -442,7 +442,7 @@ ODD_EVENTS = [Key("1"), Key("0"), Key("ENTER"), Key("BACK"), Key("CLEAR"), Key("
               PinVerified(False, 2), PinVerified(False, 0, "online_pin"), PinVerified(False),
               CardSwiped(STRIPE, chip=True), CardSwiped(STRIPE, chip=False), SwipeFailed("bad"),
               ReaderStatus("jammed"), ReaderStatus(""), CardRead(TAP, "signature"),
-              CardReadFailed("x", "swipe"), CardReadFailed("x", "insert")]
+              CardReadFailed("x", "swipe"), CardReadFailed("x", "insert"), LinkStatus(False, 2, 1)]
 
 
 def test_every_event_in_every_phase_never_raises_and_screens_fit():
@@ -520,7 +520,7 @@ FAULT = "no reader on /dev/ttyUSB0, check the cable"
 
 
 def idle_fault(fault: str) -> Screen:
-    return Screen("KPOS", ("SALE", "Key in amount", "Card reader fault", fault))
+    return Screen("KPOS", ("Key in amount", "CONNECTING  queued 0", fit("Reader: " + fault)))
 
 
 def pin_entry(token: int, note: str = "Enter PIN") -> list:
@@ -544,7 +544,7 @@ def test_reader_fault_in_idle_shown_beeped_once_and_cleared():
     state, _ = start(CFG)
     state, actions = step(CFG, state, ReaderStatus(FAULT))
     assert state.reader_fault == FAULT and state.phase == "IDLE"
-    assert actions == [Show(idle_fault("no reader on /dev...")), Beep("error")]
+    assert actions == [Show(idle_fault(FAULT)), Beep("error")]
     assert step(CFG, state, ReaderStatus(FAULT)) == (state, [])  # the same fault again
     state, actions = step(CFG, state, ReaderStatus("jammed"))  # another fault: beeps again
     assert actions == [Show(idle_fault("jammed")), Beep("error")]
@@ -915,3 +915,47 @@ def test_random_event_sequences_never_raise_and_screens_fit(cfg, prefix, events)
         assert all(a.amount == state.amount > 0 for a in actions if isinstance(a, Authorise))
         if any(isinstance(a, (StartPin, VerifyPin, SelectApp)) for a in actions):
             assert not state.stopping
+
+
+# ---- link status and offline approvals (issue 4) ----
+
+def idle_with(line: str, *extra: str) -> Screen:
+    return Screen("KPOS", ("Key in amount", line, *extra))
+
+
+@pytest.mark.parametrize("link, line", [
+    (LinkStatus(True, 0, 0), "ONLINE  queued 0"),
+    (LinkStatus(False, 3, 0), "OFFLINE  queued 3"),
+    (LinkStatus(None, 1, 0), "CONNECTING  queued 1"),
+])
+def test_idle_screen_shows_the_link_and_the_queue(link, line):
+    state, _ = start(CFG)
+    state, actions = step(CFG, state, link)
+    assert state.link == link and actions == [Show(idle_with(line))]
+    assert step(CFG, state, link) == (state, [])  # the same status again: nothing
+
+
+def test_alerts_and_reader_fault_share_the_idle_screen():
+    state, _ = drive([ReaderStatus("jammed")])
+    state, actions = step(CFG, state, LinkStatus(False, 2, 3))
+    assert actions == [Show(idle_with("OFFLINE  queued 2", "Reader: jammed", "! 3 alerts: support"))]
+    _, actions = step(CFG, state, LinkStatus(False, 2, 1))
+    assert actions[0].screen.lines[-1] == "! 1 alert: support"
+
+
+def test_link_status_during_a_sale_is_kept_for_the_idle_screen():
+    state, _ = drive(TO_PIN)
+    state, actions = step(CFG, state, LinkStatus(False, 5, 0))
+    assert actions == [] and state.phase == "PIN"
+    state, per_step = drive([Key("CANCEL"), Key("ENTER"), CardRemoved()], state=state)
+    assert state.phase == "IDLE" and Show(idle_with("OFFLINE  queued 5")) in per_step[-1]
+
+
+def test_offline_approval_says_so_on_the_result_screen():
+    state, _ = drive(TO_AUTH)
+    state, actions = step(CFG, state, AuthResult("approved", code="00", txn_id=7, offline="00"))
+    assert state.phase == "PRINTING" and state.offline == "00"
+    assert Show(Screen("APPROVED", ("CNY 12.50", "Approved offline", "Printing..."), "ok")) in actions
+    state, _ = step(CFG, state, PrintDone(True))
+    state, per_step = drive([Key("ENTER"), CardRemoved()], state=state)
+    assert state.offline == "" and state.phase == "IDLE"  # not carried into the next sale

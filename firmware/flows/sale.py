@@ -19,7 +19,9 @@ Events: keys and PinLength; CardInserted/CardRemoved (a tapped or swiped card is
 by the reader, so its removal never ends the sale); CardRead, CardReadFailed, AppChoice,
 PinVerified from the reader worker; CardSwiped/SwipeFailed from the stripe reader;
 ReaderStatus in any phase (stored, shown on the idle and present-card screens);
-AuthResult, PrintDone, Timeout, Shutdown.
+LinkStatus in any phase (stored, shown on the idle screen: ONLINE/OFFLINE, queued items,
+operator alerts); AuthResult (an offline approval says so on the result screen),
+PrintDone, Timeout, Shutdown.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from dataclasses import dataclass, replace
 from firmware.emv.card import CardData, ENTRY_CHIP, ENTRY_CONTACTLESS, ENTRY_FALLBACK
 from firmware.flows.types import (
     DIGITS, Action, AppChoice, AuthResult, Authorise, Beep, CancelTimers, CardInserted,
-    CardRead, CardReadFailed, CardRemoved, CardSwiped, Event, Idle, Key, PinLength,
+    CardRead, CardReadFailed, CardRemoved, CardSwiped, Event, Idle, Key, LinkStatus, PinLength,
     PinVerified, Print, PrintDone, ReadCard, ReaderStatus, Screen, SelectApp, Show, Shutdown,
     StartPin, StartTimer, StopPin, SwipeFailed, Timeout, VerifyPin, fit, wrap,
 )
@@ -89,11 +91,14 @@ class SaleState:
     reader_fault: str = ""  # the card reader's last reported fault, "" = working
     note: str = ""  # shown on the PIN screen instead of "Enter PIN"
     apps: int = 0  # how many applications CHOOSE_APP offers
+    link: LinkStatus = LinkStatus(None)  # the acquirer link and queue, for the idle screen
+    offline: str = ""  # the approval was offline: Y1 | Y3 | 00
 
 
 def start(cfg: SaleConfig) -> Step:
     """The initial idle state and its screen."""
-    return SaleState(), [Show(_idle_screen())]
+    state = SaleState()
+    return state, [Show(_idle_screen(state))]
 
 
 def busy(state: SaleState) -> bool:
@@ -107,6 +112,8 @@ def step(cfg: SaleConfig, state: SaleState, event: Event) -> Step:
         return _shutdown(state)
     if isinstance(event, ReaderStatus):
         return _reader_status(cfg, state, event.fault)
+    if isinstance(event, LinkStatus):
+        return _link_status(state, event)
     moved = _HANDLERS[state.phase](cfg, state, event)
     if moved is not None:
         return moved
@@ -121,9 +128,16 @@ def _money(cfg: SaleConfig, amount: int) -> str:
     return fit(f"{currency_alpha(cfg.currency)} {format_amount(amount, cfg.currency)}")
 
 
-def _idle_screen(fault: str = "") -> Screen:
-    faults = ("Card reader fault", fit(fault)) if fault else ()
-    return Screen("KPOS", ("SALE", "Key in amount", *faults))
+def _idle_screen(state: SaleState) -> Screen:
+    """"Key in amount", the link line, then a reader fault and operator alerts if any."""
+    link = state.link
+    word = {True: "ONLINE", False: "OFFLINE", None: "CONNECTING"}[link.online]
+    lines = ["Key in amount", fit(f"{word}  queued {link.queued}")]
+    if state.reader_fault:
+        lines.append(fit("Reader: " + state.reader_fault))
+    if link.alerts:
+        lines.append(fit(f"! {link.alerts} alert{'s' if link.alerts > 1 else ''}: support"))
+    return Screen("KPOS", tuple(lines))
 
 
 def _amount_screen(cfg: SaleConfig, amount: int, note: str = "") -> Screen:
@@ -154,6 +168,8 @@ def _choice_screen(labels: tuple[str, ...]) -> Screen:
 
 def _approved_screen(cfg: SaleConfig, state: SaleState, *tail: str) -> Screen:
     auth = (f"Auth {fit(state.auth_code, 15)}",) if state.auth_code else ()
+    if state.offline:
+        auth = ("Approved offline",)
     return Screen("APPROVED", (_money(cfg, state.amount), *auth, *(fit(t) for t in tail)), "ok")
 
 
@@ -206,8 +222,8 @@ def _is_timeout(state: SaleState, event: Event, name: str) -> bool:
 
 def _to_idle(state: SaleState, *first: Action) -> Step:
     idle = SaleState(card_present=state.card_present, token=state.token,
-                     reader_fault=state.reader_fault)
-    return idle, [*first, CancelTimers(), Show(_idle_screen(idle.reader_fault)), Idle()]
+                     reader_fault=state.reader_fault, link=state.link)
+    return idle, [*first, CancelTimers(), Show(_idle_screen(idle)), Idle()]
 
 
 def _to_result(cfg: SaleConfig, state: SaleState, screen: Screen, *first: Action) -> Step:
@@ -265,10 +281,17 @@ def _reader_status(cfg: SaleConfig, state: SaleState, fault: str) -> Step:
     state = replace(state, reader_fault=fault)
     actions: list[Action] = []
     if state.phase == "IDLE":
-        actions.append(Show(_idle_screen(fault)))
+        actions.append(Show(_idle_screen(state)))
     elif state.phase == "PRESENT_CARD":
         actions.append(Show(_present_screen(cfg, state)))
     return state, actions + ([Beep("error")] if fault else [])
+
+
+def _link_status(state: SaleState, link: LinkStatus) -> Step:
+    if link == state.link:
+        return state, []
+    state = replace(state, link=link)
+    return state, [Show(_idle_screen(state))] if state.phase == "IDLE" else []
 
 
 def _held_in_slot(state: SaleState) -> bool:
@@ -458,7 +481,7 @@ def _on_authorising(cfg: SaleConfig, state: SaleState, event: Event) -> Step | N
         return None
     if event.outcome != "approved":
         return _to_result(cfg, state, _outcome_screen(event))
-    state = replace(state, auth_code=event.auth_code)
+    state = replace(state, auth_code=event.auth_code, offline=event.offline)
     if event.txn_id is None:  # nothing in the journal to print from
         return _to_result(cfg, state, _approved_screen(cfg, state, "No receipt"), Beep("ok"))
     state = replace(state, phase="PRINTING")

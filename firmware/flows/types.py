@@ -18,7 +18,7 @@ __all__ = [
     "LCD_COLS", "LCD_ROWS", "TONES", "KEYS", "DIGITS", "OUTCOMES", "BEEPS",
     "Screen", "fit", "wrap",
     "Key", "PinLength", "CardInserted", "CardRemoved", "CardRead", "CardReadFailed",
-    "AppChoice", "PinVerified", "CardSwiped", "SwipeFailed", "ReaderStatus",
+    "AppChoice", "PinVerified", "CardSwiped", "SwipeFailed", "ReaderStatus", "LinkStatus",
     "AuthResult", "PrintDone", "Timeout", "Shutdown", "Event",
     "Show", "Beep", "StartTimer", "CancelTimers", "ReadCard", "SelectApp", "StartPin", "StopPin",
     "VerifyPin", "Authorise", "Print", "Idle", "Action", "CVMS", "READ_NEXT",
@@ -173,6 +173,15 @@ class ReaderStatus:
 
 
 @dataclass(frozen=True)
+class LinkStatus:
+    """The acquirer link and the store-and-forward queue, for the idle screen."""
+
+    online: bool | None  # None: not known yet (no exchange since the start)
+    queued: int = 0  # reversals and advices waiting to be sent
+    alerts: int = 0  # declined or expired items the operator has to look at
+
+
+@dataclass(frozen=True)
 class AuthResult:
     """The acquirer's answer (or its absence), prepared by the app."""
 
@@ -182,6 +191,7 @@ class AuthResult:
     auth_code: str = ""  # field 38
     rrn: str = ""  # field 37
     txn_id: int | None = None  # journal row id, for Print
+    offline: str = ""  # approved offline: Y1 | Y3 (by the card) | 00 (store-and-forward)
 
 
 @dataclass(frozen=True)
@@ -204,7 +214,7 @@ class Shutdown:
 
 
 Event = Union[Key, PinLength, CardInserted, CardRemoved, CardRead, CardReadFailed, AppChoice,
-              PinVerified, CardSwiped, SwipeFailed, ReaderStatus, AuthResult, PrintDone,
+              PinVerified, CardSwiped, SwipeFailed, ReaderStatus, LinkStatus, AuthResult, PrintDone,
               Timeout, Shutdown]
 
 
