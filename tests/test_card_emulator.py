@@ -337,10 +337,13 @@ def test_verify_needs_a_transaction_and_p2_80():
 # --- GENERATE AC, EXTERNAL AUTHENTICATE --------------------------------------------------
 
 
-@pytest.mark.parametrize("p1,cid", [(AAC, AAC), (TC, ARQC), (ARQC, ARQC)],
-                         ids=["AAC", "TC", "ARQC"])
-def test_first_generate_ac(p1, cid):
-    emu = emulator("approve")
+FIRST_AC = [("approve", AAC, AAC), ("approve", TC, ARQC), ("approve", ARQC, ARQC),
+            ("offline_ok", AAC, AAC), ("offline_ok", TC, TC), ("offline_ok", ARQC, ARQC)]
+
+
+@pytest.mark.parametrize("name,p1,cid", FIRST_AC, ids=[f"{n}-{p:02X}" for n, p, _ in FIRST_AC])
+def test_first_generate_ac(name, p1, cid):
+    emu = emulator(name)
     gpo = start(emu)
     cdol1 = card_record_fields(emu, gpo)["8C"]
     answer, sw = gen_ac(emu, p1, cdol1)
@@ -393,6 +396,11 @@ SECOND_AC = [
     ("approve", "bad", TC, b"00", AAC),
     ("approve", None, TC, b"00", AAC),  # AIP says issuer authentication is supported
     ("second_ac_decline", "good", TC, b"00", AAC),
+    ("approve", None, TC, b"Z3", AAC),  # online only: no host, no TC
+    ("offline_ok", None, TC, b"Z3", TC),  # the card approves offline (Y3)
+    ("offline_ok", None, AAC, b"Z3", AAC),
+    ("offline_ok", None, TC, b"00", AAC),  # online it still wants issuer authentication
+    ("offline_ok", "good", TC, b"00", TC),
 ]
 
 
@@ -412,7 +420,34 @@ def test_second_generate_ac(name, auth, p1, arc, cid):
     assert gen_ac(emu, TC, card["8D"])[1] == "6985"  # no third GENERATE AC
 
 
-def test_second_generate_ac_cannot_ask_for_arqc():
+def offline_tc(emu: CardEmulator, cdol1: bytes) -> int:
+    """A new transaction on the same card: GPO, then GENERATE AC 1 asking for a TC."""
+    start(emu)
+    answer, sw = gen_ac(emu, TC, cdol1)
+    assert sw == "9000"
+    return answer["9F27"][0]
+
+
+def test_offline_card_gives_tcs_up_to_ucol_then_goes_online():
+    emu = emulator("offline_ok")
+    card = card_record_fields(emu, start(emu))
+    assert [offline_tc(emu, card["8C"]) for _ in range(11)] == [TC] * 10 + [ARQC]  # UCOL 10
+    # that ARQC found no host: "Z3" asks for a TC, but the limit holds
+    assert gen_ac(emu, TC, card["8D"], **{"8A": b"Z3"})[0]["9F27"] == bytes([AAC])
+    start(emu)  # online, with issuer authentication: the count starts again
+    answer, _ = gen_ac(emu, ARQC, card["8C"])
+    assert external_authenticate(emu, good_issuer_data(emu, answer)) == "9000"
+    assert offline_tc(emu, card["8C"]) == TC
+
+
+def test_tc_at_the_first_generate_ac_ends_the_transaction():
+    emu = emulator("offline_ok")
+    card = card_record_fields(emu, start(emu))
+    assert offline_tc(emu, card["8C"]) == TC
+    assert external_authenticate(emu, bytes(10)) == "6985"
+    assert gen_ac(emu, TC, card["8D"], **{"8A": b"Z3"})[1] == "6985"
+    assert send(emu, apdu("84DA9F23", b"\x00" + bytes(4)))[1] == "6985"  # no scripts
+
     emu, card, _ = online()
     assert gen_ac(emu, ARQC, card["8D"])[1] == "6A86"
     assert gen_ac(emu, AAC, card["8D"])[1] == "9000"
@@ -563,10 +598,14 @@ def test_shipped_catalog_cards():
         "sda": {"oda": "sda"}, "bad_sda": {"oda": "bad_sda"},
         "script": {"issuer_script": True}, "contact_only": {"contactless": False},
         "approve": {"cvm": "online_pin", "oda": "dda", "second_ac": "approve", "chip": True,
-                    "contactless": True, "service_code": "220", "issuer_script": False},
+                    "contactless": True, "service_code": "220", "issuer_script": False,
+                    "offline": "decline"},
+        "offline_ok": {"offline": "approve", "cvm": "no_cvm", "oda": "dda",
+                       "contactless": True, "outcome": "approve"},
     }
     for name, values in expect.items():
         assert {k: getattr(cards[name], k) for k in values} == values, name
+    assert [n for n, c in cards.items() if c.offline != "decline"] == ["offline_ok"]
     assert cards["multi_app"].applications == (
         CardApp("A000000333010101", "UnionPay Debit", 1),
         CardApp("A000000333010102", "UnionPay Credit", 2))
@@ -598,8 +637,8 @@ def load_one(tmp_path, **changes):
 def test_new_keys_default(tmp_path):
     card = load_one(tmp_path)
     assert (card.cvm, card.pin_tries, card.oda, card.second_ac, card.contactless, card.chip,
-            card.service_code, card.apps, card.issuer_script) == (
-        "online_pin", 3, "dda", "approve", True, True, "220", (), False)
+            card.service_code, card.apps, card.issuer_script, card.offline) == (
+        "online_pin", 3, "dda", "approve", True, True, "220", (), False, "decline")
     assert card.applications == (CardApp("A000000333010101", "Test", 1),)
 
 
@@ -614,6 +653,7 @@ BAD = [
     ({"pin_tries": True}, "pin_tries must be an integer 0..15"),
     ({"oda": "cda"}, "oda 'cda' not one of dda, sda, none, bad_sda"),
     ({"second_ac": "maybe"}, "second_ac 'maybe' not one of approve, decline"),
+    ({"offline": "always"}, "offline 'always' not one of decline, approve"),
     ({"contactless": "yes"}, "contactless must be true or false"),
     ({"chip": 1}, "chip must be true or false"),
     ({"issuer_script": "no"}, "issuer_script must be true or false"),
@@ -650,8 +690,8 @@ def test_catalog_refuses_bad_card_keys(tmp_path, changes, message):
 def test_catalog_accepts_the_new_keys(tmp_path):
     card = load_one(tmp_path, aid=None, label=None, apps=APPS, cvm="signature", pin_tries=0,
                     oda="bad_sda", second_ac="decline", contactless=False, issuer_script=True,
-                    service_code="601")
-    assert (card.aid, card.label) == ("A000000333010101", "Debit")
+                    service_code="601", offline="approve")
+    assert (card.aid, card.label, card.offline) == ("A000000333010101", "Debit", "approve")
     assert [a.priority for a in card.applications] == [1, 2]
     stripe = load_one(tmp_path, aid=None, label=None, chip=False, contactless=False,
                       service_code="120")

@@ -3,7 +3,10 @@ import pytest
 
 from firmware.emv.action import (ActionCodes, cryptogram_type, first_ac_decision,
                                  issuer_action_codes, parse_action_codes, unable_to_go_online)
+from firmware.config import load_config
 from firmware.emv.tvr import Tvr
+
+from conftest import SIM_TOML
 
 ZERO, ALL = "0000000000", "FFFFFFFFFF"
 EXPIRED = "0040000000"           # expired application
@@ -107,3 +110,42 @@ def test_short_tvr_is_rejected():
 ])
 def test_cryptogram_type(cid, kind):
     assert cryptogram_type(cid) == kind
+
+
+@pytest.mark.parametrize("bits, decision", [
+    ((), "TC"),
+    (("random_online",), "TC"),
+    (("exceeds_floor_limit",), "AAC"),  # at or over the floor limit: no approval offline
+    (("online_pin_entered",), "AAC"),  # an online PIN nobody could check
+    (("sda_failed",), "AAC"),
+])
+def test_no_host_with_the_shipped_terminal_codes(bits, decision):
+    e = load_config(SIM_TOML).emv
+    tvr = Tvr()
+    for bit in bits:
+        tvr.set(bit)
+    tac = parse_action_codes(e.tac_denial, e.tac_online, e.tac_default)
+    assert unable_to_go_online(tvr, tac, codes()) == decision
+
+
+def test_store_and_forward_overrides_only_the_go_online_bits():
+    from firmware.emv.action import store_and_forward_allowed
+    from firmware.emv.tvr import Tvr
+    tac = parse_action_codes("0010000000", "D84004F800", "D84004A800")
+    none = parse_action_codes("0000000000", "0000000000", "0000000000")
+    for bits in (["exceeds_floor_limit"], ["random_online", "online_pin_entered"],
+                 ["upper_consecutive_offline_limit_exceeded", "merchant_forced_online"]):
+        tvr = Tvr()
+        for bit in bits:
+            tvr.set(bit)
+        assert unable_to_go_online(bytes(tvr), tac, none) == "AAC"  # the defaults say no ...
+        assert store_and_forward_allowed(bytes(tvr), tac, none)  # ... SAF's caps take over
+    for bit in ("oda_not_performed", "sda_failed", "expired_application", "card_on_exception_file"):
+        tvr = Tvr()
+        tvr.set("exceeds_floor_limit")
+        tvr.set(bit)
+        assert not store_and_forward_allowed(bytes(tvr), tac, none), bit
+    issuer_says_no = parse_action_codes("0000000000", "0000000000", "0000008000")
+    floor = Tvr()
+    floor.set("exceeds_floor_limit")
+    assert store_and_forward_allowed(bytes(floor), none, issuer_says_no)  # masked for IACs too

@@ -12,9 +12,14 @@ from dataclasses import dataclass
 from typing import Mapping
 
 __all__ = ["ActionCodes", "parse_action_codes", "issuer_action_codes", "first_ac_decision",
-           "unable_to_go_online", "cryptogram_type"]
+           "unable_to_go_online", "store_and_forward_allowed", "GO_ONLINE_MASK", "cryptogram_type"]
 
 CODE_LENGTH = 5  # the length of a TVR
+# TVR bits that only say "this one should go online": online PIN entered (byte 3 b3),
+# floor limit exceeded, lower / upper consecutive offline limits exceeded, selected at
+# random, merchant forced online (byte 4 b8-b4). Store-and-forward puts its own caps
+# (firmware/offline.py) in their place; every other bit keeps its say.
+GO_ONLINE_MASK = bytes.fromhex("000004F800")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,14 @@ def first_ac_decision(tvr: bytes, tac: ActionCodes, iac: ActionCodes, *, online_
 def unable_to_go_online(tvr: bytes, tac: ActionCodes, iac: ActionCodes) -> str:
     """After an ARQC the host could not be reached: the default codes decide, "TC" | "AAC"."""
     return "AAC" if _matches(tvr, tac.default, iac.default) else "TC"
+
+
+def store_and_forward_allowed(tvr: bytes, tac: ActionCodes, iac: ActionCodes) -> bool:
+    """After an ARQC the host could not be reached and the default codes said AAC: may the
+    terminal still approve by store-and-forward (a deferred authorisation of the ARQC)?
+    Yes when the default codes match only on GO_ONLINE_MASK bits."""
+    others = bytes(t & ~m for t, m in zip(bytes(tvr), GO_ONLINE_MASK))
+    return not _matches(others, tac.default, iac.default)
 
 
 def cryptogram_type(cid: int) -> str:

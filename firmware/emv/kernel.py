@@ -8,8 +8,9 @@ step, because the cardholder takes part between the steps:
     apps = s.candidates()             PSE / PPSE directory or the known-AID list, by priority
     cvm = s.select(apps[i])           SELECT, GPO, records, ODA, restrictions, TRM, CVM start
     ok, left, cvm = s.verify_pin(b)   offline plaintext PIN (VERIFY), as the CVM list asks
-    card = s.first_ac(online_pin=..)  terminal action analysis, GENERATE AC 1 -> ARQC / AAC
+    card = s.first_ac(online_pin=..)  terminal action analysis, GENERATE AC 1 -> ARQC / TC / AAC
     card = s.complete(approved, arc, icc)  EXTERNAL AUTHENTICATE, scripts, GENERATE AC 2
+    card = s.complete_offline()       no host answer after an ARQC: GENERATE AC 2 with 8A "Z3"
 
 `select` and `verify_pin` return the CVM the terminal must perform next ("online_pin",
 "offline_pin", "signature" or "none"). Errors are CardReadError with a short, PAN-free
@@ -17,8 +18,17 @@ reason; its `next` says whether a fallback swipe ("swipe") or a contact insert (
 may follow. Every loop is bounded by the card's checked lists, so garbage from a card
 ends in CardReadError, never another exception or a hang.
 
-Offline approval is not offered (the terminal asks for an ARQC or an AAC): offline
-approvals need store-and-forward, which arrives with the offline issue. The TVR, TSI and
+Offline approval, only with `KernelParams.offline_capable` (the app's offline policy
+allows it) and only for contact cards:
+- at GENERATE AC 1 the terminal asks for a TC when the TVR matches neither the denial nor
+  the online action codes; a card TC there is an approval by the card offline ("Y1");
+- after an ARQC that no host answered, `complete_offline` lets the default action codes
+  decide (`offline_decision`, "TC" | "AAC"), and the card answers TC ("Y3") or AAC.
+A tap always carries an ARQC; a tap TC is refused. A card answering a stronger cryptogram
+than asked (TC to an ARQC request, ARQC to an AAC request) is a CardReadError.
+`icc_data` of a result is field 55 of the cryptogram it carries (the values that card
+signed, so firmware.emv.cryptogram.verify_arqc checks a TC or an AAC as well as an ARQC);
+`arqc_icc` keeps field 55 of GENERATE AC 1 for a store-and-forward advice. The TVR, TSI and
 CVM results are real and go into field 55, the journal and the merchant receipt. Logs
 carry the masked PAN, AIDs, TVR and TSI only.
 """
@@ -35,6 +45,7 @@ from firmware.cardsafe import mask_pan
 from firmware.emv import apdu, tlv
 from firmware.emv.action import (
     ActionCodes, first_ac_decision, issuer_action_codes, parse_action_codes,
+    store_and_forward_allowed, unable_to_go_online,
 )
 from firmware.emv.apdu import ApduError, Card, Transmit
 from firmware.emv.card import ENTRY_CHIP, ENTRY_CONTACTLESS, CardData, CardReadError
@@ -61,6 +72,8 @@ TTQ_CVM_REQUIRED = 0x40
 # CTQ (9F6C) byte 1: the card asks for online PIN (bit 8) or a signature (bit 7).
 CTQ_ONLINE_PIN, CTQ_SIGNATURE = 0x80, 0x40
 AIP_ISSUER_AUTH = 0x04  # AIP byte 1: issuer authentication supported
+P1_BY_KIND = {"AAC": apdu.AC_AAC, "ARQC": apdu.AC_ARQC, "TC": apdu.AC_TC}
+STRENGTH = {"AAC": 0, "ARQC": 1, "TC": 2}  # a card may answer what was asked or weaker
 
 
 @dataclass(frozen=True)
@@ -71,10 +84,12 @@ class KernelParams:
     tac: ActionCodes = parse_action_codes("0010000000", "D84004F800", "D84004A800")
     contactless_limit: int = 500_000  # minor units; a tap above it must be inserted
     cvm_limit: int = 100_000  # minor units; a tap above it needs a CVM
+    offline_capable: bool = False  # contact: GENERATE AC 1 may ask for a TC (offline approval)
 
 
-def kernel_params(cfg, capks: Mapping) -> KernelParams:
-    """KernelParams from a firmware.config.Config ([emv] section) and loaded CA keys."""
+def kernel_params(cfg, capks: Mapping, offline_capable: bool = False) -> KernelParams:
+    """KernelParams from a firmware.config.Config ([emv] section) and loaded CA keys;
+    `offline_capable` when the app's offline policy allows offline approvals."""
     e = cfg.emv
     terminal = TerminalParams(terminal_type=e.terminal_type, capabilities=e.capabilities,
                               ifd_serial=cfg.terminal.terminal_id)
@@ -83,13 +98,16 @@ def kernel_params(cfg, capks: Mapping) -> KernelParams:
         risk=RiskParams(e.floor_limit, e.random_threshold, e.random_target_percent,
                         e.random_max_percent),
         tac=parse_action_codes(e.tac_denial, e.tac_online, e.tac_default),
-        contactless_limit=e.contactless_limit, cvm_limit=e.cvm_limit)
+        contactless_limit=e.contactless_limit, cvm_limit=e.cvm_limit,
+        offline_capable=offline_capable)
 
 
 class EmvSession:
     """One card session. Not thread-safe: the reader worker only. `apdus` counts the
     commands sent, `card_seconds` the time spent inside `transmit` (the card's and the
-    reader's share of the session)."""
+    reader's share of the session). `arqc_icc` is field 55 of GENERATE AC 1 (b"" until
+    then, and for an AAC); `offline_decision` what complete_offline asked the card for
+    ("TC" | "AAC"; None until it ran after an ARQC)."""
 
     def __init__(self, transmit: Transmit, params: KernelParams, *, amount: int, currency: int,
                  when: datetime, unpredictable: bytes, contactless: bool = False,
@@ -116,6 +134,9 @@ class EmvSession:
         self._cl_cvm = "none"
         self._oda = "none"
         self._card_result: CardData | None = None
+        self.arqc_icc = b""
+        self.offline_decision: str | None = None
+        self.saf_allowed = True  # complete_offline: may a terminal AAC become store-and-forward
 
     def __repr__(self) -> str:
         return f"EmvSession(aid={self._app.aid if self._app else None}, apdus={self.apdus})"
@@ -144,9 +165,14 @@ class EmvSession:
             raise CardReadError("no offline PIN expected")
         return self._guard(lambda: self._verify(pin_block))
 
-    def first_ac(self, *, online_pin: bool = False) -> CardData:
+    def first_ac(self, *, online_pin: bool = False, offline_capable: bool | None = None) -> CardData:
         """Finish CVM (online PIN entered or not), terminal action analysis, GENERATE AC 1.
-        Returns the card with field 55, TVR, TSI and the cryptogram (ARQC or AAC)."""
+        Returns the card with field 55, TVR, TSI and the cryptogram: ARQC (go online), TC
+        (approved offline by the card, only when offline capable) or AAC (declined, no
+        field 55). `offline_capable` overrides the params' for this transaction (the app's
+        offline policy knows the caps left)."""
+        if offline_capable is not None:
+            self.params = replace(self.params, offline_capable=offline_capable)
         return self._guard(lambda: self._first_ac(online_pin))
 
     def complete(self, *, approved: bool, arc: str, icc_response: bytes | None) -> CardData:
@@ -157,6 +183,20 @@ class EmvSession:
         if self.contactless or self._card_result.cryptogram_type != "ARQC":
             return self._card_result
         return self._guard(lambda: self._complete(approved, arc, icc_response))
+
+    def complete_offline(self) -> CardData:
+        """The host could not be reached after the ARQC: the default action codes decide
+        (`offline_decision`), GENERATE AC 2 with 8A "Z3" asks for that; the card answers
+        TC (approved offline by the card) or AAC. No issuer authentication, no scripts.
+        Contactless: nothing to send, the tap's ARQC card comes back, offline_decision "TC".
+        After a TC or AAC at GENERATE AC 1: that card, unchanged."""
+        assert self._card_result is not None, "complete_offline() before first_ac()"
+        if self._card_result.cryptogram_type != "ARQC":
+            return self._card_result
+        if self.contactless:
+            self.offline_decision = "TC"
+            return self._card_result
+        return self._guard(self._complete_offline)
 
     @property
     def needs_choice(self) -> bool:
@@ -358,21 +398,24 @@ class EmvSession:
         self._values["9F34"] = self._cvm_results(performed)
         if self.contactless and "9F26" not in self._data:
             raise CardReadError("card gave no cryptogram", next="insert")
+        asked = "ARQC"  # a tap: the card's GPO answer
         if not self.contactless:
-            kind = first_ac_decision(bytes(self.tvr), self.params.tac,
-                                     issuer_action_codes(self._data), online_capable=True,
-                                     offline_capable=False)
-            p1 = {"AAC": apdu.AC_AAC, "ARQC": apdu.AC_ARQC, "TC": apdu.AC_TC}[kind]
-            sent, fields = self._generate_ac(p1, "8C", "CDOL1")
+            asked = first_ac_decision(bytes(self.tvr), self.params.tac, self._iac(),
+                                      online_capable=True,
+                                      offline_capable=self.params.offline_capable)
+            sent, fields = self._generate_ac(P1_BY_KIND[asked], "8C", "CDOL1")
             self._sent.update(sent)
             self._data.update(fields)
             self.tsi.set("card_risk_management_performed")
         kind = _check_cryptogram(self._data)
         if self.contactless and kind == "TC":
             raise CardReadError("offline tap not supported", next="insert")
-        self._card_result = self._result(kind, performed)
-        log.info("GENERATE AC 1: %s tvr=%s tsi=%s cvm=%s", kind, self.tvr.hex(), self.tsi.hex(),
-                 performed)
+        _check_answer(kind, asked)
+        # an AAC at GENERATE AC 1 ends the sale at the terminal: nothing to send
+        self._card_result = self._result(kind, performed, None if kind == "AAC" else self._sent)
+        self.arqc_icc = self._card_result.icc_data
+        log.info("GENERATE AC 1: %s (asked %s) tvr=%s tsi=%s cvm=%s", kind, asked,
+                 self.tvr.hex(), self.tsi.hex(), performed)
         return self._card_result
 
     def _cvm_results(self, performed: str) -> bytes:
@@ -400,9 +443,11 @@ class EmvSession:
             fields["9F10"] = raw[11:]
         return sent, fields
 
-    def _result(self, kind: str, performed: str) -> CardData:
+    def _result(self, kind: str, performed: str, sent: Mapping[str, bytes] | None) -> CardData:
+        """The card with this cryptogram and its field 55 built over `sent`, the DOL data
+        the card signed (None: no field 55)."""
         values = {**self._values, "95": bytes(self.tvr)}
-        icc = _field55(values, self._sent, self._data, self._app.aid) if kind == "ARQC" else b""
+        icc = b"" if sent is None else _field55(values, sent, self._data, self._app.aid)
         return replace(self._identity_card(), icc_data=icc, cryptogram=self._data["9F26"].hex().upper(),
                        cryptogram_type=kind, tvr=self.tvr.hex(), tsi=self.tsi.hex(), cvm=performed)
 
@@ -414,18 +459,30 @@ class EmvSession:
         self._run_scripts(issuer.get("71", []), "script_failed_before_final_gen_ac")
         self._values["8A"] = arc.encode("ascii")[:2].ljust(2, b"0")
         self._values["95"] = bytes(self.tvr)
-        ask = apdu.AC_TC if approved else apdu.AC_AAC
-        _, fields = self._generate_ac(ask, "8D", "CDOL2")
+        asked = "TC" if approved else "AAC"
+        sent, fields = self._generate_ac(P1_BY_KIND[asked], "8D", "CDOL2")
         self._data.update(fields)
         kind = _check_cryptogram(self._data)
         if kind == "ARQC":
             raise CardReadError("card answered ARQC to the second GENERATE AC")
+        _check_answer(kind, asked)
         self._run_scripts(issuer.get("72", []), "script_failed_after_final_gen_ac")
-        log.info("GENERATE AC 2: %s (asked %s) tvr=%s tsi=%s", kind,
-                 "TC" if approved else "AAC", self.tvr.hex(), self.tsi.hex())
-        self._card_result = replace(self._card_result, cryptogram=self._data["9F26"].hex().upper(),
-                                    cryptogram_type=kind, tvr=self.tvr.hex(), tsi=self.tsi.hex())
+        log.info("GENERATE AC 2: %s (asked %s, arc %s) tvr=%s tsi=%s", kind, asked, arc,
+                 self.tvr.hex(), self.tsi.hex())
+        self._card_result = self._result(kind, self._card_result.cvm, {**self._sent, **sent})
         return self._card_result
+
+    def _complete_offline(self) -> CardData:
+        iac = self._iac()
+        self.offline_decision = unable_to_go_online(bytes(self.tvr), self.params.tac, iac)
+        self.saf_allowed = store_and_forward_allowed(bytes(self.tvr), self.params.tac, iac)
+        return self._complete(self.offline_decision == "TC", ARC_UNABLE_ONLINE, None)
+
+    def _iac(self) -> ActionCodes:
+        try:
+            return issuer_action_codes(self._data)
+        except ValueError as exc:  # "malformed tag 9F0D": names the tag, no value
+            raise CardReadError(str(exc)) from exc
 
     def _issuer_authenticate(self, arpc: bytes) -> None:
         if not self._data.get("82", b"\x00")[0] & AIP_ISSUER_AUTH:
@@ -477,6 +534,12 @@ class EmvSession:
             raise CardReadError(str(exc), next=self._retry() if selecting else "") from exc
         except tlv.TlvError as exc:
             raise CardReadError("malformed card data") from exc
+
+
+def _check_answer(kind: str, asked: str) -> None:
+    """A card may answer a weaker cryptogram than asked, never a stronger one."""
+    if STRENGTH[kind] > STRENGTH[asked]:
+        raise CardReadError(f"card answered {kind} to a request for {asked}")
 
 
 def _afl(gpo: Mapping[str, bytes]) -> list[tuple[int, int, bool]]:

@@ -12,11 +12,20 @@ application; with several, 87 = priority | 80 asks for cardholder confirmation) 
 AID -> GPO (AIP + AFL: SFI 1 records 1..N, records 1-2 signed for ODA, the certificates
 from firmware.sim.emv_pki in records 3..N) -> READ RECORD -> INTERNAL AUTHENTICATE (DDA
 cards) -> GET DATA 9F36 / 9F13 / 9F17 -> VERIFY (plaintext offline PIN, any card) ->
-GENERATE AC 1 (AAC when asked for one, else ARQC) -> EXTERNAL AUTHENTICATE (ARPC method 1,
-once) -> issuer script commands -> GENERATE AC 2 (TC or AAC, see `_second_ac_approves`).
+GENERATE AC 1 (AAC when asked for one; TC when asked for one and the card approves
+offline, see below; else ARQC) -> EXTERNAL AUTHENTICATE (ARPC method 1, once) -> issuer
+script commands -> GENERATE AC 2 (TC or AAC, see `_second_ac_approves`).
 The ATC is 0x0020 at insertion and each GPO (a new transaction) adds one; the last online
 ATC (9F13) is 0x001F until an EXTERNAL AUTHENTICATE succeeds. Cryptograms (ARQC, TC, AAC)
 all use firmware.emv.cryptogram.compute_arqc over the DOL data the card received.
+
+Offline (catalog `offline`): an "approve" card gives a TC asked for at GENERATE AC 1
+(approved offline by the card, Y1) or at GENERATE AC 2 with 8A "Z3" (the terminal could
+not go online, Y3) while its consecutive offline count is below UCOL (9F23, as PUT DATA
+left it); each such TC counts one, a successful EXTERNAL AUTHENTICATE resets the count to
+0. Over the limit it answers ARQC at GENERATE AC 1 and AAC at GENERATE AC 2. A "decline"
+card (the default) never approves offline: ARQC to a TC request at GENERATE AC 1, AAC
+after "Z3".
 Issuer script commands (CLA 04 or 84: PUT DATA of LCOL / UCOL, APPLICATION UNBLOCK, PIN
 CHANGE/UNBLOCK) are taken once GENERATE AC 1 gave an ARQC; their MAC is not checked.
 
@@ -70,6 +79,7 @@ IAD = bytes.fromhex("07010103A0000001")  # length, DKI, CVN 01, CVR (ARQC, onlin
 IAC_DEFAULT, IAC_DENIAL, IAC_ONLINE = "D8609CA800", "0010200000", "D8689CF800"
 CID_AAC, CID_TC, CID_ARQC = 0x00, 0x40, 0x80  # 9F27, and GENERATE AC P1 bits 8-7
 ARC_APPROVED = (b"00", b"10", b"11")  # 8A values after which the card agrees to a TC
+ARC_UNABLE_ONLINE = b"Z3"  # 8A: the terminal could not go online and asks for a TC offline
 ATC_AT_INSERTION = 0x0020
 LAST_ONLINE_ATC = 0x001F
 LCOL, UCOL = 0x05, 0x0A  # 9F14, 9F23: consecutive offline limits (GET DATA, PUT DATA)
@@ -157,6 +167,7 @@ class CardEmulator:
         self._app: CardApp | None = None  # the selected application
         self._txn: _Txn | None = None  # the transaction since GPO on that application
         self._last_online_atc = LAST_ONLINE_ATC
+        self._offline_count = 0  # consecutive TCs given offline, against UCOL
         self._pin_limit = max(card.pin_tries, PIN_TRY_LIMIT)
         self._pin_tries = card.pin_tries
         self._updatable = {"9F14": bytes([LCOL]), "9F23": bytes([UCOL])}  # by PUT DATA
@@ -297,6 +308,7 @@ class CardEmulator:
         if not txn.issuer_auth:
             return SW_AUTH_FAILED
         self._last_online_atc = self.atc
+        self._offline_count = 0
         return SW_OK
 
     # --- cryptograms -------------------------------------------------------------
@@ -315,11 +327,15 @@ class CardEmulator:
         return SW_ORDER
 
     def _first_ac(self, txn: _Txn, requested: int, data: bytes) -> bytes:
-        """AAC when the terminal asks for one; otherwise ARQC: this card always goes online."""
+        """AAC when the terminal asks for one; TC when it asks for one and the card may
+        approve offline; otherwise ARQC (go online)."""
         cdol = tlv.parse_dol(CDOL1)
         if len(data) != tlv.dol_length(cdol):
             return SW_WRONG_LENGTH
-        txn.first_ac = CID_AAC if requested == CID_AAC else CID_ARQC
+        if requested == CID_TC and self._approve_offline():
+            txn.first_ac = CID_TC
+        else:
+            txn.first_ac = CID_AAC if requested == CID_AAC else CID_ARQC
         ac = self._cryptogram(tlv.split_dol(cdol, data))
         if txn.first_ac == CID_ARQC:
             txn.arqc = ac
@@ -338,11 +354,22 @@ class CardEmulator:
 
     def _second_ac_approves(self, txn: _Txn, requested: int, arc: bytes) -> bool:
         """TC only when the catalog, the terminal, the issuer's ARC and issuer
-        authentication all agree (a card that supports it must have passed it)."""
+        authentication all agree (a card that supports it must have passed it); after
+        "Z3" (no host) when the card may approve offline."""
+        if arc == ARC_UNABLE_ONLINE:
+            return requested == CID_TC and self._approve_offline()
         needs_issuer_auth = bool(self._aip[0] & AIP_ISSUER_AUTH)
         issuer_ok = txn.issuer_auth is True or (txn.issuer_auth is None and not needs_issuer_auth)
         return (self.card.second_ac == "approve" and requested == CID_TC
                 and arc in ARC_APPROVED and issuer_ok)
+
+    def _approve_offline(self) -> bool:
+        """Card risk management for a TC asked offline: counts the TC it allows."""
+        ucol = int.from_bytes(self._updatable["9F23"], "big")
+        if self.card.offline != "approve" or self._offline_count >= ucol:
+            return False
+        self._offline_count += 1
+        return True
 
     def _cryptogram(self, sent: dict[str, bytes]) -> bytes:
         values = {**sent, "82": self._aip, "9F36": self.atc.to_bytes(2, "big")}

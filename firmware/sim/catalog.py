@@ -14,7 +14,8 @@ from pathlib import Path
 from firmware.cardsafe import luhn_ok
 
 __all__ = ["TestCard", "CardApp", "Catalog", "CatalogError", "load_catalog",
-           "default_catalog_path", "BROKEN_KINDS", "CVMS", "ODA_KINDS", "SECOND_AC_KINDS"]
+           "default_catalog_path", "BROKEN_KINDS", "CVMS", "ODA_KINDS", "SECOND_AC_KINDS",
+           "OFFLINE_KINDS"]
 
 OUTCOMES_FIXED = {"approve", "no_response", "garbage"}
 # "broken:KIND": the chip answers one deterministic defect (see firmware.sim.card_emulator).
@@ -23,6 +24,9 @@ BROKEN_KINDS = frozenset({"tlv_length", "oversized_record", "missing_pan", "bad_
 CVMS = ("online_pin", "offline_pin", "signature", "no_cvm")  # the card's CVM list (8E)
 ODA_KINDS = ("dda", "sda", "none", "bad_sda")  # offline data authentication the card offers
 SECOND_AC_KINDS = ("approve", "decline")  # "decline": always AAC at the second GENERATE AC
+# "approve": a TC asked for offline (GENERATE AC 1, or 2 with 8A "Z3") is given, up to UCOL
+# in a row; "decline": online only, ARQC or AAC at GENERATE AC 1, AAC after "Z3"
+OFFLINE_KINDS = ("decline", "approve")
 CHIP_SERVICE_CODES = "26"  # first service code digit of a chip card (track 2)
 MAX_PIN_TRIES = 15  # 9F17 is one byte; EMV cards keep the counter in a nibble
 APP_KEYS = {"aid", "label", "priority"}
@@ -57,6 +61,7 @@ class TestCard:
     pin_tries: int = 3  # offline PIN try counter at insertion, 0 = blocked
     oda: str = "dda"  # one of ODA_KINDS
     second_ac: str = "approve"  # one of SECOND_AC_KINDS
+    offline: str = "decline"  # one of OFFLINE_KINDS
     contactless: bool = True  # answers PPSE and can be tapped
     chip: bool = True  # False: magstripe only, never inserted or tapped
     service_code: str = "220"  # track 2 service code, 3 digits
@@ -149,7 +154,8 @@ def _card(entry: dict, where: str) -> TestCard:
 
 def _check_chip(card: TestCard, where: str) -> None:
     """The keys that say how the chip behaves, and that they agree with each other."""
-    for key, allowed in (("cvm", CVMS), ("oda", ODA_KINDS), ("second_ac", SECOND_AC_KINDS)):
+    for key, allowed in (("cvm", CVMS), ("oda", ODA_KINDS), ("second_ac", SECOND_AC_KINDS),
+                         ("offline", OFFLINE_KINDS)):
         if getattr(card, key) not in allowed:
             raise CatalogError(f"{where}: {key} {getattr(card, key)!r} not one of "
                                f"{', '.join(allowed)}")
