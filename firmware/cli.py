@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     acq.add_argument("--ledger", type=Path, default=Path("acquirer.db"))
     acq.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     acq.add_argument("--drop", action="store_true", help="never answer (no response)")
+    acq.add_argument("--fault", action="append", default=[], metavar="KNOBS",
+                     help='fault knobs as in scenario scripts, e.g. "drop times 1 mti 0220" '
+                          "(repeatable: the words add up; --delay/--drop add to them)")
     acq.set_defaults(handler=_cmd_acquirer)
 
     doc = sub.add_parser("doctor", help="check config, files, devices and the acquirer link")
@@ -180,7 +183,14 @@ class _LatePanel:
 def _cmd_acquirer(args) -> int:
     _setup_logging("INFO")
     from firmware.sim.acquirer import Faults, serve
-    faults = Faults(delay=args.delay, drop=args.drop)
+    words = [word for text in args.fault for word in text.split()]
+    try:
+        faults = Faults.parse(words) if words else Faults()
+    except ValueError as exc:
+        print(f"kpos acquirer: --{exc}", file=sys.stderr)
+        return 2
+    faults.delay = args.delay or faults.delay
+    faults.drop = args.drop or faults.drop
     try:
         asyncio.run(serve(args.catalog, args.ledger, args.host, args.port, faults))
     except KeyboardInterrupt:

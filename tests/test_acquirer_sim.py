@@ -3,6 +3,8 @@
 Each test runs its own simulator (port 0) on a fresh SQLite ledger under tmp_path, signs
 on for real, and builds PIN blocks under the PIK it unwrapped from the 0810. Chip sales
 carry real field 55: read_card run against the EMV card emulator for that amount.
+Offline sale advices (0220/0221) are built by messages.advice_request from such a sale.
+Link faults and the network switch: tests/test_sim_faults.py (it reuses these helpers).
 """
 import asyncio
 import itertools
@@ -120,6 +122,13 @@ class Terminal:
                                                              self.session.pik)
         return messages.sale_request(IDS, stan=stan or next(self.stans), batch=1, amount=amount,
                                      currency=CNY, card=card, pin_block=block, now=NOW)
+
+    def advice(self, name: str, amount: int, *, code: str = "00", stan: int | None = None,
+               repeat: bool = False, card: CardData | None = None,
+               icc: bytes | None = None) -> dict:
+        """0220 (0221 if `repeat`) of a chip sale approved offline; `icc` replaces field 55."""
+        sale = self.sale(name, amount, pin=None, stan=stan, card=card)
+        return messages.advice_request(sale, code=code, icc_data=icc, repeat=repeat)
 
     async def close(self) -> None:
         self.writer.close()
@@ -583,6 +592,223 @@ def test_swiped_card_gets_no_script(tmp_path):
     asyncio.run(main())
 
 
+# --- echo test ------------------------------------------------------------------------
+
+
+def test_echo_test_answers_00_without_keys_rrn_or_ledger_write(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await sim.in_ledger(lambda l: l.last_authorisation())
+            rrn_before = (await term.sign_on())["37"]
+            req = messages.echo_request(IDS, stan=55, batch=3, now=NOW)
+            resp = await term.ask(req)
+            assert resp["t"] == "0810" and resp["39"] == "00" and messages.is_echo(resp)
+            assert {k: resp[k] for k in ("11", "12", "13", "41", "42", "60")} == \
+                {k: req[k] for k in ("11", "12", "13", "41", "42", "60")}
+            assert "62" not in resp and "37" not in resp
+            rrn_after = (await term.sign_on())["37"]
+            assert int(rrn_after) == int(rrn_before) + 1  # the echo took no RRN
+            assert await sim.in_ledger(lambda l: l.last_authorisation()) == before
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("tid,code60,rc", [
+    (TID, "00000003999", "12"),  # 60.3 neither sign-on nor echo
+    ("99999999", "00000003301", "03"),  # echo from an unknown terminal
+])
+def test_other_network_management_requests_are_refused(tmp_path, tid, code60, rc):
+    async def main():
+        async with running(tmp_path) as sim:
+            term = await Terminal.connect(sim.port)
+            req = {**messages.echo_request(TerminalIds(tid, IDS.merchant_id), stan=8, batch=3,
+                                           now=NOW), "60": code60}
+            resp = await term.ask(req)
+            assert (resp["t"], resp["39"], resp["60"]) == ("0810", rc, code60)
+            assert "62" not in resp
+            assert await sim.in_ledger(lambda l: l.session_keys(tid)) is None
+            await term.close()
+    asyncio.run(main())
+
+
+# --- offline sale advices (0220 / 0221 -> 0230) ------------------------------------------
+
+
+async def records(sim: AcquirerSimulator, tid: str = TID):
+    return await sim.in_ledger(lambda l: l.records(tid))
+
+
+def assert_advice_answer(req: dict, resp: dict, rc: str) -> None:
+    assert resp["t"] == "0230" and resp["39"] == rc
+    assert messages.match_response(req, resp) is None
+    assert {k: resp[k] for k in ("2", "3", "4", "11", "41", "42", "49")} == \
+        {k: req[k] for k in ("2", "3", "4", "11", "41", "42", "49")}
+    assert resp["37"].isdigit() and len(resp["37"]) == 12
+    assert ("38" in resp) == (rc == "00") and "55" not in resp
+
+
+def tc_icc(card: CardData) -> bytes:
+    """Field 55 as after an offline approval (Y1): 9F27 = TC and a new unpredictable number,
+    9F26 = the AC the card computes over that data."""
+    icc = retag(retag(card.icc_data, "9F27", b"\x40"), "9F37", bytes.fromhex("0A0B0C0D"))
+    tc = cryptogram.compute_arqc(CATALOG.imk_ac, card.pan, card.pan_seq, icc_values(icc))
+    assert tc != icc_values(card.icc_data)["9F26"]
+    return retag(icc, "9F26", tc)
+
+
+ADVICES = [
+    # card, amount, advice code (39 of the 0220), response code, ledger reason
+    ("approve", 2500, "00", "00", "approved"),  # store and forward: the ARQC kept
+    ("low_balance", 5000, "Y3", "51", "insufficient funds"),  # the merchant's loss
+    ("expired", 100, "Y1", "54", "card expired"),
+    ("stolen", 100, "Y1", "43", "catalog: forced code"),
+    ("no_response", 700, "Y1", "00", "approved"),  # advices are answered all the same
+    ("approve", 90051, "Y1", "00", "approved"),  # magic amounts are for online sales
+]
+
+
+@pytest.mark.parametrize("name,amount,advice_code,rc,reason", ADVICES,
+                         ids=[f"{a[0]}-{a[1]}-{a[3]}" for a in ADVICES])
+def test_advice_decisions(tmp_path, name, amount, advice_code, rc, reason):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, name)
+            card = chip_card(name, amount)
+            icc = None if advice_code == "00" else tc_icc(card)
+            req = term.advice(name, amount, code=advice_code, card=card, icc=icc)
+            assert "52" not in req and req["60"][:2] == "30"
+            resp = await term.ask(req)
+            assert_advice_answer(req, resp, rc)
+            assert await balance(sim, name) == before - (amount if rc == "00" else 0)
+            [auth] = await records(sim)
+            assert (auth.kind, auth.rc, auth.rrn, auth.reason, auth.arqc) == \
+                ("advice", rc, resp["37"], reason, "verified")
+            assert auth.auth_code == resp.get("38") and auth.repeats == 0
+    asyncio.run(main())
+
+
+def test_advice_needs_no_sign_on_and_no_pin(tmp_path):
+    async def main():
+        async with running(tmp_path) as sim:
+            term = await Terminal.connect(sim.port)
+            before = await balance(sim, "visa")
+            req = term.advice("visa", 800)
+            assert_advice_answer(req, await term.ask(req), "00")
+            assert await balance(sim, "visa") == before - 800
+            assert await sim.in_ledger(lambda l: l.pin_tries(CATALOG.cards["visa"].pan)) == 0
+            await term.close()
+    asyncio.run(main())
+
+
+def test_advice_repeats_answer_the_recorded_decision_and_debit_once(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, "approve")
+            first = term.advice("approve", 1800, stan=300)
+            answer = await term.ask(first)
+            assert_advice_answer(first, answer, "00")
+            for repeat in (True, True, False):  # 0221, 0221, then the 0220 once more
+                again = await term.ask(term.advice("approve", 1800, stan=300, repeat=repeat))
+                assert (again["t"], again["37"], again["38"]) == \
+                    ("0230", answer["37"], answer["38"])
+            assert await balance(sim, "approve") == before - 1800
+            [auth] = await records(sim)
+            assert (auth.rc, auth.repeats) == ("00", 3)
+            declined = term.advice("low_balance", 5000, stan=301)
+            refused = await term.ask(declined)
+            assert refused["39"] == "51"
+            repeat = await term.ask(term.advice("low_balance", 5000, stan=301, repeat=True))
+            assert (repeat["39"], repeat["37"]) == ("51", refused["37"])
+    asyncio.run(main())
+
+
+def test_advice_of_an_online_sale_is_a_duplicate_and_so_is_a_sale_of_an_advice(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, "approve")
+            assert (await term.ask(term.sale("approve", 600, stan=4242)))["39"] == "00"
+            dup = term.advice("approve", 600, stan=4242)
+            assert_advice_answer(dup, await term.ask(dup), "94")
+            repeat = await term.ask(term.advice("approve", 600, stan=4242, repeat=True))
+            assert repeat["39"] == "94"
+            assert (await term.ask(term.advice("approve", 700, stan=4343)))["39"] == "00"
+            assert (await term.ask(term.sale("approve", 700, stan=4343)))["39"] == "94"
+            assert await balance(sim, "approve") == before - 1300
+            rows = [(r.kind, r.stan, r.rc, r.repeats) for r in await records(sim)]
+            assert rows == [("sale", "004242", "00", 0), ("advice", "004242", "94", 1),
+                            ("advice", "004343", "00", 0), ("sale", "004343", "94", 0)]
+    asyncio.run(main())
+
+
+def _ic_mismatch(req: dict) -> None:
+    req["55"] = retag(req["55"], "9F02", _bcd(1, 6))
+
+
+def _other_terminal(req: dict) -> None:
+    req["41"] = "99999999"
+
+
+def _not_a_sale(req: dict) -> None:
+    req["3"] = "200000"
+
+
+def _no_25(req: dict) -> None:
+    del req["25"]
+
+
+def _not_an_advice_code(req: dict) -> None:
+    req["39"] = "05"
+
+
+BAD_ADVICES = [
+    # name, change, response code, ledger reason, cryptogram verdict
+    ("unknown-terminal", _other_terminal, "03", "unknown terminal", ""),
+    ("processing-code", _not_a_sale, "12", "processing code is not a sale", ""),
+    ("field-25-missing", _no_25, "30", "field 25 missing", ""),
+    ("39-not-advice-code", _not_an_advice_code, "30", "field 39 is not an advice code", ""),
+    ("55-absent-on-chip", _drop_55, "30", "field 55 absent on chip entry", ""),
+    ("9F02-mismatch", _ic_mismatch, "05", "amount mismatch 9F02", ""),
+    ("cryptogram-flipped", _flip_arqc, "05", "cryptogram failed", "failed"),
+    ("psn-changed", _psn, "05", "cryptogram failed", "failed"),
+]
+
+
+@pytest.mark.parametrize("change,rc,reason,arqc", [b[1:] for b in BAD_ADVICES],
+                         ids=[b[0] for b in BAD_ADVICES])
+def test_bad_advices_are_declined_recorded_and_not_debited(tmp_path, change, rc, reason, arqc):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, "approve")
+            req = term.advice("approve", 900)
+            change(req)
+            resp = await term.ask(req)
+            assert resp["t"] == "0230" and resp["39"] == rc and "38" not in resp
+            assert await balance(sim, "approve") == before
+            [auth] = await records(sim, req["41"])
+            assert (auth.kind, auth.rc, auth.reason, auth.arqc) == ("advice", rc, reason, arqc)
+    asyncio.run(main())
+
+
+def test_advice_of_an_unknown_card_gets_14(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            req = term.advice("approve", 900, card=chip_card("approve", 900, UNKNOWN_PAN))
+            assert (await term.ask(req))["39"] == "14"
+            [auth] = await records(sim)
+            assert (auth.reason, auth.arqc) == ("unknown card", "verified")
+    asyncio.run(main())
+
+
+def test_advice_without_the_ledger_key_fields_is_a_format_error_not_recorded(tmp_path):
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            req = term.advice("approve", 900)
+            del req["13"]
+            resp = await term.ask(req)
+            assert (resp["t"], resp["39"]) == ("0230", "30")
+            assert await records(sim) == []
+    asyncio.run(main())
+
+
 # --- reversals -----------------------------------------------------------------------
 
 
@@ -816,4 +1042,29 @@ def test_ledger_from_before_the_reason_columns_is_upgraded(tmp_path):
                      rc="05", reason="ARQC failed", arqc="failed")
     new = ledger.find(TID, "000010", "0514")
     assert (new.rc, new.reason, new.arqc) == ("05", "ARQC failed", "failed")
+    assert (old.kind, old.repeats, new.kind) == ("sale", 0, "sale")
+    ledger.close()
+
+
+def test_ledger_debits_are_approved_unreversed_sales_and_advices(tmp_path):
+    ledger = Ledger(tmp_path / "l.sqlite", CATALOG)
+    pan = CATALOG.cards["approve"].pan
+    common = dict(tid=TID, date="0514", batch="000001", pan=pan)
+    ledger.authorise(stan="000001", amount=100, rc="00", **common)
+    ledger.authorise(stan="000002", amount=200, rc="00", **common)
+    ledger.authorise(stan="000003", amount=300, rc="51", **common)
+    ledger.advise(stan="000004", amount=400, rc="00", **common)
+    ledger.advise(stan="000005", amount=500, rc="51", **common)
+    ledger.advise(stan="000001", amount=100, rc="94", **common)
+    ledger.authorise(stan="000009", amount=900, rc="00", **{**common, "tid": "10000002"})
+    assert ledger.reverse(TID, "000002", "0514").credited
+    assert [(d.kind, d.stan) for d in ledger.debits(TID)] == [("sale", "000001"),
+                                                             ("advice", "000004")]
+    assert [(r.kind, r.stan, r.rc) for r in ledger.records(TID)] == [
+        ("sale", "000001", "00"), ("sale", "000002", "00"), ("sale", "000003", "51"),
+        ("advice", "000004", "00"), ("advice", "000005", "51"), ("advice", "000001", "94")]
+    assert ledger.balance(pan) == CATALOG.cards["approve"].balance - 100 - 400 - 900
+    assert ledger.repeat_advice(TID, "000003", "0514") is None  # a sale is no advice
+    assert ledger.repeat_advice(TID, "000004", "0514").repeats == 1
+    assert ledger.repeat_advice(TID, "000004", "0514").repeats == 2
     ledger.close()

@@ -1,12 +1,17 @@
-"""ISO 8583 acquirer host simulator: sign-on, sales (PIN and ARQC checked), reversals, over TCP.
+"""ISO 8583 acquirer host simulator: sign-on, echo, sales (PIN and ARQC checked), offline
+sale advices, reversals, over TCP, with every link fault the terminal must survive.
 
 Runs on the caller's asyncio loop; never blocks it. All sqlite work (the Ledger) runs on
 one named worker thread ("acq-ledger") through loop.run_in_executor, in arrival order.
 Each connection serves framed requests (2-byte length) one after another; connections are
 served concurrently. Decisions follow docs/acquirer-protocol.md and the catalog; every sale
-decision (declines and unanswered ones too) and every reversal is recorded in the ledger.
-Fault knobs (`Faults`) are read per request, so tests may change them at run time; delays
-are seconds. Logs (logger "kpos.sim.acquirer") carry messages.describe() output only,
+and advice decision (declines and unanswered ones too) and every reversal is recorded in
+the ledger. An advice repeated (0221, or 0220 again) under a recorded advice's key is
+answered with the recorded code and RRN and never debits twice.
+Fault knobs (`Faults`, protocol doc §10) are read once per request on the loop, so tests
+and scripts may change them at run time; delays are seconds. The network switch
+(go_down / go_up / restart) closes and reopens the listener on the same port with the
+same ledger. Logs (logger "kpos.sim.acquirer") carry messages.describe() output only,
 never a PAN, track 2, PIN block or ICC data. TEST HOST: catalog cards and keys only.
 
 Chip data (docs/acquirer-protocol.md §8): field 55 of a sale must agree with fields 4 and
@@ -24,11 +29,10 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
-
+from typing import Callable, Iterable, Mapping, TypeVar
 
 from firmware import keys
 from firmware.acquirer import messages
@@ -39,7 +43,8 @@ from firmware.sim.catalog import Catalog, TestCard, load_catalog
 from firmware.sim.ledger import PIN_TRIES_LIMIT, Authorisation, Ledger
 
 __all__ = [
-    "Faults", "AcquirerSimulator", "serve", "sale_response", "NO_ANSWER", "Decision",
+    "Faults", "FAULT_SWITCHES", "AcquirerSimulator", "serve", "sale_response", "advice_response",
+    "NO_ANSWER", "Decision", "next_stan",
     "check_icc", "check_swipe", "check_arqc", "card_psn", "issuer_icc_data", "pin_required",
     "ISSUER_SCRIPT",
     "ARQC_VERIFIED", "ARQC_FAILED", "ARQC_NOT_CHECKED",
@@ -58,6 +63,7 @@ RC_PIN_TRIES, RC_SYSTEM, RC_DUPLICATE = "75", "96", "94"
 RC_USE_CHIP = "45"  # UnionPay: "请使用芯片", a chip card read by its magnetic stripe
 
 SALE_PROCESSING_CODE = "000000"
+SIGNON_DOUBLE_KEYS = "003"  # 60.3 of a sign-on asking for double-length keys
 
 # Field 22 PAN entry (first two digits) that reads a chip: contact, contactless.
 CHIP_ENTRY_MODES = ("05", "07")
@@ -82,6 +88,8 @@ _TDES_WARNINGS = (r"TripleDES has been moved", r"Two-key TripleDES", r"Single-ke
 REQUIRED: dict[str, tuple[str, ...]] = {
     "0800": ("11", "41"),
     "0200": ("2", "3", "4", "11", "41"),
+    "0220": ("2", "3", "4", "11", "13", "41"),  # what the ledger row needs; the rest: ADVICE_FIELDS
+    "0221": ("2", "3", "4", "11", "13", "41"),
     "0400": ("4", "11", "41"),
     "0401": ("4", "11", "41"),
 }
@@ -90,22 +98,92 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 ECHO: dict[str, tuple[str, ...]] = {
     "0800": ("11", "12", "13", "41", "42", "60"),
     "0200": ("2", "3", "4", "11", "12", "13", "41", "42", "49"),
+    "0220": ("2", "3", "4", "11", "41", "42", "49"),
+    "0221": ("2", "3", "4", "11", "41", "42", "49"),
     "0400": ("3", "4", "11", "41", "42"),
     "0401": ("3", "4", "11", "41", "42"),
 }
 ECHO_OTHER = ("11", "41", "42")
+# Other fields an advice must carry (messages.advice_request), checked after 03 and 12.
+ADVICE_FIELDS = ("12", "14", "22", "25", "39", "42", "49", "60")
 
 GARBLE_LEN = 48
 
 
+FAULT_SWITCHES = ("drop", "disconnect", "garble", "close_before_read", "close_mid_frame",
+                  "wrong_stan", "answer_twice")
+# Knobs that take a value: name -> (convert, accept, what the value must be).
+_FAULT_VALUES: dict[str, tuple[Callable, Callable, str]] = {
+    "delay": (float, lambda v: 0 <= v <= 3600, "seconds 0..3600"),
+    "times": (int, lambda v: v >= 1, "a count >= 1"),
+    "mti": (str, lambda v: v.isascii() and v.isdigit() and len(v) <= 4, "1-4 MTI digits"),
+}
+
+
 @dataclass
 class Faults:
-    """Fault knobs, read per request. drop/disconnect still let the host decide (and debit)."""
+    """Fault knobs, read once per request (loop thread). drop, disconnect, close_mid_frame
+    and delay still let the host decide (and debit); close_before_read does not."""
 
     delay: float = 0.0  # seconds to wait before answering
     drop: bool = False  # read, decide, never answer
     disconnect: bool = False  # read, decide, close the connection without answering
     garble: bool = False  # answer random bytes, correctly framed
+    close_before_read: bool = False  # close as the request arrives: no decision, no ledger row
+    close_mid_frame: bool = False  # decide, write the first half of the framed answer, close
+    wrong_stan: bool = False  # answer with field 11 = next_stan(request's STAN)
+    answer_twice: bool = False  # write the same answer twice, back to back
+    times: int | None = None  # None: every matching request; N: the next N, then reset all
+    mti: str = ""  # apply only to requests whose MTI starts with this; "" = all
+
+    @classmethod
+    def parse(cls, words: Iterable[str]) -> "Faults":
+        """Knobs from words: `none`, or switch names (FAULT_SWITCHES), `delay S`, `times N`,
+        `mti PREFIX` in any order, e.g. "wrong_stan times 1 mti 0220". Knobs not named are
+        off. ValueError naming the knob or value that is wrong."""
+        words = list(words)
+        if words == ["none"]:
+            return cls()
+        if not words:
+            raise ValueError("fault: name a knob, or none")
+        faults, rest = cls(), iter(words)
+        for word in rest:
+            if word in FAULT_SWITCHES:
+                setattr(faults, word, True)
+            elif word in _FAULT_VALUES:
+                setattr(faults, word, _fault_value(word, next(rest, "")))
+            else:
+                known = ", ".join(FAULT_SWITCHES + tuple(_FAULT_VALUES))
+                raise ValueError(f"fault: unknown knob {word!r} (none, {known})")
+        return faults
+
+    def set_to(self, other: "Faults") -> None:
+        """Take every knob of `other`, in place: whoever holds this object sees the change."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(other, f.name))
+
+    def take(self, mti: str) -> "Faults":
+        """The knobs for one request of `mti`: a copy of these, or none when `mti` does not
+        start with `self.mti`. Counts `times` down; after the last one every knob is reset."""
+        if not mti.startswith(self.mti):
+            return Faults()
+        now = replace(self)
+        if self.times is not None:
+            self.times -= 1
+            if self.times <= 0:
+                self.set_to(Faults())
+        return now
+
+
+def _fault_value(knob: str, text: str):
+    convert, accept, want = _FAULT_VALUES[knob]
+    try:
+        value = convert(text)
+    except ValueError:
+        value = None
+    if value is None or not accept(value):  # NaN and infinity fail `accept` too
+        raise ValueError(f"fault: {knob} wants {want}, got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -148,7 +226,8 @@ def batch_of(req: dict) -> str:
 
 
 class AcquirerSimulator:
-    """The host. start() binds and returns the port; stop() closes connections and ledger."""
+    """The host. start() binds and returns the port; stop() closes connections and ledger;
+    go_down() / go_up() / restart() switch the network (loop thread, all of them)."""
 
     def __init__(self, catalog: Catalog, ledger_path: Path, *, faults: Faults | None = None,
                  clock: Callable[[], datetime] | None = None):
@@ -156,61 +235,118 @@ class AcquirerSimulator:
         self.ledger_path = Path(ledger_path)
         self.faults = faults or Faults()
         self.clock = clock or datetime.now
-        self.port = 0
-        self.requests_seen = 0  # decodable requests read, all connections
+        self.host, self.port = "127.0.0.1", 0
+        self.requests_seen = 0  # decodable requests read and decided, all connections
+        self.requests_handled = 0  # of those, answered or not as decision and faults say
         self._server: asyncio.Server | None = None
+        self._accepting = False  # False from go_down() until go_up(): connections are closed
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._ledger: Ledger | None = None
-        self._seen: asyncio.Condition | None = None
+        self._progress = asyncio.Condition()  # notified as the counters above grow
         self._connections: set[asyncio.Task] = set()
-        self._handlers = {"0800": self._signon, "0200": self._sale,
-                          "0400": self._reversal, "0401": self._reversal}
+        self._handlers = {"0800": self._network, "0200": self._sale, "0220": self._advice,
+                          "0221": self._advice, "0400": self._reversal, "0401": self._reversal}
 
-    # lifecycle (loop thread) ----------------------------------------------------------
+    # lifecycle and network switch (loop thread) ---------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        if self._executor is not None:
+            raise RuntimeError("acquirer simulator already started")
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="acq-ledger")
-        self._seen = asyncio.Condition()
         self._ledger = await self.in_ledger(lambda _: Ledger(self.ledger_path, self.catalog))
-        self._server = await asyncio.start_server(self._serve_connection, host, port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("acquirer simulator listening on %s:%d", host, self.port)
+        self.host, self.port = host, port
+        await self.go_up()
         return self.port
 
     async def stop(self) -> None:
+        """Close the listener, every connection, then the ledger (idempotent)."""
+        if self._executor is None:
+            return
+        await self.go_down()
+        await self.in_ledger(lambda ledger: ledger.close())  # after any decision in flight
+        self._executor.shutdown(wait=True)
+        self._executor = self._ledger = None
+        log.info("acquirer simulator on port %d stopped", self.port)
+
+    @property
+    def down(self) -> bool:
+        """True while not listening: before start(), after go_down() or stop()."""
+        return self._server is None
+
+    async def go_down(self) -> None:
+        """The network goes down: stop listening and close every open connection (a
+        connect is refused: NotSent). The ledger stays open. No-op when already down."""
         if self._server is None:
             return
-        self._server.close()
+        server, self._server, self._accepting = self._server, None, False
+        server.close()
         for task in list(self._connections):
             task.cancel()
         if self._connections:
             await asyncio.wait(list(self._connections))  # each ends by closing its writer
-        await self._server.wait_closed()
-        await self.in_ledger(lambda ledger: ledger.close())
-        self._executor.shutdown(wait=True)
-        self._server = self._ledger = None
-        log.info("acquirer simulator on port %d stopped", self.port)
+        await server.wait_closed()
+        log.info("acquirer simulator down (port %d)", self.port)
+
+    async def go_up(self) -> None:
+        """Listen again on the same host and port, same ledger. No-op when already up."""
+        if self._executor is None:
+            raise RuntimeError("acquirer simulator not started")
+        if self._server is not None:
+            return
+        self._accepting = True
+        try:
+            self._server = await asyncio.start_server(self._serve_connection, self.host, self.port)
+        except OSError:
+            self._accepting = False
+            raise
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("acquirer simulator listening on %s:%d", self.host, self.port)
+
+    async def restart(self) -> None:
+        """stop() then start() on the same host and port with the same ledger file."""
+        await self.stop()
+        await self.start(self.host, self.port)
 
     async def in_ledger(self, fn: Callable[[Ledger], T]) -> T:
         """Run fn(ledger) on the ledger thread and await its result (tests use it too)."""
+        return await self._ledger_job(fn)
+
+    def _ledger_job(self, fn: Callable[[Ledger], T]) -> asyncio.Future:
+        """fn(ledger), queued on the ledger thread now; its future."""
         if self._executor is None:
             raise RuntimeError("acquirer simulator not started")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(self._ledger))
+        return loop.run_in_executor(self._executor, lambda: fn(self._ledger))
 
     async def wait_requests(self, n: int, timeout: float) -> None:
         """Wait until `n` requests in total have been read; TimeoutError after `timeout` s."""
-        async with self._seen:
-            await asyncio.wait_for(self._seen.wait_for(lambda: self.requests_seen >= n), timeout)
+        await self._wait_count(lambda: self.requests_seen >= n, timeout)
+
+    async def wait_handled(self, n: int, timeout: float) -> None:
+        """Wait until `n` requests in total have been decided, recorded and answered (or
+        left unanswered) as decision and faults say; TimeoutError after `timeout` s."""
+        await self._wait_count(lambda: self.requests_handled >= n, timeout)
+
+    async def _wait_count(self, reached: Callable[[], bool], timeout: float) -> None:
+        async with self._progress:
+            await asyncio.wait_for(self._progress.wait_for(reached), timeout)
+
+    async def _count(self, counter: str) -> None:
+        async with self._progress:
+            setattr(self, counter, getattr(self, counter) + 1)
+            self._progress.notify_all()
 
     # connections (loop thread) --------------------------------------------------------
 
     async def _serve_connection(self, reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not self._accepting:  # accepted just before go_down(): the network is down
+            writer.close()
+            return
         task = asyncio.current_task()
         self._connections.add(task)
-        peer = writer.get_extra_info("peername")
         try:
             while await self._serve_one(reader, writer, peer):
                 pass
@@ -229,35 +365,52 @@ class AcquirerSimulator:
         except MessageError as exc:
             log.warning("malformed frame from %s, closing: %s", peer, exc)
             return False
-        await self._count_request()
+        faults = self.faults.take(req["t"])
+        if faults.close_before_read:
+            log.info("fault: closing before reading %s", messages.describe(req))
+            return False
+        await self._count("requests_seen")
         log.info("request from %s: %s", peer, messages.describe(req))
-        resp = await self.in_ledger(lambda _: self._respond(req))
-        faults = self.faults
+        # queued now and shielded: a request read is decided even if the host goes down
+        resp = await asyncio.shield(self._ledger_job(lambda _: self._respond(req)))
+        keep = await self._answer(writer, req, resp, faults)
+        await self._count("requests_handled")
+        return keep
+
+    async def _answer(self, writer: asyncio.StreamWriter, req: dict, resp: dict | None,
+                      faults: Faults) -> bool:
+        """Send `resp` (None: the decision is not to answer) as `faults` say; False when the
+        connection must end."""
+        stan = req.get("11")
         if faults.disconnect:
-            log.info("fault: disconnect without answering STAN %s", req.get("11"))
+            log.info("fault: disconnect without answering STAN %s", stan)
             return False
         if resp is None or faults.drop:
-            log.info("no answer to STAN %s (%s)", req.get("11"), "fault: drop" if resp else "decision")
+            log.info("no answer to STAN %s (%s)", stan, "fault: drop" if resp else "decision")
             return True
         if faults.delay:
             await asyncio.sleep(faults.delay)  # the fault itself, not a wait for something
-        await self._send(writer, resp)
+        data = messages.frame(self._answer_bytes(resp, faults))
+        if faults.close_mid_frame:
+            writer.write(data[:len(data) // 2])
+            await writer.drain()
+            log.info("fault: closed in the middle of the answer to STAN %s", stan)
+            return False
+        writer.write(data * 2 if faults.answer_twice else data)
+        await writer.drain()
         return True
 
-    async def _send(self, writer: asyncio.StreamWriter, resp: dict) -> None:
-        if self.faults.garble:
-            raw = b"\xff" + os.urandom(GARBLE_LEN - 1)  # 0xFF never starts an ASCII MTI
+    @staticmethod
+    def _answer_bytes(resp: dict, faults: Faults) -> bytes:
+        if faults.garble:
             log.info("fault: garbled answer to STAN %s", resp.get("11"))
-        else:
-            raw = messages.encode(resp)
-            log.info("answer: %s", messages.describe(resp))
-        writer.write(messages.frame(raw))
-        await writer.drain()
-
-    async def _count_request(self) -> None:
-        async with self._seen:
-            self.requests_seen += 1
-            self._seen.notify_all()
+            return b"\xff" + os.urandom(GARBLE_LEN - 1)  # 0xFF never starts an ASCII MTI
+        if faults.wrong_stan and "11" in resp:
+            resp = {**resp, "11": next_stan(resp["11"])}
+            log.info("fault: answer names the wrong STAN %s", resp["11"])
+        log.info("answer%s: %s", " (twice)" if faults.answer_twice else "",
+                 messages.describe(resp))
+        return messages.encode(resp)
 
     # decisions (ledger thread) --------------------------------------------------------
 
@@ -285,7 +438,20 @@ class AcquirerSimulator:
             resp["t"] = resp_mti
         return resp
 
-    def _signon(self, req: dict, now: datetime) -> dict:
+    def _network(self, req: dict, now: datetime) -> dict:
+        """0800 by 60.3: sign-on (003), echo test (301, messages.is_echo), else 12."""
+        if messages.is_echo(req):
+            return self._echo(req)
+        if req.get("60", "")[8:11] == SIGNON_DOUBLE_KEYS:
+            return self._signon(req)
+        return {**echo(req, ECHO["0800"]), "39": RC_BAD_TXN}
+
+    def _echo(self, req: dict) -> dict:
+        """Echo test: 00 for a known terminal (03 otherwise); no keys, no RRN, no ledger write."""
+        known = req["41"] in self.catalog.terminal_keys
+        return {**echo(req, ECHO["0800"]), "39": RC_APPROVED if known else RC_BAD_TERMINAL}
+
+    def _signon(self, req: dict) -> dict:
         tid = req["41"]
         resp = {**echo(req, ECHO["0800"]), "37": self._ledger.next_rrn()}
         tmk = self.catalog.terminal_keys.get(tid)
@@ -344,12 +510,12 @@ class AcquirerSimulator:
         rc, reason = self._account_code(req, tid, card, now)
         return Decision(rc, reason, arqc)
 
-    def _account_code(self, req: dict, tid: str, card: TestCard,
-                      now: datetime) -> tuple[str, str]:
-        """(code, reason) from expiry, PIN and balance, in that order."""
+    def _account_code(self, req: dict, tid: str, card: TestCard, now: datetime, *,
+                      check_pin: bool = True) -> tuple[str, str]:
+        """(code, reason) from expiry, PIN (unless not `check_pin`) and balance, in that order."""
         if expired(req.get("14", card.expiry), now):
             return RC_EXPIRED, "card expired"
-        pin = self._pin_code(req, tid, card)
+        pin = self._pin_code(req, tid, card) if check_pin else None
         if pin is not None:
             return pin
         if int(req["4"]) > self._ledger.balance(card.pan):
@@ -379,6 +545,61 @@ class AcquirerSimulator:
             return RC_PIN_TRIES, "wrong PIN, tries exceeded"
         return RC_WRONG_PIN, "wrong PIN"
 
+    def _advice(self, req: dict, now: datetime) -> dict:
+        """0220 / 0221: the recorded answer again for a known advice, else decide and record
+        (debiting on 00) in one ledger transaction (protocol doc §9)."""
+        tid, stan, date = req["41"], req["11"], req["13"]
+        decision = self._advice_format(req)
+        if not decision.rc:
+            recorded = self._ledger.repeat_advice(tid, stan, date)
+            if recorded is not None:
+                log.info("advice %s STAN %s: repeat %d, answering %s again", req["t"], stan,
+                         recorded.repeats, recorded.rc)
+                return advice_response(req, recorded)
+            decision = self._advice_decision(req, now)
+        auth = self._ledger.advise(
+            tid=tid, stan=stan, date=date, batch=batch_of(req), pan=req["2"],
+            amount=int(req["4"]), rc=decision.rc, reason=decision.reason, arqc=decision.arqc)
+        log.info("advice STAN %s card %s amount %d: %s (%s; cryptogram %s)", stan,
+                 auth.pan_masked, auth.amount, auth.rc, decision.reason,
+                 decision.arqc or "not checked")
+        return advice_response(req, auth)
+
+    def _advice_format(self, req: dict) -> Decision:
+        """Terminal known (03), a sale (12), every advice field present and 39 an advice
+        code (30); rc "" when the advice may be decided."""
+        if req["41"] not in self.catalog.terminal_keys:
+            return Decision(RC_BAD_TERMINAL, "unknown terminal")
+        if req["3"] != SALE_PROCESSING_CODE:
+            return Decision(RC_BAD_TXN, "processing code is not a sale")
+        missing = [f for f in ADVICE_FIELDS if f not in req]
+        if missing:
+            return Decision(RC_FORMAT, f"field {missing[0]} missing")
+        if req["39"] not in messages.ADVICE_CODES:
+            return Decision(RC_FORMAT, "field 39 is not an advice code")
+        return _PASS
+
+    def _advice_decision(self, req: dict, now: datetime) -> Decision:
+        """A new advice's decision: online duplicate (94), chip data, card, catalog, expiry,
+        balance. No PIN (an advice has no PIN block), no magic amounts, and a catalog
+        no_response card is decided all the same: advices are batch-like."""
+        tid = req["41"]
+        if self._ledger.find(tid, req["11"], req["13"]) is not None:
+            return Decision(RC_DUPLICATE, "duplicate of an online sale")
+        verdict = check_icc(req)
+        if verdict.rc:
+            return verdict
+        arqc = check_arqc(req, self.catalog.imk_ac)
+        if arqc == ARQC_FAILED:
+            return Decision(RC_CHIP_DATA, "cryptogram failed", arqc)
+        card = self.catalog.by_pan(req["2"])
+        if card is None or not self._ledger.has_account(req["2"]):
+            return Decision(RC_BAD_CARD, "unknown card", arqc)
+        if card.forced_code:
+            return Decision(card.forced_code, "catalog: forced code", arqc)
+        rc, reason = self._account_code(req, tid, card, now, check_pin=False)
+        return Decision(rc, reason, arqc)
+
     def _reversal(self, req: dict, now: datetime) -> dict:
         tid = req["41"]
         resp = echo(req, ECHO["0400"])
@@ -391,14 +612,29 @@ class AcquirerSimulator:
         return {**resp, "39": RC_APPROVED}
 
 
-def sale_response(req: dict, auth: Authorisation, icc: bytes | None = None) -> dict:
-    """0210 fields (without MTI) for a recorded sale decision; `icc` is field 55 if any."""
-    resp = {**echo(req, ECHO["0200"]), "37": auth.rrn, "39": auth.rc}
+def _decided(req: dict, echoed: tuple[str, ...], auth: Authorisation) -> dict:
+    resp = {**echo(req, echoed), "37": auth.rrn, "39": auth.rc}
     if auth.auth_code:
         resp["38"] = auth.auth_code
+    return resp
+
+
+def sale_response(req: dict, auth: Authorisation, icc: bytes | None = None) -> dict:
+    """0210 fields (without MTI) for a recorded sale decision; `icc` is field 55 if any."""
+    resp = _decided(req, ECHO["0200"], auth)
     if icc:
         resp["55"] = icc
     return resp
+
+
+def advice_response(req: dict, auth: Authorisation) -> dict:
+    """0230 fields (without MTI) for a recorded advice decision: no field 55."""
+    return _decided(req, ECHO["0220"], auth)
+
+
+def next_stan(stan: str) -> str:
+    """The STAN after `stan` (6 digits), 999999 wrapping to 000001: the wrong_stan fault."""
+    return f"{int(stan) % 999999 + 1:06d}"
 
 
 # --- chip data: field 55 checks, ARQC, ARPC (pure, any thread) -----------------------

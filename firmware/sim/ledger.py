@@ -1,20 +1,28 @@
-"""The acquirer simulator's ledger: accounts, session keys, authorisations, reversals, RRNs.
+"""The acquirer simulator's ledger: accounts, session keys, authorisations, advices, reversals.
 
 Blocking sqlite3, one thread: create and use a Ledger on the simulator's single ledger
-worker thread only (sqlite3's same-thread check enforces it). WAL, synchronous=FULL, every
-write in one `BEGIN IMMEDIATE` transaction, so a debit and its authorisation row (or a credit
-and its reversal row) land together or not at all. Amounts are int minor units. Clear PANs
-are never stored: accounts and authorisations hold mask_pan() plus a SHA-256 pan key.
-Session keys are stored in clear: this is a TEST host (catalog data only). Each sale
-decision keeps a short log-safe `reason` and the ARQC verdict (`arqc`: "verified",
-"failed", "" = not checked); older ledger files gain those columns when opened.
+worker thread only (sqlite3's same-thread check enforces it). Every write is one
+`BEGIN IMMEDIATE` transaction, so a debit and its authorisation or advice row (or a credit
+and its reversal row) land together or not at all. WAL with synchronous=NORMAL: a commit
+survives a crash of this process (the power-cut harness kills the terminal, never the
+host), only an OS crash or power loss of the test host could lose the last commits; it
+spares the host an fsync per decision, so the SAF benchmark measures the terminal.
+Amounts are int minor units. Clear PANs are never stored: accounts and authorisations
+hold mask_pan() plus a SHA-256 pan key. Session keys are stored in clear: this is a TEST
+host (catalog data only).
+
+`authorisations` holds every decision: online sales (kind "sale") and offline sale
+advices (kind "advice", 0220/0221), each with a short log-safe `reason`, the cryptogram
+verdict (`arqc`: "verified", "failed", "" = not checked) and, for advices, how many
+repeats were answered from the recorded decision (`repeats`). Older ledger files gain
+the newer columns when opened.
 """
 from __future__ import annotations
 
 import hashlib
 import secrets
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -22,11 +30,13 @@ from firmware.cardsafe import mask_pan
 from firmware.sim.catalog import Catalog
 from firmware.dbutil import immediate
 
-__all__ = ["Ledger", "LedgerError", "Authorisation", "ReversalResult", "pan_key", "PIN_TRIES_LIMIT"]
+__all__ = ["Ledger", "LedgerError", "Authorisation", "ReversalResult", "pan_key", "PIN_TRIES_LIMIT",
+           "SALE", "ADVICE"]
 
 PIN_TRIES_LIMIT = 3
 RC_DUPLICATE = "94"
 RC_APPROVED = "00"
+SALE, ADVICE = "sale", "advice"  # authorisations.kind: an 0200 decision, an 0220/0221 one
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -39,7 +49,8 @@ CREATE TABLE IF NOT EXISTS authorisations (
     batch TEXT NOT NULL, pan_masked TEXT NOT NULL, pan_key TEXT NOT NULL,
     amount INTEGER NOT NULL, rc TEXT, rrn TEXT NOT NULL, auth_code TEXT,
     reversed INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '', arqc TEXT NOT NULL DEFAULT '');
+    reason TEXT NOT NULL DEFAULT '', arqc TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT 'sale', repeats INTEGER NOT NULL DEFAULT 0);
 CREATE UNIQUE INDEX IF NOT EXISTS authorisations_one_approval
     ON authorisations (tid, stan, date) WHERE rc = '00';
 CREATE TABLE IF NOT EXISTS reversals (
@@ -50,9 +61,11 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 # Columns added after the first release, for ledgers created before them.
 _ADDED_COLUMNS = (("authorisations", "reason", "TEXT NOT NULL DEFAULT ''"),
-                  ("authorisations", "arqc", "TEXT NOT NULL DEFAULT ''"))
+                  ("authorisations", "arqc", "TEXT NOT NULL DEFAULT ''"),
+                  ("authorisations", "kind", "TEXT NOT NULL DEFAULT 'sale'"),
+                  ("authorisations", "repeats", "INTEGER NOT NULL DEFAULT 0"))
 _AUTH_COLUMNS = ("tid, stan, date, batch, pan_masked, amount, rc, rrn, auth_code, reversed,"
-                 " reason, arqc")
+                 " reason, arqc, kind, repeats")
 
 
 class LedgerError(RuntimeError):
@@ -61,7 +74,7 @@ class LedgerError(RuntimeError):
 
 @dataclass(frozen=True)
 class Authorisation:
-    """One recorded sale decision. rc None means the host chose not to answer."""
+    """One recorded sale or advice decision. rc None means the host chose not to answer."""
 
     tid: str
     stan: str
@@ -75,6 +88,8 @@ class Authorisation:
     reversed: bool
     reason: str = ""  # why, short and log-safe ("ARQC failed", "insufficient funds")
     arqc: str = ""  # "verified", "failed", or "" = not checked (no chip data / not reached)
+    kind: str = SALE  # SALE (0200) or ADVICE (0220/0221)
+    repeats: int = 0  # advice repeats answered from this decision
 
 
 @dataclass(frozen=True)
@@ -94,7 +109,8 @@ def _now() -> str:
 
 def _authorisation(row: tuple) -> Authorisation:
     """An Authorisation from a row selected as _AUTH_COLUMNS."""
-    return Authorisation(*row[:9], reversed=bool(row[9]), reason=row[10], arqc=row[11])
+    return Authorisation(*row[:9], reversed=bool(row[9]), reason=row[10], arqc=row[11],
+                         kind=row[12], repeats=row[13])
 
 
 class Ledger:
@@ -109,7 +125,7 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._add_missing_columns()
         with self._tx() as db:
@@ -187,7 +203,7 @@ class Ledger:
     # authorisations -------------------------------------------------------------------
 
     def find(self, tid: str, stan: str, date: str) -> Authorisation | None:
-        """The original (non-duplicate) sale decision for tid + STAN + MMDD, if any."""
+        """The original (non-duplicate) sale or advice decision for tid + STAN + MMDD, if any."""
         row = self._db.execute(
             f"SELECT {_AUTH_COLUMNS} FROM authorisations WHERE tid = ? AND stan = ? AND date = ?"
             " AND rc IS NOT '94' ORDER BY id LIMIT 1", (tid, stan, date)).fetchone()
@@ -202,6 +218,33 @@ class Ledger:
         Allocates an RRN (and an auth code for approvals). LedgerError, with nothing
         written, if an approval would overdraw or the card has no account.
         """
+        return self._record(SALE, tid=tid, stan=stan, date=date, batch=batch, pan=pan,
+                            amount=amount, rc=rc, reason=reason, arqc=arqc)
+
+    def advise(self, *, tid: str, stan: str, date: str, batch: str, pan: str, amount: int,
+               rc: str, reason: str = "", arqc: str = "") -> Authorisation:
+        """Record an offline sale advice's decision (kind ADVICE), as authorise() does a sale's.
+
+        The caller answers a repeat from repeat_advice() instead of recording it again.
+        """
+        return self._record(ADVICE, tid=tid, stan=stan, date=date, batch=batch, pan=pan,
+                            amount=amount, rc=rc, reason=reason, arqc=arqc)
+
+    def repeat_advice(self, tid: str, stan: str, date: str) -> Authorisation | None:
+        """The advice decision recorded for tid + STAN + MMDD, with this repeat counted;
+        None (nothing written) when no advice with that key was recorded."""
+        with self._tx() as db:
+            row = db.execute(f"SELECT id, {_AUTH_COLUMNS} FROM authorisations WHERE tid = ?"
+                             " AND stan = ? AND date = ? AND kind = 'advice' ORDER BY id LIMIT 1",
+                             (tid, stan, date)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE authorisations SET repeats = repeats + 1 WHERE id = ?", (row[0],))
+        recorded = _authorisation(row[1:])
+        return replace(recorded, repeats=recorded.repeats + 1)
+
+    def _record(self, kind: str, *, tid: str, stan: str, date: str, batch: str, pan: str,
+                amount: int, rc: str | None, reason: str, arqc: str) -> Authorisation:
         if not isinstance(amount, int) or amount < 0:
             raise LedgerError(f"amount must be non-negative int minor units: STAN {stan}")
         approved = rc == RC_APPROVED
@@ -212,12 +255,12 @@ class Ledger:
             auth_code = f"{secrets.randbelow(10**6):06d}" if approved else None
             db.execute(
                 "INSERT INTO authorisations (tid, stan, date, batch, pan_masked, pan_key, amount,"
-                " rc, rrn, auth_code, created_at, reason, arqc)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " rc, rrn, auth_code, created_at, reason, arqc, kind)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (tid, stan, date, batch, mask_pan(pan), pan_key(pan), amount, rc, rrn,
-                 auth_code, _now(), reason, arqc))
+                 auth_code, _now(), reason, arqc, kind))
         return Authorisation(tid, stan, date, batch, mask_pan(pan), amount, rc, rrn, auth_code,
-                             reversed=False, reason=reason, arqc=arqc)
+                             reversed=False, reason=reason, arqc=arqc, kind=kind)
 
     def _debit(self, db: sqlite3.Connection, pan: str, amount: int, stan: str) -> None:
         balance = self._account(pan)[0]
@@ -257,6 +300,18 @@ class Ledger:
         row = self._db.execute(f"SELECT {_AUTH_COLUMNS} FROM authorisations"
                                " ORDER BY id DESC LIMIT 1").fetchone()
         return _authorisation(row) if row else None
+
+    def records(self, tid: str) -> list[Authorisation]:
+        """Every sale and advice decision of terminal `tid`, declines and duplicates too,
+        oldest first (tests, the power-cut harness's reconciliation)."""
+        rows = self._db.execute(f"SELECT {_AUTH_COLUMNS} FROM authorisations WHERE tid = ?"
+                                " ORDER BY id", (tid,)).fetchall()
+        return [_authorisation(r) for r in rows]
+
+    def debits(self, tid: str) -> list[Authorisation]:
+        """What terminal `tid`'s customers were charged: approved sales and advices not
+        reversed, oldest first."""
+        return [r for r in self.records(tid) if r.rc == RC_APPROVED and not r.reversed]
 
     def decisions(self, tid: str, stan: str, date: str) -> list[str | None]:
         """Every response code recorded for tid + STAN + MMDD, oldest first (duplicates too)."""

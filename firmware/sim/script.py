@@ -5,16 +5,28 @@ One command per line; '#' starts a comment. Actions:
     insert CARD | tap CARD      present a catalog test card (chip / contactless)
     swipe CARD                  swipe a catalog test card's magnetic stripe
     remove                      take the card out
-    fault none|drop|disconnect|garble|delay SECONDS   acquirer simulator fault knobs
-Expectations (each waits, on display events, up to `within` seconds, default 10):
+    fault KNOB ...              set the acquirer simulator's fault knobs (Faults.parse; knobs
+                                not named are off): none | drop | disconnect | garble |
+                                close_before_read | close_mid_frame | wrong_stan |
+                                answer_twice | delay SECONDS | times N | mti PREFIX,
+                                e.g. `fault drop times 1 mti 0220`
+    acquirer down|up|restart    the acquirer's network switch: refuse connections and close
+                                the open ones | listen again | restart on the same port
+Expectations ([within S] defaults to 10 s where they wait):
     expect screen "TEXT" [within S]   a screen containing TEXT appears after the last action
     expect receipts N                 N receipt copies printed so far in this run
     expect receipt merchant|customer "TEXT"   the newest copy of that kind contains TEXT
     expect journal STATUS             the newest transaction's status (APPROVED, DECLINED, ..., NONE)
     expect reversals N                pending reversals in the journal
     expect balance CARD AMOUNT        the simulator's balance for a card, in minor units
-    expect signon                     the terminal has signed on (session keys installed)
-Runs on the loop; a failed expectation raises ScriptError naming the line.
+    expect signon [within S]          the terminal has signed on (session keys installed)
+    expect queue N [within S]         the journal's pending reversals + pending advices are N
+    expect ledger STAN CODE [within S]  the acquirer recorded CODE for that STAN (a sale or
+                                      an advice of this terminal; STAN as 1..6 digits)
+`queue` and `ledger` are re-checked after every new screen and every request the acquirer
+handles (no polling); a queue that drains without either shows up when the idle screen
+redraws its queue count. Runs on the loop; a failed expectation raises ScriptError naming
+the line.
 """
 from __future__ import annotations
 
@@ -22,14 +34,19 @@ import asyncio
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Awaitable, Callable
 
 from firmware.flows.types import Key
+from firmware.sim.acquirer import Faults
 from firmware.sim.runner import SimSession
 
 __all__ = ["ScriptError", "Step", "parse_script", "run_script"]
 
 KEY_NAMES = {"ENTER", "BACK", "CLEAR", "CANCEL"}
 DEFAULT_WITHIN = 10.0
+EXPECTATIONS = ("screen", "receipts", "receipt", "journal", "reversals", "balance", "queue",
+                "ledger")
+ACQUIRER_SWITCH = {"down": "go_down", "up": "go_up", "restart": "restart"}  # verb -> method
 
 
 class ScriptError(Exception):
@@ -70,13 +87,21 @@ def _check(words: tuple[str, ...], where: str) -> None:
         return
     elif verb == "remove" and len(words) == 1:
         return
-    elif verb == "fault" and len(words) in (2, 3):
+    elif verb == "fault":
+        try:
+            Faults.parse(words[1:])
+        except ValueError as exc:
+            raise ScriptError(f"{where}: {exc}") from None
+    elif verb == "acquirer" and len(words) == 2 and words[1] in ACQUIRER_SWITCH:
         return
-    elif verb == "expect" and words[1:] == ("signon",):
+    elif verb == "expect" and words[1:2] == ("signon",):
         return
     elif verb == "expect" and len(words) >= 3:
-        if words[1] not in ("screen", "receipts", "receipt", "journal", "reversals", "balance"):
+        if words[1] not in EXPECTATIONS:
             raise ScriptError(f"{where}: unknown expectation {words[1]!r}")
+        if words[1] == "ledger" and not (len(words) >= 4 and words[2].isdigit()
+                                         and len(words[2]) <= 6 and len(words[3]) == 2):
+            raise ScriptError(f"{where}: want expect ledger STAN CODE")
     else:
         raise ScriptError(f"{where}: not understood")
 
@@ -115,18 +140,9 @@ class _Runner:
         elif verb == "remove":
             self.s.reader.remove()
         elif verb == "fault":
-            self.set_fault(args)
-
-    def set_fault(self, args: tuple[str, ...]) -> None:
-        faults = self.s.acquirer.faults
-        faults.drop = faults.disconnect = faults.garble = False
-        faults.delay = 0.0
-        if args[0] == "delay":
-            faults.delay = float(args[1])
-        elif args[0] in ("drop", "disconnect", "garble"):
-            setattr(faults, args[0], True)
-        elif args[0] != "none":
-            raise ValueError(f"unknown fault {args[0]!r}")
+            self.s.acquirer.faults.set_to(Faults.parse(args))
+        elif verb == "acquirer":
+            await getattr(self.s.acquirer, ACQUIRER_SWITCH[args[0]])()
 
     async def expect(self, what: str, args: tuple[str, ...]) -> None:
         within = DEFAULT_WITHIN
@@ -152,6 +168,47 @@ class _Runner:
             card = self.s.catalog.cards[args[0]]
             balance = await self.s.acquirer.in_ledger(lambda ledger: ledger.balance(card.pan))
             assert balance == int(args[1]), f"balance of {args[0]} is {balance}, expected {args[1]}"
+        elif what == "queue":
+            await self.until(lambda: self.queue_differs(int(args[0])), within)
+        elif what == "ledger":
+            await self.until(lambda: self.ledger_lacks(f"{int(args[0]):06d}", args[1]), within)
+
+    async def until(self, check: Callable[[], Awaitable[str | None]], within: float) -> None:
+        """Run `check` (None: it holds, else why not) now and again after every new screen
+        and every request the acquirer handles; AssertionError when `within` s pass first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            screens, handled = len(self.s.display.history), self.s.acquirer.requests_handled
+            failure = await check()
+            if failure is None:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"{failure} (after {within} s)")
+            await self.next_change(screens, handled, remaining)
+
+    async def next_change(self, screens: int, handled: int, timeout: float) -> None:
+        """Return when screen number `screens` is shown or the acquirer has handled more
+        than `handled` requests, or after `timeout` s (the caller judges which)."""
+        waits = [asyncio.ensure_future(self.s.display.wait_for("", timeout=timeout, since=screens)),
+                 asyncio.ensure_future(self.s.acquirer.wait_handled(handled + 1, timeout))]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)  # timeouts: the caller re-checks
+
+    async def queue_differs(self, want: int) -> str | None:
+        stats = await self.s.terminal.journal_call(lambda j: j.queue_stats())
+        if stats.reversals + stats.advices == want:
+            return None
+        return f"{stats.reversals} reversals + {stats.advices} advices queued, expected {want}"
+
+    async def ledger_lacks(self, stan: str, code: str) -> str | None:
+        tid = self.s.cfg.terminal.terminal_id
+        records = await self.s.acquirer.in_ledger(lambda ledger: ledger.records(tid))
+        codes = [r.rc for r in records if r.stan == stan]
+        return None if code in codes else f"ledger has {codes} for STAN {stan}, expected {code}"
 
     def expect_receipt(self, copy: str, text: str) -> None:
         names = [n for n in self.s.printer.printed[self.printed_at_start:] if n.endswith(copy)]
