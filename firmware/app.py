@@ -6,6 +6,17 @@ from their own single-thread Workers. The sale flow is pure (firmware.flows.sale
 module executes its actions. `request_stop()` is thread-safe: the terminal cancels what the
 cashier or customer is doing, finishes a transaction already in flight (card read,
 authorisation, printing), then returns from run().
+
+Start-up (DESIGN §6.4, 6.6): the journal's integrity_check (a failure is a visible fault),
+`Journal.recover()` (requests in flight at a power cut become unknown and are reversed),
+then READY; in the background: sign-on, the store-and-forward task (firmware.saf: echo
+tests, reversals, advices, expiry alerts; its status reaches the idle screen as
+LinkStatus) and the printing of approved receipts a cut left unprinted.
+Offline (DESIGN §6.3, firmware.offline): when the host cannot be reached (nothing was
+sent) a chip or contactless sale may still be approved within the [offline] caps: by the
+card (TC: Y1 at the first GENERATE AC, Y3 at the second) or by store-and-forward (00, the
+ARQC goes to the host later). The approval, its sealed 0220 advice and the journal row
+commit together before the customer sees "APPROVED".
 """
 from __future__ import annotations
 
@@ -16,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable
 
+from firmware import crashpoint, offline
 from firmware.acquirer.codes import APPROVED_CODES, describe_code
 from firmware.acquirer.link import AcquirerLink, NoResponse, NotSent
 from firmware.acquirer import messages
@@ -28,7 +40,7 @@ from firmware.emv.oda import load_capks
 from firmware.flows import sale
 from firmware.flows.types import (
     AppChoice, Authorise, AuthResult, Beep, CancelTimers, CardRead, CardReadFailed, Idle, Key,
-    PinLength, PinVerified, Print, PrintDone, ReadCard, Screen, SelectApp, Show,
+    LinkStatus, PinLength, PinVerified, Print, PrintDone, ReadCard, Screen, SelectApp, Show,
     Shutdown, StartPin, StartTimer, StopPin, Timeout, VerifyPin, wrap,
 )
 from firmware.hal.pinpad import PIN_KEYS, SoftPinPad
@@ -36,6 +48,7 @@ from firmware.hal.printer import PrinterError
 from firmware.journal import JOURNAL_NAME, Journal
 from firmware.keys import KeyCheckError, SessionKeys, session_keys_from_working
 from firmware.receipts import ReceiptData, preview, render
+from firmware.saf import LinkState, StoreAndForward
 from firmware.vault import Vault
 
 __all__ = ["Devices", "Terminal", "StartupFault"]
@@ -80,6 +93,10 @@ class Terminal:
         self.link = AcquirerLink(cfg.acquirer.host, cfg.acquirer.port,
                                  connect_timeout=cfg.acquirer.connect_timeout,
                                  response_timeout=cfg.acquirer.response_timeout)
+        self.saf = StoreAndForward(self.link, self.journal_call, self.ids, cfg.saf,
+                                   echo_interval=cfg.acquirer.echo_interval, now=self.clock.now,
+                                   on_status=self._link_status)
+        self._saf_task: asyncio.Task | None = None
         self.journal_worker = Worker("journal")
         self.reader_worker = Worker("reader")
         self.printer_worker = Worker("printer")
@@ -94,8 +111,9 @@ class Terminal:
         self.ready = asyncio.Event()
         self.signed_on = asyncio.Event()
         self.online = asyncio.Event()  # signed on and no reversal left pending from earlier runs
+        self.recovery = None  # what Journal.recover() settled at start
+        self.backlog_printed = asyncio.Event()  # receipts a cut left unprinted: done (or failed)
         self._signon_lock = asyncio.Lock()
-        self._reversal_lock = asyncio.Lock()
         self.stopped = asyncio.Event()
         self._bridge: EventBridge | None = None
         self._timers: list[asyncio.TimerHandle] = []
@@ -137,6 +155,7 @@ class Terminal:
             data_dir.mkdir(parents=True, exist_ok=True)
             self.journal = await self.journal_worker.run(
                 lambda: Journal(data_dir / JOURNAL_NAME, vault, now=self.clock.now))
+            self.recovery = await self.journal_worker.run(self.journal.recover)
         except Exception as exc:
             self.devices.display.show(Screen("TERMINAL FAULT", wrap(str(exc), 3), tone="error"))
             raise StartupFault(str(exc)) from exc
@@ -147,6 +166,9 @@ class Terminal:
         self.state, actions = sale.start(self.flow_cfg)
         self._execute_all(actions)
         self._spawn(self._connect(), "sign-on")
+        self._spawn(self._print_backlog(), "print-backlog")
+        self._saf_task = asyncio.get_running_loop().create_task(self.saf.run(), name="saf")
+        self._saf_task.add_done_callback(self._task_done)
         self.ready.set()
         log.info("terminal %s ready (acquirer %s:%d)", self.ids.terminal_id,
                  self.cfg.acquirer.host, self.cfg.acquirer.port)
@@ -166,7 +188,7 @@ class Terminal:
         for handle in self._timers:
             handle.cancel()
         self.pinpad.wipe()
-        for task in list(self._tasks):
+        for task in [*self._tasks, *([self._saf_task] if self._saf_task else [])]:
             task.cancel()
         await self.link.close()
         if self.journal is not None:
@@ -302,71 +324,90 @@ class Terminal:
 
     # ---- acquirer --------------------------------------------------------------------
 
-    async def _sign_on(self) -> bool:
-        """0800 sign-on unless already signed on; False (logged) when it fails."""
+    async def _sign_on(self) -> str:
+        """0800 sign-on unless already signed on: "ok", "unreachable" (no answer: nothing
+        financial was sent, offline rules apply) or "refused" (logged)."""
         async with self._signon_lock:
-            return self.signed_on.is_set() or await self._sign_on_now()
+            return "ok" if self.signed_on.is_set() else await self._sign_on_now()
 
-    async def _sign_on_now(self) -> bool:
+    async def _sign_on_now(self) -> str:
         stan = await self.journal_worker.run(self.journal.next_stan)
         batch = await self.journal_worker.run(self.journal.batch_no)
         request = messages.signon_request(self.ids, stan=stan, batch=batch, now=self.clock.now(),
                                           operator=self.cfg.terminal.operator)
         try:
-            response = await self.link.exchange(request)
+            response = await self._exchange(request)
+        except (NotSent, NoResponse) as exc:
+            log.warning("sign-on failed: %s", exc.reason)
+            return "unreachable"
+        try:
             if response.get("39") != "00":
                 raise KeyCheckError(f"sign-on refused: {describe_code(response.get('39', '??'))}")
             working = messages.parse_working_keys(response)
             self.session_keys = session_keys_from_working(self._tmk, working)
-        except (NotSent, NoResponse, KeyCheckError, messages.MessageError) as exc:
-            log.warning("sign-on failed: %s", getattr(exc, "reason", exc))
-            return False
+        except (KeyCheckError, messages.MessageError) as exc:
+            log.warning("sign-on failed: %s", exc)
+            return "refused"
         log.info("signed on: %r", self.session_keys)
         self.signed_on.set()
-        return True
+        return "ok"
+
+    async def _exchange(self, request: dict) -> dict:
+        """One exchange on the link; its outcome tells the store-and-forward task whether
+        the link is up (an answer) or down (NotSent / NoResponse, re-raised)."""
+        try:
+            response = await self.link.exchange(request)
+        except (NotSent, NoResponse):
+            self.saf.note_link(False)
+            raise
+        self.saf.note_link(True)
+        return response
 
     async def _connect(self) -> None:
         """At start: sign on, then send any reversal a previous run left pending."""
-        if await self._sign_on() and await self._send_reversals():
+        if await self._sign_on() == "ok" and await self.saf.send_reversals():
             self.online.set()
 
-    async def _send_reversals(self) -> bool:
-        """DESIGN §6 invariant 2: pending reversals go before any new online request, oldest
-        first, 0400 then 0401 repeats, each attempt committed before it is sent. False when
-        one is still pending (no answer), so the caller must not send anything new."""
-        journal = self.journal
-        async with self._reversal_lock:
-            for rev in await self.journal_worker.run(journal.pending_reversals):
-                request = messages.reversal_request(rev.request, rev.reason_code, repeat=rev.attempts > 0)
-                await self.journal_worker.run(journal.record_reversal_attempt, rev.txn_id)
-                try:
-                    response = await self.link.exchange(request)
-                except (NotSent, NoResponse) as exc:
-                    log.warning("reversal of stan %06d still pending: %s", rev.stan, exc.reason)
-                    return False
-                await self.journal_worker.run(journal.record_reversal_acked, rev.txn_id, response.get("39", ""))
-        return True
+    def _link_status(self, state: LinkState) -> None:
+        """From the store-and-forward task: show the link and the queue on the idle screen."""
+        if self._bridge is not None:
+            stats = state.stats
+            self._bridge.post(LinkStatus(state.online, stats.queued, stats.alerts))
 
     async def _authorise(self, kind: str, amount: int, card) -> None:
         """First cryptogram, persist, send, record, second cryptogram; then AuthResult
-        (DESIGN §6 invariants 1-2). A chip that refuses an approved sale (AAC at the second
-        GENERATE AC, or pulled out before it answered) gets the sale reversed."""
+        (DESIGN §6 invariants 1-3). A chip that refuses an approved sale (AAC at the second
+        GENERATE AC, or pulled out before it answered) gets the sale reversed. When the host
+        cannot be reached the offline rules decide (`_go_offline`)."""
         swiped = card.entry_mode in (ENTRY_MAGSTRIPE, ENTRY_FALLBACK)
         session = None if swiped else self._emv
-        if not await self._sign_on():
+        cvm = self.state.cvm  # "online_pin": the PIN pad holds a PIN for the host
+        signon = await self._sign_on()
+        if signon == "refused":
             self.pinpad.wipe()
             self._bridge.post(AuthResult("not_sent", message="Sign-on failed"))
             return
-        pin_block = self.pinpad.pin_block(card.pan, self.session_keys.pik) if len(self.pinpad) else None
+        host_up = signon == "ok" and await self.saf.send_reversals()  # DESIGN §6.2: reversals first
+        pin_block = None
+        if cvm == "online_pin" and host_up and len(self.pinpad):
+            pin_block = self.pinpad.pin_block(card.pan, self.session_keys.pik)
         self.pinpad.wipe()
-        if not await self._send_reversals():
-            self._bridge.post(AuthResult("not_sent", message="Reversal pending, host unreachable"))
-            return
+        if not host_up:  # decline now what the offline rules refuse (a swipe, an online PIN ...)
+            refusal = await self._offline_refusal(kind, amount, replace(card, cvm=cvm),
+                                                  "Host unreachable\n")
+            if refusal:
+                self._bridge.post(AuthResult("declined", message=refusal))
+                return
         if session is not None:
+            offline_ok = not await self._offline_refusal(kind, amount, replace(card, cvm=cvm), "")
             try:
-                card = await self._run_card(lambda: session.first_ac(online_pin=pin_block is not None))
+                card = await self._run_card(lambda: session.first_ac(
+                    online_pin=pin_block is not None, offline_capable=offline_ok))
             except CardReadError as exc:
                 self._bridge.post(AuthResult("declined", message=f"Card error: {exc.reason}"))
+                return
+            if card.cryptogram_type == "TC":  # the card approved offline (Y1)
+                await self._approve_offline(kind, amount, card, None, None, code="Y1")
                 return
             if card.cryptogram_type != "ARQC":
                 log.info("card declined offline (%s), tvr %s", card.cryptogram_type, card.tvr)
@@ -374,6 +415,9 @@ class Terminal:
                 return
         elif pin_block is not None:
             card = replace(card, cvm="online_pin")
+        if not host_up:
+            await self._go_offline(kind, amount, card, session, None, None)
+            return
         await self._go_online(kind, amount, card, pin_block, session)
 
     async def _go_online(self, kind: str, amount: int, card, pin_block, session) -> None:
@@ -387,17 +431,17 @@ class Terminal:
             kind=kind, stan=stan, batch=batch, amount=amount, currency=self.cfg.terminal.currency,
             card=card, request=request, reversible=True, operator=self.cfg.terminal.operator))
         try:
-            response = await self.link.exchange(request)
-        except NotSent as exc:
-            await self.journal_worker.run(journal.record_not_sent, txn_id, exc.reason)
-            await self._close_card(session)
-            self._bridge.post(AuthResult("not_sent", message=exc.reason, txn_id=txn_id))
+            response = await self._exchange(request)
+        except NotSent as exc:  # nothing left the box: the offline rules decide
+            log.info("stan %06d not sent (%s): offline rules apply", stan, exc.reason)
+            await self._go_offline(kind, amount, card, session, txn_id, request)
             return
         except NoResponse as exc:
             detail = exc.reason
             code = "98" if detail.startswith("no response") else "06"
             await self.journal_worker.run(
                 lambda: journal.record_no_response(txn_id, reason_code=code, detail=detail))
+            self.saf.poke()
             await self._close_card(session)
             self._bridge.post(AuthResult("no_response", code=code, message=detail, txn_id=txn_id))
             return
@@ -411,7 +455,7 @@ class Terminal:
         if card_pending:
             refusal = await self._complete_card(txn_id, session, code, response.get("55"))
             if refusal:
-                await self._send_reversals()  # at once; if it fails it stays first in line
+                await self.saf.send_reversals()  # at once; if it fails it stays first in line
                 self._bridge.post(AuthResult("declined", message=refusal, txn_id=txn_id))
                 return
         elif session is not None:
@@ -419,6 +463,71 @@ class Terminal:
         self._bridge.post(AuthResult("approved" if approved else "declined", code=code,
                                      message=describe_code(code), auth_code=response.get("38", ""),
                                      rrn=response.get("37", ""), txn_id=txn_id))
+
+    async def _offline_refusal(self, kind: str, amount: int, card, what: str) -> str:
+        """Why this sale may not be approved offline now ("" = it may), from the policy and
+        the journal's queue; `what` prefixes a refusal for the cashier."""
+        stats = await self.journal_worker.run(self.journal.queue_stats)
+        reason = offline.refusal(self.cfg.offline, kind=kind, entry_mode=card.entry_mode,
+                                 cvm=card.cvm, amount=amount, stats=stats, now=self.clock.now())
+        return f"{what}{reason}" if reason else ""
+
+    async def _go_offline(self, kind: str, amount: int, card, session, txn_id: int | None,
+                          request: dict | None) -> None:
+        """The host cannot be reached and nothing was sent: approve offline within the
+        policy (the card's TC at the second GENERATE AC: Y3; else store-and-forward of the
+        first cryptogram: 00) or decline with the reason. `txn_id`/`request`: the unsent
+        0200 already in the journal, if any."""
+        refusal = await self._offline_refusal(kind, amount, card, "Host unreachable\n")
+        code, icc, card_done = "00", None, False
+        if not refusal and session is not None and not session.contactless:
+            try:
+                final = await self._run_card(session.complete_offline)
+                card_done = True
+            except CardReadError as exc:
+                refusal = f"Card error: {exc.reason}"
+            else:
+                if session.offline_decision == "AAC" and not session.saf_allowed:
+                    refusal = "Declined offline"  # not only "go online" bits: ODA failed ...
+                elif final.cryptogram_type == "TC":
+                    card, code, icc = final, "Y3", final.icc_data
+                else:  # the card will not approve offline: forward its ARQC (deferred)
+                    icc = session.arqc_icc
+        if refusal:
+            log.info("offline approval refused: %s", refusal)
+            if txn_id is not None:
+                await self.journal_worker.run(self.journal.record_not_sent, txn_id, "host unreachable")
+            if not card_done:
+                await self._close_card(session)
+            self._bridge.post(AuthResult("declined", message=refusal, txn_id=txn_id))
+            return
+        await self._approve_offline(kind, amount, card, txn_id, request, code=code, icc=icc)
+
+    async def _approve_offline(self, kind: str, amount: int, card, txn_id: int | None,
+                               request: dict | None, *, code: str, icc: bytes | None = None) -> None:
+        """Commit the offline approval and its sealed advice (one commit: into the unsent
+        row `txn_id`, or a new row), then AuthResult. `icc`: field 55 of the advice
+        (default: the card's)."""
+        journal = self.journal
+        if request is None:
+            stan = await self.journal_worker.run(journal.next_stan)
+            batch = await self.journal_worker.run(journal.batch_no)
+            request = messages.sale_request(
+                self.ids, stan=stan, batch=batch, amount=amount,
+                currency=self.cfg.terminal.currency, card=card, pin_block=None, now=self.clock.now())
+        advice = messages.advice_request(request, code=code, icc_data=icc or card.icc_data or None)
+        if txn_id is None:
+            txn_id = await self.journal_worker.run(lambda: journal.record_offline_approval(
+                kind=kind, stan=int(request["11"]), batch=int(request["60"][2:8]), amount=amount,
+                currency=self.cfg.terminal.currency, card=card, advice=advice, code=code,
+                operator=self.cfg.terminal.operator))
+        else:
+            await self.journal_worker.run(
+                lambda: journal.record_offline(txn_id, card=card, advice=advice, code=code))
+        self.saf.poke()
+        self._bridge.post(AuthResult("approved", code=code, message="Approved offline",
+                                     auth_code=code if code != "00" else "", txn_id=txn_id,
+                                     offline=code))
 
     async def _complete_card(self, txn_id: int, session: EmvSession, code: str,
                              icc: bytes | None) -> str:
@@ -466,9 +575,32 @@ class Terminal:
     async def _print(self, txn_id: int) -> None:
         """Render and print the copies (outcome is already committed); post PrintDone."""
         record = await self.journal_worker.run(self.journal.get, txn_id)
+        failure = await self._print_copies(record, self._copies())
+        self._bridge.post(PrintDone(not failure, failure))
+
+    async def _print_backlog(self) -> None:
+        """At start: print the copies of approved receipts a power cut (or the printer)
+        left unprinted, oldest first; stop at the first printer failure (logged)."""
+        copies = self._copies()
+        try:
+            for record in await self.journal_worker.run(self.journal.unprinted, copies):
+                missing = tuple(c for c in copies if getattr(record, f"printed_{c}_at") is None)
+                log.info("printing the %s copy of stan %06d left unprinted", "/".join(missing),
+                         record.stan)
+                if await self._print_copies(record, missing):
+                    return
+        finally:
+            self.backlog_printed.set()
+
+    def _copies(self) -> tuple[str, ...]:
+        copies = self.cfg.printer.copies
+        return ("merchant", "customer") if copies == "both" else (copies,)
+
+    async def _print_copies(self, record, copies: tuple[str, ...]) -> str:
+        """Print `copies` of `record`, marking each in the journal after it printed;
+        "" when all printed, else why not (logged)."""
         data = self.receipt_data(record)
         pcfg = self.cfg.printer
-        copies = ("merchant", "customer") if pcfg.copies == "both" else (pcfg.copies,)
         lang = self.cfg.terminal.language
         try:
             for copy in copies:
@@ -477,13 +609,13 @@ class Terminal:
                 name = f"{record.batch:06d}-{record.stan:06d}-{copy}"
                 await self.printer_worker.run(self.devices.printer.print_receipt, raw, text, name,
                                               timeout=PRINT_TIMEOUT)
-                await self.journal_worker.run(self.journal.mark_printed, txn_id, copy)
+                crashpoint.hit("print.done")
+                await self.journal_worker.run(self.journal.mark_printed, record.id, copy)
         except (PrinterError, WorkerTimeout) as exc:
             reason = getattr(exc, "reason", str(exc))
             log.warning("receipt for stan %06d not printed: %s", record.stan, reason)
-            self._bridge.post(PrintDone(False, reason))
-            return
-        self._bridge.post(PrintDone(True))
+            return reason or "printer error"
+        return ""
 
     def receipt_data(self, record) -> ReceiptData:
         t = self.cfg.terminal
@@ -493,10 +625,16 @@ class Terminal:
             operator=record.operator, txn_type=record.kind.upper(), masked_pan=record.masked_pan,
             entry_mode=ENTRY_MODE_NAMES.get(record.entry_mode, "CHIP"), amount=record.amount,
             currency=record.currency, when=datetime.fromisoformat(record.created_at), batch=record.batch, stan=record.stan,
-            rrn=record.rrn, auth_code=record.auth_code, aid=record.aid, app_label=record.app_label,
+            rrn=record.rrn, auth_code=record.auth_code or _offline_auth(record.offline_code),
+            aid=record.aid, app_label=record.app_label,
             tc=record.arqc, ac_type=record.cryptogram_type or "ARQC", tvr=record.tvr, tsi=record.tsi,
-            offline=False, pin_verified=record.cvm in ("online_pin", "offline_pin"),
+            offline=record.offline_code is not None, pin_verified=record.cvm in ("online_pin", "offline_pin"),
             no_cvm=record.cvm == "none")
+
+
+def _offline_auth(code: str | None) -> str | None:
+    """The authorisation code printed for an offline approval by the card (Y1 / Y3)."""
+    return code if code in ("Y1", "Y3") else None
 
 
 class _Wake:

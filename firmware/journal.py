@@ -404,7 +404,7 @@ class Journal:
                LEFT JOIN sealed_request s ON s.txn_id = r.txn_id
                WHERE r.status = 'PENDING' ORDER BY r.txn_id"""
         ).fetchall()
-        return [self._pending(row) for row in rows]
+        return self._readable(rows, "reversal", PendingReversal)
 
     def record_reversal_attempt(self, txn_id: int) -> int:
         """Commit one more attempt BEFORE the 0400/0401 is written; returns the attempts so far."""
@@ -476,7 +476,7 @@ class Journal:
                LEFT JOIN sealed_request s ON s.txn_id = a.txn_id
                WHERE a.status = 'PENDING' ORDER BY a.txn_id LIMIT ?""",
             (-1 if limit is None else limit,)).fetchall()
-        return [PendingAdvice(**self._unsealed(row, "advice")) for row in rows]
+        return self._readable(rows, "advice", PendingAdvice)
 
     def record_advice_attempts(self, txn_ids: list[int]) -> None:
         """Commit one more attempt for each advice BEFORE any of them is written (so a
@@ -693,8 +693,24 @@ class Journal:
             return JournalError(f"txn {txn_id}: not in the journal, cannot become {to}")
         return JournalError(f"txn {txn_id} STAN {row['stan']:06d}: is {row['status']}, cannot become {to}")
 
-    def _pending(self, row: sqlite3.Row) -> PendingReversal:
-        return PendingReversal(**self._unsealed(row, "reversal"))
+    def _readable(self, rows: list[sqlite3.Row], what: str, kind: type) -> list:
+        """`kind` items for the rows whose sealed request opens. A row whose does not (a
+        damaged blob, a lost vault key) must not hold the queue forever: it is set aside as
+        EXPIRED with the detail "sealed data unreadable" (an operator alert) and skipped."""
+        items, unreadable = [], []
+        for row in rows:
+            try:
+                items.append(kind(**self._unsealed(row, what)))
+            except JournalError as exc:
+                log.error("%s (set aside: operator alert)", exc)
+                unreadable.append(row["txn_id"])
+        if unreadable:
+            table = {"reversal": "reversal", "advice": "advice"}[what]  # fixed names only
+            with self._write() as db:
+                db.executemany(f"UPDATE {table} SET status = 'EXPIRED', detail = 'sealed data "
+                               "unreadable', updated_at = ? WHERE txn_id = ? AND status = 'PENDING'",
+                               [(self._stamp(), txn_id) for txn_id in unreadable])
+        return items
 
     def _unsealed(self, row: sqlite3.Row, what: str) -> dict[str, Any]:
         """The row's columns without `blob`, plus `request` = the opened sealed request."""

@@ -104,7 +104,7 @@ def test_garbled_response_never_approves(sim_config):
     run(sim_config, unanswered_sale("garble"))
 
 
-def test_host_down_is_not_sent(tmp_path):
+def test_host_down_online_pin_sale_is_declined_and_nothing_sent(tmp_path):
     from firmware.config import load_config
     from conftest import SIM_TOML, sim_overrides
     import socket
@@ -117,8 +117,10 @@ def test_host_down_is_not_sent(tmp_path):
         insert approve
         expect screen "Enter PIN"
         keys 1234 ENTER
-        expect screen "NOT SENT"
+        expect screen "Host unreachable"
+        expect screen "PIN needs the host"
         expect reversals 0
+        expect queue 0
     """, start_acquirer=False)
 
 

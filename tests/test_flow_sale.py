@@ -959,3 +959,8 @@ def test_offline_approval_says_so_on_the_result_screen():
     state, _ = step(CFG, state, PrintDone(True))
     state, per_step = drive([Key("ENTER"), CardRemoved()], state=state)
     assert state.offline == "" and state.phase == "IDLE"  # not carried into the next sale
+
+
+def test_wrap_starts_a_new_line_at_a_newline():
+    assert wrap("Host unreachable\nNo swipe offline", 2) == ("Host unreachable", "No swipe offline")
+    assert wrap("a\nb\nc", 2) == ("a", "b c")

@@ -266,16 +266,25 @@ def test_pending_reversals_oldest_first_and_survive_reopen(db_path, vault, card,
         again.close()
 
 
-def test_pending_reversal_with_wrong_vault_key_is_an_error(db_path, vault, card, journal, tmp_path):
+def test_pending_reversal_with_wrong_vault_key_is_set_aside_as_an_alert(db_path, vault, card, journal,
+                                                                        tmp_path, caplog):
     txn_id, stan = record_sale(journal, card)
     journal.record_no_response(txn_id, reason_code="98", detail="timeout")
     journal.close()
     again = Journal(db_path, Vault.open(tmp_path / "other.key"))
     try:
-        with pytest.raises(JournalError, match=f"txn {txn_id} STAN {stan:06d}: sealed request does not open"):
-            again.pending_reversals()
+        assert again.pending_reversals() == []  # the queue is not held up by it
+        assert f"txn {txn_id} STAN {stan:06d}: sealed request does not open" in caplog.text
+        [alert] = again.alerts()
+        assert (alert.what, alert.txn_id) == ("reversal expired", txn_id)
     finally:
         again.close()
+    fixed = Journal(db_path, vault)  # the right key back: support puts it in the queue again
+    try:
+        assert fixed.requeue_expired() == 1
+        assert [r.txn_id for r in fixed.pending_reversals()] == [txn_id]
+    finally:
+        fixed.close()
 
 
 def test_sealed_blob_bound_to_its_txn(journal, card, db_path):
@@ -290,8 +299,8 @@ def test_sealed_blob_bound_to_its_txn(journal, card, db_path):
     with other:
         other.execute("UPDATE sealed_request SET blob = ? WHERE txn_id = ?", (blobs[first], second))
     other.close()
-    with pytest.raises(JournalError, match=f"txn {second} STAN {stan2:06d}"):
-        journal.pending_reversals()
+    assert [r.txn_id for r in journal.pending_reversals()] == [first]  # second set aside
+    assert [(a.what, a.txn_id, a.stan) for a in journal.alerts()] == [("reversal expired", second, stan2)]
 
 
 @pytest.mark.parametrize("first", ["approve", "decline", "not_sent", "no_response"])

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import time
 from datetime import datetime
 
 import pytest
 
+from firmware import crashpoint
 from firmware.acquirer.link import AcquirerLink, NoResponse, NotSent
 from firmware.acquirer.messages import (
     MessageError, TerminalIds, decode, encode, frame, read_frame, sale_request,
@@ -181,15 +184,49 @@ def test_no_answer_times_out(caplog):
     assert exc.reason == "no response in 0.3 s"
 
 
-def test_response_for_another_stan_is_mismatched(caplog):
+def test_answers_to_another_stan_only_are_no_response_after_the_timeout(caplog):
+    started = time.monotonic()
     exc = _expect_no_response(lambda req: approve(req, **{"11": "000124"}),
-                              r"^mismatched response: STAN 000124 != 000123$", caplog)
-    assert isinstance(exc, NoResponse)
+                              r"^no response in 0\.3 s$", caplog, 0.3)
+    assert time.monotonic() - started >= 0.3  # skipped, not taken as a mismatch at once
+    assert exc.reason == "no response in 0.3 s"
+    assert "stale response skipped (waiting for STAN 000123): 0210 STAN 000124" in caplog.text
 
 
-def test_response_with_other_amount_is_mismatched(caplog):
+def test_a_late_answer_before_the_right_one_is_skipped(caplog):
+    caplog.set_level(logging.WARNING, logger="kpos.acquirer")
+
+    async def main():
+        async with FakeHost(lambda req: approve(req, **{"11": "000122"}) + approve(req)) as host:
+            link = host.link()
+            resp = await link.exchange(_sale(123))
+            assert resp["11"] == "000123" and link.connected
+            await link.close()
+    run(main())
+    assert "stale response skipped (waiting for STAN 000123): 0210 STAN 000122" in caplog.text
+    assert MASKED in caplog.text and PAN not in caplog.text
+
+
+def test_second_copy_of_an_answer_is_not_taken_for_the_next_request(caplog):
+    caplog.set_level(logging.WARNING, logger="kpos.acquirer")
+
+    async def main():
+        async with FakeHost(lambda req: approve(req) * 2 if req["11"] == "000001" else approve(req)) as host:
+            link = host.link()
+            first = await link.exchange(_sale(1))
+            second = await link.exchange(_sale(2))
+            assert (first["11"], second["11"]) == ("000001", "000002")
+            assert host.connections == 1 and len(host.requests) == 2
+            await link.close()
+    run(main())
+    assert "stale response skipped (waiting for STAN 000002): 0210 STAN 000001" in caplog.text
+
+
+def test_response_with_other_amount_is_mismatched_at_once(caplog):
+    started = time.monotonic()
     _expect_no_response(lambda req: approve(req, **{"4": "000000001000"}),
-                        r"^mismatched response: amount 000000001000 != 000000001250$", caplog)
+                        r"^mismatched response: amount 000000001000 != 000000001250$", caplog, 5.0)
+    assert time.monotonic() - started < 5.0  # the request's STAN: not skipped, refused
 
 
 @pytest.mark.parametrize("garbage, match", [
@@ -212,6 +249,37 @@ def test_host_closes_without_answer(caplog):
             assert not link.connected and host.connections == 1
     run(main())
     _log_ok(caplog, "connection closed by host")
+
+
+def test_host_closes_in_the_middle_of_the_answer(caplog):
+    caplog.set_level(logging.WARNING, logger="kpos.acquirer")
+
+    async def main():
+        async with FakeHost(lambda req: approve(req)[:20], close_after_reply=True) as host:
+            link = host.link()
+            with pytest.raises(NoResponse, match="^connection closed by host$"):
+                await link.exchange(_sale())
+            assert not link.connected
+    run(main())
+    _log_ok(caplog, "connection closed by host")
+
+
+@pytest.mark.parametrize("answer, points", [
+    (approve, ["link.sent", "link.received"]),
+    (lambda req: None, ["link.sent"]),
+])
+def test_crash_points_after_the_write_and_after_the_checked_answer(monkeypatch, answer, points):
+    hits = []
+    monkeypatch.setattr(crashpoint, "hit", hits.append)
+
+    async def main():
+        async with FakeHost(answer) as host:
+            link = host.link(0.3)
+            with contextlib.suppress(NoResponse):
+                await link.exchange(_sale())
+            await link.close()
+    run(main())
+    assert hits == points
 
 
 def test_next_exchange_reconnects_after_no_response():

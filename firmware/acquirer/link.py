@@ -9,11 +9,18 @@ Outcome rules (what the journal relies on, DESIGN §6):
 - NoResponse: the request was handed to the socket; the outcome is unknown (timeout, EOF,
   socket error, malformed or mismatched response). The connection is closed, because a
   late answer could otherwise be taken for the next request's.
+- Stale answers: a response whose STAN (11) is not the request's (the second copy of a
+  doubled answer, a late answer to an earlier request) answers something else: it is
+  skipped (WARNING) and reading goes on until the matching response or the timeout. A
+  response with the request's STAN but another MTI, amount, TID, MID, processing code or
+  PAN is a NoResponse("mismatched response: ...") at once (the caller reverses).
 - Reuse: an idle connection is checked just before the write. If the host closed it (EOF
   seen, transport closing), it is dropped and a new one opened: nothing was written on it,
   so this reconnect is safe and transparent. Once write() was called there is no retry.
 - MessageError from encoding the request propagates unchanged (a bug, not a link fault).
 Failures are logged at WARNING on "kpos.acquirer" with `describe(request)` (log-safe).
+Crash points (firmware/crashpoint.py): "link.sent" once the request is written and
+drained, "link.received" once the matching response is read and checked.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import asyncio
 import logging
 import ssl
 
+from firmware import crashpoint
 from firmware.acquirer.messages import (
     MessageError, decode, describe, encode, frame, match_response, read_frame,
 )
@@ -121,7 +129,10 @@ class AcquirerLink:
             async with asyncio.timeout(self._response_timeout):
                 self._writer.write(data)
                 await self._writer.drain()
-                raw = await read_frame(self._reader)
+                crashpoint.hit("link.sent")
+                response = None
+                while response is None:
+                    response = self._checked(request, await read_frame(self._reader))
         except TimeoutError:
             raise NoResponse(f"no response in {self._response_timeout:.1f} s") from None
         except asyncio.IncompleteReadError:
@@ -130,14 +141,20 @@ class AcquirerLink:
             raise NoResponse(f"connection error: {exc}") from exc
         except MessageError as exc:
             raise NoResponse(f"malformed response: {exc}") from exc
-        return self._checked(request, raw)
+        crashpoint.hit("link.received")
+        return response
 
     @staticmethod
-    def _checked(request: dict, raw: bytes) -> dict:
+    def _checked(request: dict, raw: bytes) -> dict | None:
+        """The response if it answers `request`; None for a stale answer to another STAN."""
         try:
             response = decode(raw)
         except MessageError as exc:
             raise NoResponse(f"malformed response: {exc}") from exc
+        if "11" in request and "11" in response and response["11"] != request["11"]:
+            log.warning("stale response skipped (waiting for STAN %s): %s", request["11"],
+                        describe(response))
+            return None
         mismatch = match_response(request, response)
         if mismatch is not None:
             raise NoResponse(f"mismatched response: {mismatch}")

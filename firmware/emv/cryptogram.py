@@ -18,6 +18,8 @@ effect is on which warnings show, never on the result.
 """
 from __future__ import annotations
 
+import functools
+
 import logging
 import warnings
 from contextlib import contextmanager
@@ -79,9 +81,17 @@ def ac_session_key(imk_ac: bytes, pan: str, psn: str | None, atc: bytes) -> byte
     """The card's AC session key: ICC master key by EMV option A, then the common session key."""
     if len(atc) != 2:
         raise CryptogramError(f"ATC must be 2 bytes, got {len(atc)}")
+    icc_mk = _icc_master_key(_double_length(imk_ac), pan, psn or "00")
     with _quiet_tdes():
-        icc_mk = pyemv.kd.derive_icc_mk_a(_double_length(imk_ac), pan, psn or "00")
         return pyemv.kd.derive_common_sk(icc_mk, atc + bytes(6))
+
+
+@functools.lru_cache(maxsize=256)
+def _icc_master_key(imk_ac: bytes, pan: str, psn: str) -> bytes:
+    """EMV option A derivation, cached: the simulated issuer and cards (the only users of
+    an IMK, TEST keys) derive the same few cards' keys over and over."""
+    with _quiet_tdes():
+        return pyemv.kd.derive_icc_mk_a(imk_ac, pan, psn)
 
 
 def compute_arqc(imk_ac: bytes, pan: str, psn: str | None, values: Mapping[str, bytes]) -> bytes:
@@ -113,7 +123,7 @@ def verify_arqc(imk_ac: bytes, pan: str, psn: str | None, icc_data: bytes) -> bo
     """
     _double_length(imk_ac)
     try:
-        values = tlv.flatten(tlv.parse(icc_data))
+        values = tlv.parse_flat(bytes(icc_data))
         arqc = values.get("9F26")
         if arqc is None or len(arqc) != 8:
             raise CryptogramError("field 55: 9F26 missing or not 8 bytes")

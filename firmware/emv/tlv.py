@@ -9,10 +9,14 @@ values, so they are safe to log.
 """
 from __future__ import annotations
 
+import functools
+from types import MappingProxyType
+
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
 __all__ = [
+    "parse_flat",
     "Tlv", "TlvError", "parse", "find", "find_all", "flatten", "encode", "encode_nodes",
     "parse_dol", "build_dol", "dol_length", "split_dol", "NUMERIC_TAGS", "CN_TAGS",
 ]
@@ -136,6 +140,13 @@ def find_all(nodes: Sequence[Tlv], tag: str) -> list[Tlv]:
 def find(nodes: Sequence[Tlv], tag: str) -> Tlv | None:
     """The first node with `tag` anywhere in the tree, or None."""
     return next(iter(find_all(nodes, tag)), None)
+
+
+@functools.lru_cache(maxsize=64)
+def parse_flat(data: bytes) -> Mapping[str, bytes]:
+    """flatten(parse(data)), read-only and cached: a host looks at the same field 55 several
+    times per message (amount checks, cryptogram). TlvError as parse()."""
+    return MappingProxyType(flatten(parse(bytes(data))))
 
 
 def flatten(nodes: Sequence[Tlv]) -> dict[str, bytes]:

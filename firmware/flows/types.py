@@ -57,10 +57,11 @@ def fit(text: str, width: int = LCD_COLS) -> str:
 
 
 def wrap(text: str, max_lines: int, width: int = LCD_COLS) -> tuple[str, ...]:
-    """`text` word-wrapped to at most `max_lines` display lines; a cut ends in '...'."""
+    """`text` word-wrapped to at most `max_lines` display lines, a newline starting a new
+    line; a cut ends in '...'."""
     if max_lines <= 0:
         return ()
-    lines = textwrap.wrap(text, width)
+    lines = [line for part in text.split("\n") for line in textwrap.wrap(part, width)]
     if len(lines) <= max_lines:
         return tuple(lines)
     rest = " ".join(lines[max_lines - 1:])  # longer than `width`, so fit() cuts it

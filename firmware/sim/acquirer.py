@@ -82,7 +82,6 @@ ISSUER_SCRIPT = tlv.encode("72", tlv.encode("9F18", SCRIPT_ID) + tlv.encode("86"
 # ledger keeps the precise reason. Field 55 absent or unparsable is a format error (30).
 RC_CHIP_DATA = RC_DO_NOT_HONOUR
 ARQC_VERIFIED, ARQC_FAILED, ARQC_NOT_CHECKED = "verified", "failed", ""
-_TDES_WARNINGS = (r"TripleDES has been moved", r"Two-key TripleDES", r"Single-key TripleDES")
 
 # Fields a request must carry, per MTI (else 39 = "30" format error).
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -644,10 +643,10 @@ def _chip_entry(req: Mapping[str, object]) -> bool:
     return str(req.get("22", ""))[:2] in CHIP_ENTRY_MODES
 
 
-def _icc_values(req: Mapping[str, object]) -> dict[str, bytes] | None:
+def _icc_values(req: Mapping[str, object]) -> Mapping[str, bytes] | None:
     """Field 55 as tag -> value; None when absent. TlvError when malformed."""
     icc = req.get("55")
-    return None if icc is None else tlv.flatten(tlv.parse(icc))
+    return None if icc is None else tlv.parse_flat(bytes(icc))
 
 
 def _bcd_int(value: bytes | None) -> int | None:

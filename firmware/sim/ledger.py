@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS authorisations (
     kind TEXT NOT NULL DEFAULT 'sale', repeats INTEGER NOT NULL DEFAULT 0);
 CREATE UNIQUE INDEX IF NOT EXISTS authorisations_one_approval
     ON authorisations (tid, stan, date) WHERE rc = '00';
+CREATE INDEX IF NOT EXISTS authorisations_key ON authorisations (tid, stan, date);
 CREATE TABLE IF NOT EXISTS reversals (
     id INTEGER PRIMARY KEY, tid TEXT NOT NULL, stan TEXT NOT NULL, date TEXT NOT NULL,
     mti TEXT NOT NULL, reason TEXT NOT NULL, found INTEGER NOT NULL,
@@ -233,12 +234,12 @@ class Ledger:
     def repeat_advice(self, tid: str, stan: str, date: str) -> Authorisation | None:
         """The advice decision recorded for tid + STAN + MMDD, with this repeat counted;
         None (nothing written) when no advice with that key was recorded."""
-        with self._tx() as db:
-            row = db.execute(f"SELECT id, {_AUTH_COLUMNS} FROM authorisations WHERE tid = ?"
-                             " AND stan = ? AND date = ? AND kind = 'advice' ORDER BY id LIMIT 1",
-                             (tid, stan, date)).fetchone()
-            if row is None:
-                return None
+        row = self._db.execute(f"SELECT id, {_AUTH_COLUMNS} FROM authorisations WHERE tid = ?"
+                               " AND stan = ? AND date = ? AND kind = 'advice' ORDER BY id LIMIT 1",
+                               (tid, stan, date)).fetchone()
+        if row is None:  # the usual case: a first 0220, no write transaction for it
+            return None
+        with self._tx() as db:  # one thread owns the ledger: the row cannot change meanwhile
             db.execute("UPDATE authorisations SET repeats = repeats + 1 WHERE id = ?", (row[0],))
         recorded = _authorisation(row[1:])
         return replace(recorded, repeats=recorded.repeats + 1)
