@@ -1,9 +1,12 @@
-"""kpos command line: run | sim | acquirer | doctor.
+"""kpos command line: run | sim | acquirer | doctor | queue.
 
 `kpos run`       the terminal on its configured devices (the systemd service's command)
 `kpos sim`       acquirer simulator on loopback + terminal with simulated peripherals
 `kpos acquirer`  the ISO 8583 host simulator alone
 `kpos doctor`    check config, files, devices and the acquirer link (firmware.doctor)
+`kpos queue`     what waits for the acquirer, and the operator alerts (declined or expired
+                 advices and reversals); --ack acknowledges them, --retry queues expired
+                 items again (works next to a running terminal: SQLite WAL)
 Exit codes: 0 ok, 1 scenario or doctor check failed, 2 bad usage or config, 3 terminal
 fault at start.
 """
@@ -64,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     doc.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
     doc.add_argument("--json", action="store_true", help="print a JSON list of {check, status, detail}")
     doc.set_defaults(handler=_cmd_doctor)
+
+    que = sub.add_parser("queue", help="show queued reversals/advices and operator alerts")
+    que.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
+    que.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
+    que.add_argument("--ack", action="store_true", help="acknowledge every alert shown")
+    que.add_argument("--retry", action="store_true",
+                     help="put expired advices and reversals back in the queue")
+    que.set_defaults(handler=_cmd_queue)
     return p
 
 
@@ -202,3 +213,42 @@ def _cmd_doctor(args) -> int:
     _setup_logging("ERROR")  # doctor reports what the modules would log as warnings
     from firmware.doctor import main as doctor
     return doctor(args.config, as_json=args.json)
+
+
+def _cmd_queue(args) -> int:
+    overrides = {"terminal": {"data_dir": str(args.data_dir.resolve())}} if args.data_dir else None
+    cfg = _load(args.config, overrides)
+    if cfg is None:
+        return 2
+    _setup_logging("ERROR")
+    from firmware.journal import JOURNAL_NAME, Journal, JournalError
+    from firmware.money import currency_alpha, format_amount
+    from firmware.vault import Vault
+    path, key = cfg.terminal.data_dir / JOURNAL_NAME, cfg.security.vault_key_file
+    for needed in (path, key):
+        if not needed.exists():  # never create a journal or a key here
+            print(f"kpos queue: {needed} not found", file=sys.stderr)
+            return 2
+    try:
+        journal = Journal(path, Vault.open(key))
+    except JournalError as exc:
+        print(f"kpos queue: {exc}", file=sys.stderr)
+        return 3
+    try:
+        if args.retry:
+            print(f"queued again: {journal.requeue_expired()}")
+        stats, alerts = journal.queue_stats(), journal.alerts()
+        money = lambda minor, cur=cfg.terminal.currency: f"{currency_alpha(cur)} {format_amount(minor, cur)}"  # noqa: E731
+        oldest = f", oldest {stats.oldest_advice_at.isoformat()}" if stats.oldest_advice_at else ""
+        print(f"queued: {stats.reversals} reversal(s), {stats.advices} advice(s) "
+              f"totalling {money(stats.advice_total)}{oldest}")
+        print(f"alerts: {len(alerts)}")
+        for a in alerts:
+            code = f" code {a.response_code}" if a.response_code else ""
+            print(f"  {a.what:<17} txn {a.txn_id} STAN {a.stan:06d} "
+                  f"{money(a.amount, a.currency)}{code} at {a.at}")
+        if args.ack and alerts:
+            print(f"acknowledged: {journal.acknowledge_alerts()}")
+    finally:
+        journal.close()
+    return 0

@@ -86,3 +86,37 @@ def test_console_quit(tmp_path):
                           cwd=REPO, input="cards\nquit\n", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "approve" in proc.stdout and "no_response" in proc.stdout
+
+
+def test_queue_lists_and_acknowledges_operator_alerts(tmp_path):
+    from firmware.emv.card import ENTRY_CONTACTLESS, CardData
+    from firmware.journal import JOURNAL_NAME, Journal
+    from firmware.vault import Vault
+    from tests.test_journal_saf import advice_for
+
+    missing = kpos("queue", "--config", "config/sim.toml", "--data-dir", str(tmp_path))
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    assert not (tmp_path / JOURNAL_NAME).exists()  # never created by looking
+    card = CardData(pan="6226090000000014", expiry="3012", pan_seq="", track2="", aid="",
+                    app_label="", icc_data=b"", entry_mode=ENTRY_CONTACTLESS)
+    journal = Journal(tmp_path / JOURNAL_NAME, Vault.open(tmp_path / "keys" / "vault.key"))
+    try:
+        ids = []
+        for amount in (5000, 700):
+            stan = journal.next_stan()
+            ids.append(journal.record_offline_approval(
+                kind="sale", stan=stan, batch=1, amount=amount, currency=156, card=card,
+                advice=advice_for(stan, amount), code="00"))
+        journal.record_advice_results([(ids[0], "51", False)])
+    finally:
+        journal.close()
+    shown = kpos("queue", "--config", "config/sim.toml", "--data-dir", str(tmp_path))
+    assert shown.returncode == 0, shown.stderr
+    assert "queued: 0 reversal(s), 1 advice(s) totalling CNY 7.00" in shown.stdout
+    assert "alerts: 1" in shown.stdout and "advice declined" in shown.stdout
+    assert "code 51" in shown.stdout and "CNY 50.00" in shown.stdout
+    assert "6226090000000014" not in shown.stdout + shown.stderr
+    acked = kpos("queue", "--config", "config/sim.toml", "--data-dir", str(tmp_path), "--ack")
+    assert "acknowledged: 1" in acked.stdout
+    again = kpos("queue", "--config", "config/sim.toml", "--data-dir", str(tmp_path))
+    assert "alerts: 0" in again.stdout
