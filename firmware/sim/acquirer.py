@@ -351,6 +351,8 @@ class AcquirerSimulator:
                 pass
         except ConnectionError as exc:
             log.info("connection from %s lost: %s", peer, exc)
+        except asyncio.CancelledError:  # go_down()/stop(): end quietly (asyncio's server
+            log.debug("connection from %s closed by the simulator", peer)  # logs a raise)
         finally:
             self._connections.discard(task)
             writer.close()

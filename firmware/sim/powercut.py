@@ -1,0 +1,629 @@
+"""Power-cut harness (issue 4 point 7, DESIGN §6.4): the real terminal process, killed with
+SIGKILL at random instants and at crash points, restarted, then reconciled with the host.
+
+`python -m firmware.sim.powercut [--kills 200] [--seed N] [--workdir DIR] [--jobs 2] [--keep]`
+or `run(kills, seed, workdir, jobs) -> Report`. One instance (one per job, in parallel on
+one asyncio loop) owns a workdir, an AcquirerSimulator on 127.0.0.1 with its ledger, and a
+stream of terminal children (`python -m firmware.sim.powercut child ...`: a sim_session
+with start_acquirer=False, its data dir in the workdir, short timeouts) that each sell at
+random until killed: half at a random delay after the start, half by a crash point
+(KPOS_CRASH_AT, firmware/crashpoint.py; a point not reached in time ends in a random kill).
+Meanwhile the instance flips acquirer faults and the network. After every death the
+journal gets PRAGMA integrity_check; after the last kill a clean child drains the queue
+and stops; then `reconcile()` checks the journal against the ledger and the receipts.
+
+Parent: one loop; blocking sqlite reads run in threads (asyncio.to_thread), the fault
+schedule's waits are the faults themselves, child deaths and stdout are awaited. Child:
+its own loop, driven by display events, never sleeps; it prints one JSON line per sale
+(card name, entry, amount: never card data) for the parent to count. Amounts are int
+minor units. Violations name txn ids, STANs and catalog card names, never a PAN.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from firmware import crashpoint
+from firmware.journal import JOURNAL_NAME
+
+__all__ = ["Report", "Reconciliation", "run", "reconcile", "child_overrides", "main"]
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "sim.toml"
+LEDGER_NAME = "ledger.db"  # the acquirer's ledger, in each instance's workdir
+TERMINAL_DIR = "terminal"  # the terminal's data_dir inside the workdir
+CHILD_LOG = "terminal.log"  # every child's log (stderr), appended
+PIN = "1234"  # the catalog PIN of every test card sold here
+FLOOR_LIMIT = 150  # minor units: smaller chip sales of "offline_ok" are approved by the card
+# (card, how it is presented, needs a PIN); cards missing from the catalog are skipped.
+# "low_balance" (10.00) soon runs dry: declines online, offline approvals declined later.
+SALES = (("approve", "insert", True), ("approve", "tap", False), ("offline_pin", "insert", True),
+         ("offline_ok", "insert", False), ("offline_ok", "tap", False),
+         ("low_balance", "tap", False))
+AMOUNTS = (1, 300)  # minor units: under the CVM limit (taps need no PIN), balances last long
+# Highest n in KPOS_CRASH_AT "point:n", so that the point is usually reached in a few sales.
+CRASH_N = {"commit.before": 16, "commit.after": 16, "link.sent": 5, "link.received": 5,
+           "print.done": 3}
+RANDOM_KILL_S = (0.1, 2.5)  # seconds after the spawn: a random instant (start-up included)
+CRASH_LIMIT_S = (3.0, 6.0)  # a crash point not reached by then: killed at that instant
+SALE_LIMIT_S = 40.0  # one sale (faults included) longer than this: the terminal is stuck
+DRAIN_LIMIT_S = 90.0  # the last child's wait for an empty queue
+MAX_BAD_EXITS = 5  # children in a row that died otherwise than by SIGKILL: give up
+FAULTS = (("drop",), ("delay", "1.6"), ("disconnect",), ("close_before_read",),
+          ("close_mid_frame",), ("garble",), ("wrong_stan",), ("answer_twice",))
+# A fault's MTI filter: every request (twice as likely), sales and advices, advices only,
+# reversals, sign-on and echo tests.
+FAULT_MTIS = ("", "", "02", "022", "04", "08")
+COPIES = ("merchant", "customer")
+_RECEIPT_NAME = re.compile(r"(\d{6})-(\d{6})-(merchant|customer)\.(bin|txt)")
+
+
+def child_overrides(workdir: Path, port: int) -> dict:
+    """config/sim.toml overrides for a child: short timeouts, data in `workdir`, the
+    parent's acquirer on `port`."""
+    return {
+        "terminal": {"data_dir": str(workdir / TERMINAL_DIR)},
+        "acquirer": {"host": "127.0.0.1", "port": port, "response_timeout": 1.0,
+                     "connect_timeout": 0.5, "echo_interval": 1},
+        "timeouts": {"card": 5, "pin": 5, "result": 1},
+        "emv": {"floor_limit": FLOOR_LIMIT},
+        "saf": {"retry_first": 0.2, "retry_max": 1.0},
+        "log": {"level": "INFO", "file": ""},
+        "sim": {"ledger": str(workdir / "child-unused-ledger.db"), "acquirer_port": 0},
+    }
+
+
+# ---- the report ---------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What a run did and found; reports of parallel jobs add up (`+`)."""
+
+    kills: Counter = field(default_factory=Counter)  # "random" or crash point -> SIGKILLs
+    crash_missed: int = 0  # crash-point plans not reached in time (killed at random instead)
+    integrity_checks: int = 0  # PRAGMA integrity_check after a death, all "ok" unless a violation
+    sales: int = 0  # sales started at the counter
+    outcomes: Counter = field(default_factory=Counter)  # result screen title -> sales
+    in_flight: int = 0  # txns a kill left SENDING (the next start recovered them)
+    receipts_owed: int = 0  # approved txns a kill left without receipts (printed at a restart)
+    approved_online: int = 0
+    approved_offline: int = 0
+    offline_declined: int = 0  # offline approvals the acquirer declined when forwarded
+    reversed: int = 0  # txns reversed (acknowledged by the acquirer)
+    advices: int = 0  # advices forwarded and answered
+    repeats: int = 0  # 0221 and 0401 repeats the acquirer saw
+    violations: list[str] = field(default_factory=list)
+    wall_time: float = 0.0  # seconds (the longest job when added)
+
+    @property
+    def total_kills(self) -> int:
+        return sum(self.kills.values())
+
+    def __add__(self, other: "Report") -> "Report":
+        total = Report()
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            setattr(total, f.name, max(a, b) if f.name == "wall_time" else a + b)
+        return total
+
+    def text(self) -> str:
+        points = ", ".join(f"{p} {self.kills[p]}" for p in crashpoint.POINTS if self.kills[p])
+        by_point = self.total_kills - self.kills["random"]
+        rows = [
+            ("kill points (SIGKILL)", self.total_kills),
+            ("  by crash point", f"{by_point} ({points or 'none'})"),
+            ("  at a random instant", f"{self.kills['random']} (incl. {self.crash_missed} "
+                                      "crash points not reached)"),
+            ("integrity checks", self.integrity_checks),
+            ("sales attempted", self.sales),
+            ("  results on screen", ", ".join(f"{k} {n}" for k, n in self.outcomes.most_common())),
+            ("approved online", self.approved_online),
+            ("approved offline", self.approved_offline),
+            ("  declined when forwarded", self.offline_declined),
+            ("requests in flight at a kill", self.in_flight),
+            ("reversals acknowledged", self.reversed),
+            ("advices forwarded", self.advices),
+            ("repeats (0221, 0401)", self.repeats),
+            ("receipts printed after a restart", self.receipts_owed),
+            ("violations", len(self.violations)),
+            ("wall time", f"{self.wall_time:.1f} s"),
+        ]
+        lines = [f"{name:<34}{value}" for name, value in rows]
+        return "\n".join(lines + [f"VIOLATION {v}" for v in self.violations])
+
+
+# ---- reconciliation (pure reads of the three outputs) -------------------------------
+
+
+@dataclass
+class Reconciliation:
+    approved_online: int = 0
+    approved_offline: int = 0
+    offline_declined: int = 0
+    reversed: int = 0
+    advices: int = 0
+    repeats: int = 0
+    violations: list[str] = field(default_factory=list)
+
+
+def _read(path: Path, sql: str) -> list[sqlite3.Row]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def reconcile(journal: Path, ledger: Path, receipts: Path, catalog) -> Reconciliation:
+    """Check the terminal's journal against the host's ledger and the receipt files, after
+    the queues drained (read-only; blocking). Every broken rule is one violation line."""
+    from firmware.sim.ledger import pan_key
+
+    txns = _read(journal, """SELECT t.id, t.terminal_id, t.stan, t.batch, t.amount, t.status,
+        t.offline_code, t.printed_merchant_at, t.printed_customer_at, r.status AS reversal,
+        a.status AS advice FROM txn t LEFT JOIN reversal r ON r.txn_id = t.id
+        LEFT JOIN advice a ON a.txn_id = t.id ORDER BY t.id""")
+    auths = _read(ledger, "SELECT tid, stan, date, batch, amount, rc, reversed, kind, repeats, "
+                          "pan_key FROM authorisations ORDER BY id")
+    balances = {row["pan_key"]: row["balance"] for row in _read(ledger, "SELECT * FROM accounts")}
+    out = Reconciliation()
+    _check_journal(txns, out)
+    _check_debits(txns, auths, out)
+    _check_receipts(txns, receipts, out)
+    for card in catalog.cards.values():
+        key = pan_key(card.pan)
+        moved = card.balance - balances.get(key, card.balance)
+        debits = sum(a["amount"] for a in auths if a["pan_key"] == key and _debit(a))
+        if moved != debits:
+            out.violations.append(f"card {card.name}: balance moved by {moved}, debits {debits}")
+    out.repeats = sum(a["repeats"] for a in auths) + _read(
+        ledger, "SELECT COUNT(*) FROM reversals WHERE mti = '0401'")[0][0]
+    return out
+
+
+def _debit(auth: sqlite3.Row) -> bool:
+    return auth["rc"] == "00" and not auth["reversed"]
+
+
+def _ledger_key(auth: sqlite3.Row) -> tuple:
+    """(tid, batch, STAN) as the journal keeps them; a malformed one matches no row."""
+    return (auth["tid"], *(int(auth[k]) if auth[k].isdigit() else auth[k] for k in ("batch", "stan")))
+
+
+def _where(txn: sqlite3.Row) -> str:
+    return f"txn {txn['id']} STAN {txn['stan']:06d}"
+
+
+def _check_journal(txns: list[sqlite3.Row], out: Reconciliation) -> None:
+    """Nothing left in flight or queued after the drain."""
+    for t in txns:
+        if t["status"] in ("SENDING", "UNKNOWN"):
+            out.violations.append(f"{_where(t)}: left {t['status']}")
+        if t["reversal"] in ("ARMED", "PENDING", "SENT", "EXPIRED"):
+            out.violations.append(f"{_where(t)}: reversal left {t['reversal']}")
+        if t["advice"] in ("PENDING", "EXPIRED"):
+            out.violations.append(f"{_where(t)}: advice left {t['advice']}")
+        out.reversed += t["status"] == "REVERSED"
+        out.advices += t["advice"] in ("ACKED", "DECLINED")
+
+
+def _check_debits(txns: list[sqlite3.Row], auths: list[sqlite3.Row], out: Reconciliation) -> None:
+    """Each approval has exactly one debit of its amount; each debit has an approval; no
+    tid + STAN + date is debited twice."""
+    by_key: dict[tuple, list[sqlite3.Row]] = {}
+    for a in auths:
+        by_key.setdefault(_ledger_key(a), []).append(a)
+    rows = {(t["terminal_id"], t["batch"], t["stan"]): t for t in txns}
+    for key, t in rows.items():
+        records = by_key.get(key, [])
+        debits = [a for a in records if _debit(a)]
+        if t["status"] != "APPROVED":
+            continue
+        out.approved_offline += t["offline_code"] is not None
+        if t["offline_code"] is not None and t["advice"] == "DECLINED":
+            out.offline_declined += 1
+            if debits or not any(a["rc"] not in (None, "00") for a in records):
+                out.violations.append(f"{_where(t)}: advice declined, ledger has no decline")
+            continue
+        if t["offline_code"] is not None:
+            if t["advice"] != "ACKED":
+                out.violations.append(f"{_where(t)}: offline approval, advice {t['advice']}")
+        else:
+            out.approved_online += 1
+        if len(debits) != 1 or debits[0]["amount"] != t["amount"]:
+            amounts = [a["amount"] for a in debits]
+            out.violations.append(f"{_where(t)}: approved {t['amount']}, ledger debits {amounts}")
+    for a in filter(_debit, auths):
+        t = rows.get(_ledger_key(a))
+        if t is None or t["status"] != "APPROVED":
+            what = f"journal {t['status']}" if t else "no journal row"
+            out.violations.append(f"STAN {a['stan']} batch {a['batch']}: charged {a['amount']}, {what}")
+    dates = Counter((a["tid"], a["stan"], a["date"]) for a in auths if _debit(a))
+    for (tid, stan, date), n in dates.items():
+        if n > 1:
+            out.violations.append(f"STAN {stan} date {date}: debited {n} times")
+
+
+def _check_receipts(txns: list[sqlite3.Row], receipts: Path, out: Reconciliation) -> None:
+    """Every receipt file has its APPROVED row; every approved row has both copies."""
+    rows = {(t["batch"], t["stan"]): t for t in txns}
+    files = set()
+    for path in sorted(receipts.iterdir()) if receipts.is_dir() else ():
+        if path.name.startswith("."):  # a write the kill interrupted (never renamed in)
+            continue
+        match = _RECEIPT_NAME.fullmatch(path.name)
+        if match is None:
+            out.violations.append(f"receipt file {path.name}: not a receipt name")
+            continue
+        batch, stan, copy = int(match[1]), int(match[2]), match[3]
+        files.add((batch, stan, copy, match[4]))
+        t = rows.get((batch, stan))
+        if t is None or t["status"] != "APPROVED":
+            what = f"journal {t['status']}" if t else "no journal row"
+            out.violations.append(f"receipt {path.name}: {what}")
+    for t in txns:
+        for copy in COPIES if t["status"] == "APPROVED" else ():
+            printed = all((t["batch"], t["stan"], copy, ext) in files for ext in ("bin", "txt"))
+            if t[f"printed_{copy}_at"] is None or not printed:
+                out.violations.append(f"{_where(t)}: approved, {copy} copy not printed")
+
+
+# ---- the parent: acquirer, faults, children, kills ----------------------------------
+
+
+async def _chaos(acquirer, rng: random.Random, stop: asyncio.Event) -> None:
+    """Flip faults and the network at random until `stop`; each flip completes."""
+    from firmware.sim.acquirer import Faults
+
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), rng.uniform(0.2, 2.0))  # the fault schedule
+            return
+        roll = rng.random()
+        if roll < 0.10:
+            await acquirer.go_down()
+        elif roll < 0.40:
+            await acquirer.go_up()
+        elif roll < 0.46:
+            await acquirer.restart()
+        elif roll < 0.70:
+            acquirer.faults.set_to(Faults())
+        else:
+            words = [*rng.choice(FAULTS)]
+            if rng.random() < 0.5:
+                words += ["times", str(rng.randint(1, 3))]
+            mti = rng.choice(FAULT_MTIS)
+            acquirer.faults.set_to(Faults.parse(words + (["mti", mti] if mti else [])))
+
+
+def _integrity(path: Path) -> str:
+    try:
+        return "; ".join(row[0] for row in _read(path, "PRAGMA integrity_check"))
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+
+
+def _left_over(path: Path) -> tuple[set[int], set[int]]:
+    """(txns in flight, approved txns missing a receipt copy) as a kill left them; nothing
+    when the kill came before the first schema migration committed."""
+    if not _read(path, "SELECT 1 FROM sqlite_master WHERE name = 'txn'"):
+        return set(), set()
+    rows = _read(path, "SELECT id, status FROM txn WHERE status = 'SENDING' OR (status = 'APPROVED' "
+                       "AND (printed_merchant_at IS NULL OR printed_customer_at IS NULL))")
+    return ({r["id"] for r in rows if r["status"] == "SENDING"},
+            {r["id"] for r in rows if r["status"] == "APPROVED"})
+
+
+async def _kill(proc) -> None:
+    """SIGKILL a child (unless it just died on its own) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.wait()
+
+
+class _Instance:
+    """One job: a workdir, an acquirer, children until `kills` SIGKILLs, drain, reconcile."""
+
+    def __init__(self, name: str, kills: int, seed: int, workdir: Path, config: Path):
+        self.name, self.kills, self.workdir, self.config = name, kills, workdir, config
+        self.rng = random.Random(seed)
+        self.report = Report()
+        self.journal = workdir / TERMINAL_DIR / JOURNAL_NAME
+        self.in_flight: set[int] = set()
+        self.owed: set[int] = set()
+        self.acquirer = None
+
+    def violation(self, text: str) -> None:
+        self.report.violations.append(f"{self.name}: {text}")
+
+    async def run(self) -> Report:
+        from firmware.sim.acquirer import AcquirerSimulator, Faults
+        from firmware.sim.catalog import load_catalog
+
+        started = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        catalog = load_catalog()
+        self.acquirer = AcquirerSimulator(catalog, self.workdir / LEDGER_NAME)
+        port = await self.acquirer.start("127.0.0.1", 0)
+        try:
+            await self._kill_all(port)
+            self.acquirer.faults.set_to(Faults())
+            await self.acquirer.go_up()
+            await self._drain(port)
+        finally:
+            await self.acquirer.stop()
+        found = await asyncio.to_thread(reconcile, self.journal, self.workdir / LEDGER_NAME,
+                                        self.workdir / TERMINAL_DIR / "receipts", catalog)
+        for name in ("approved_online", "approved_offline", "offline_declined", "reversed",
+                     "advices", "repeats"):
+            setattr(self.report, name, getattr(found, name))
+        for text in found.violations:
+            self.violation(text)
+        self.report.in_flight, self.report.receipts_owed = len(self.in_flight), len(self.owed)
+        self.report.wall_time = time.monotonic() - started
+        return self.report
+
+    async def _kill_all(self, port: int) -> None:
+        """Children until `kills` SIGKILLs, faults flipping meanwhile."""
+        stop = asyncio.Event()
+        chaos = asyncio.create_task(_chaos(self.acquirer, random.Random(self.rng.random()), stop))
+        try:
+            bad_exits = 0
+            while (self.report.total_kills < self.kills and bad_exits < MAX_BAD_EXITS
+                   and not chaos.done()):  # a fault flip that failed: raised below
+                bad_exits = 0 if await self._cycle(port) else bad_exits + 1
+        finally:
+            stop.set()
+            await chaos
+
+    async def _cycle(self, port: int) -> bool:
+        """One child from spawn to death; True when it died by SIGKILL."""
+        point, crash, limit = "random", "", self.rng.uniform(*RANDOM_KILL_S)
+        if self.rng.random() < 0.5:
+            point = self.rng.choice(crashpoint.POINTS)
+            crash, limit = f"{point}:{self.rng.randint(1, CRASH_N[point])}", self.rng.uniform(*CRASH_LIMIT_S)
+        proc, listener = await self._spawn(port, crash=crash)
+        try:
+            await asyncio.wait_for(proc.wait(), limit)  # the kill instant: what this harness is for
+        except TimeoutError:
+            await _kill(proc)
+            self.report.crash_missed += bool(crash)
+            point = "random"
+        last = await listener
+        killed = proc.returncode == -signal.SIGKILL
+        if killed:
+            self.report.kills[point] += 1
+        else:
+            self.violation(f"child died with code {proc.returncode} ({last or 'no output'}); "
+                           f"see {self.workdir / CHILD_LOG}")
+        await self._after_death()
+        return killed
+
+    async def _after_death(self) -> None:
+        if not self.journal.exists():
+            return
+        result = await asyncio.to_thread(_integrity, self.journal)
+        self.report.integrity_checks += 1
+        if result != "ok":
+            self.violation(f"integrity_check after a kill: {result}")
+            return
+        in_flight, owed = await asyncio.to_thread(_left_over, self.journal)
+        self.in_flight |= in_flight
+        self.owed |= owed
+
+    async def _drain(self, port: int) -> None:
+        proc, listener = await self._spawn(port, drain=DRAIN_LIMIT_S)
+        try:
+            await asyncio.wait_for(proc.wait(), DRAIN_LIMIT_S + 30)
+        except TimeoutError:
+            await _kill(proc)
+        last = await listener
+        if proc.returncode != 0:
+            self.violation(f"last child (drain) ended with code {proc.returncode}: {last or 'no output'}")
+
+    async def _spawn(self, port: int, *, crash: str = "", drain: float = 0.0):
+        env = {k: v for k, v in os.environ.items() if k != "KPOS_CRASH_AT"}
+        if crash:
+            env["KPOS_CRASH_AT"] = crash
+        args = [sys.executable, "-m", "firmware.sim.powercut", "child", "--workdir", str(self.workdir),
+                "--port", str(port), "--config", str(self.config),
+                "--seed", str(self.rng.randrange(2**32)), "--drain", str(drain)]
+        with open(self.workdir / CHILD_LOG, "ab") as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=stderr, env=env)
+        return proc, asyncio.create_task(self._listen(proc))
+
+    async def _listen(self, proc) -> str:
+        """Count the child's sales; the last line it printed (a result or why it stopped)."""
+        last = ""
+        async for raw in proc.stdout:
+            last = raw.decode("utf-8", "replace").strip()
+            with contextlib.suppress(ValueError):  # a line the kill cut short
+                message = json.loads(last)
+                self.report.sales += message.get("event") == "sale"
+                if message.get("event") == "result":
+                    self.report.outcomes[message["outcome"]] += 1
+        return last
+
+
+async def _run_all(kills: int, seed: int, workdir: Path, jobs: int, config: Path) -> Report:
+    each = math.ceil(kills / jobs)
+    instances = [_Instance(f"job {i + 1}", each, seed * 1000 + i, workdir / f"job{i + 1}", config)
+                 for i in range(jobs)]
+    reports = await asyncio.gather(*(instance.run() for instance in instances))
+    total = Report()
+    for report in reports:
+        total = total + report
+    return total
+
+
+def run(kills: int = 200, seed: int = 1, workdir: Path | None = None, jobs: int = 2,
+        config: Path = REPO_CONFIG) -> Report:
+    """Run the harness (blocking; makes its own event loop). `workdir` must be new or
+    empty; None: a temporary directory the caller may delete."""
+    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kpos-powercut-"))
+    if workdir.exists() and any(workdir.iterdir()):
+        raise ValueError(f"power-cut workdir {workdir} is not empty")
+    return asyncio.run(_run_all(kills, seed, workdir, jobs, Path(config)))
+
+
+# ---- the child: a terminal and its cashier ------------------------------------------
+
+
+def _emit(**message) -> None:
+    """One JSON line to the parent (card names and amounts only)."""
+    print(json.dumps(message), flush=True)
+
+
+async def _child(args) -> int:
+    from firmware.config import load_config
+    from firmware.sim.runner import sim_session
+
+    cfg = load_config(args.config, overrides=child_overrides(args.workdir, args.port))
+    async with sim_session(cfg, start_acquirer=False) as session:
+        if args.drain:
+            return await _drain_queue(session, args.drain)
+        rng = random.Random(args.seed)
+        sales = [s for s in SALES if s[0] in session.catalog.cards]
+        while True:  # until killed
+            card, how, pin = rng.choice(sales)
+            amount = rng.randint(*AMOUNTS)
+            _emit(event="sale", card=card, how=how, amount=amount)
+            try:
+                outcome = await _sell(session, card, how, pin, amount)
+            except TimeoutError:
+                _emit(event="stuck", phase=session.terminal.state.phase)
+                return 4
+            _emit(event="result", outcome=outcome)
+
+
+async def _sell(session, card: str, how: str, pin: bool, amount: int) -> str:
+    """Key the amount, present the card, key the PIN, take the result, remove the card,
+    back to idle: each step on the screen it answers. Returns the result screen's title."""
+    from firmware.flows.types import Key
+
+    terminal, display, reader = session.terminal, session.display, session.reader
+    deadline = asyncio.get_running_loop().time() + SALE_LIMIT_S
+    if reader.present():
+        reader.remove()
+    mark, done, outcome, left_idle = len(display.history), set(), "", False
+    for key in [*str(amount), "ENTER"]:
+        terminal.post(Key(key))
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        await display.wait_for("", timeout=max(remaining, 0.001), since=mark)  # any new screen
+        mark = len(display.history)
+        state = terminal.state
+        step = (state.phase, state.token)  # one answer per screen of a phase
+        if state.phase == "IDLE":
+            if left_idle:
+                return outcome
+            continue
+        left_idle = True
+        if step in done:
+            continue
+        if state.phase == "PRESENT_CARD":
+            if any(s[0] == "PRESENT_CARD" for s in done):  # refused: give up this sale
+                terminal.post(Key("CANCEL"))
+            else:
+                reader.insert(card, contactless=how == "tap")
+        elif state.phase == "PIN" and state.pin_length == 0:
+            for key in [*PIN, "ENTER"]:
+                terminal.post(Key(key))
+        elif state.phase == "CHOOSE_APP":
+            terminal.post(Key("1"))
+        elif state.phase == "RESULT":
+            outcome = _outcome(display.history[-1])
+            terminal.post(Key("ENTER"))
+        elif state.phase == "REMOVE_CARD":
+            reader.remove()
+        else:
+            continue
+        done.add(step)
+
+
+def _outcome(screen) -> str:
+    """A result screen in a few words: "APPROVED", "DECLINED: Host unreachable PIN needs
+    the host", ... (title and message lines; a result screen holds no card data)."""
+    if screen.title == "APPROVED":
+        return "APPROVED offline" if "Approved offline" in screen.lines else "APPROVED"
+    return " ".join((f"{screen.title}:", *screen.lines[:2]))
+
+
+async def _drain_queue(session, limit: float) -> int:
+    """Sell nothing; return 0 once no reversal or advice is pending, 2 after `limit` s.
+    Checked at the start and on each screen (the idle screen shows the queue)."""
+    display, terminal = session.display, session.terminal
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        mark = len(display.history)
+        stats = await terminal.journal_call(lambda journal: journal.queue_stats())
+        if stats.reversals == 0 and stats.advices == 0:
+            _emit(event="drained")
+            return 0
+        try:
+            remaining = deadline - asyncio.get_running_loop().time()
+            await display.wait_for("", timeout=max(remaining, 0.001), since=mark)
+        except TimeoutError:
+            _emit(event="not drained", reversals=stats.reversals, advices=stats.advices)
+            return 2
+
+
+# ---- command line -------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["child"]:
+        parser = argparse.ArgumentParser(prog="powercut child")
+        parser.add_argument("--workdir", type=Path, required=True)
+        parser.add_argument("--port", type=int, required=True)
+        parser.add_argument("--config", type=Path, default=REPO_CONFIG)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--drain", type=float, default=0.0)
+        args = parser.parse_args(argv[1:])
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+        return asyncio.run(_child(args))
+    parser = argparse.ArgumentParser(prog="python -m firmware.sim.powercut",
+                                     description="Kill the terminal at random, then reconcile.")
+    parser.add_argument("--kills", type=int, default=200, help="SIGKILLs in all (default 200)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, help="new or empty directory (default: a temp dir)")
+    parser.add_argument("--jobs", type=int, default=2, help="independent instances in parallel")
+    parser.add_argument("--keep", action="store_true", help="keep the workdir")
+    parser.add_argument("--config", type=Path, default=REPO_CONFIG)
+    args = parser.parse_args(argv)
+    if args.kills < 1 or args.jobs < 1:
+        parser.error("--kills and --jobs must be >= 1")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kpos-powercut-"))
+    report = run(args.kills, args.seed, workdir, args.jobs, args.config)
+    keep = args.keep or args.workdir or report.violations
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"power-cut run: {args.kills} kill points asked, seed {args.seed}, {args.jobs} job(s), "
+          f"workdir {workdir}{'' if keep else ' (removed)'}")
+    print(report.text())
+    return 1 if report.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
