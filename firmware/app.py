@@ -392,14 +392,12 @@ class Terminal:
         if cvm == "online_pin" and host_up and len(self.pinpad):
             pin_block = self.pinpad.pin_block(card.pan, self.session_keys.pik)
         self.pinpad.wipe()
-        if not host_up:  # decline now what the offline rules refuse (a swipe, an online PIN ...)
-            refusal = await self._offline_refusal(kind, amount, replace(card, cvm=cvm),
-                                                  "Host unreachable\n")
-            if refusal:
-                self._bridge.post(AuthResult("declined", message=refusal))
-                return
+        refusal = await self._offline_refusal(kind, amount, replace(card, cvm=cvm), "")
+        if not host_up and refusal:  # decline now what the offline rules refuse (a swipe ...)
+            self._bridge.post(AuthResult("declined", message=f"Host unreachable\n{refusal}"))
+            return
         if session is not None:
-            offline_ok = not await self._offline_refusal(kind, amount, replace(card, cvm=cvm), "")
+            offline_ok = not refusal  # may the card approve offline at GENERATE AC 1
             try:
                 card = await self._run_card(lambda: session.first_ac(
                     online_pin=pin_block is not None, offline_capable=offline_ok))
