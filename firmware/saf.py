@@ -4,8 +4,8 @@ waits in the journal (pending reversals, then offline advices) once the host ans
 Contract: one StoreAndForward per terminal, created and used on the terminal's asyncio
 loop only; no method blocks the loop. Journal work goes through the injected
 `journal_call(fn)`, which runs fn(journal) on the journal worker (Terminal.journal_call);
-exchanges go through the terminal's AcquirerLink, one at a time, so a sale waits for at
-most one advice in flight. Delays are seconds on the loop clock; `now()` is the terminal's
+exchanges go through the terminal's AcquirerLink, one exchange (or one pipelined window of
+advices) at a time, so a sale waits for at most PIPELINE advices in flight. Delays are seconds on the loop clock; `now()` is the terminal's
 local time (journal stamps, expiry cutoffs, message fields 12/13).
 
 - run(): the task, until cancelled. It sends an echo test (0800, 60.3 = 301, a fresh STAN)
@@ -20,7 +20,8 @@ local time (journal stamps, expiry cutoffs, message fields 12/13).
   STAN and data; any answer acknowledges it. Then advices, oldest first, in batches of
   `cfg.batch`: one commit marks the whole batch attempted before its first advice is
   written; each goes as 0220 (never attempted) or 0221 (a repeat: the sealed 0220 with
-  the repeat MTI), one in flight; the answers are committed together, once per batch, and
+  the repeat MTI), PIPELINE of them written back to back and their answers matched by STAN
+  (AcquirerLink.exchange_many); the answers are committed together, once per batch, and
   at once when a failure cuts the batch short. A code in APPROVED_CODES: accepted;
   RETRY_CODES (91/96): no result, the advice stays pending, back off; any other code:
   declined (kept by the journal, an operator alert).
@@ -35,8 +36,8 @@ local time (journal stamps, expiry cutoffs, message fields 12/13).
   off like a failure (no busy loop); a bad reversal does not hold back the advices.
 - send_reversals(): the app's call before any new online request: the pending reversals
   now, same rules, no backoff wait. It shares a lock with the drain, held for the reversal
-  phase and for each advice exchange, so the two never interleave and a sale waits for
-  at most one advice. poke(): wake the task now, skipping any wait. note_link(): the app's
+  phase and for each pipelined window of advices, so the two never interleave and a sale
+  waits for at most one window. poke(): wake the task now, skipping any wait. note_link(): the app's
   own exchanges count as link traffic, so echo tests only run on an idle link.
 - on_status(LinkState) runs on the loop after every change of online/offline, of the
   queue stats or of the fault; stats cost one queue_stats() per pass and per drained
@@ -65,6 +66,7 @@ __all__ = ["LinkState", "StoreAndForward", "backoff_delay", "RETRY_CODES"]
 log = logging.getLogger("kpos.saf")
 
 RETRY_CODES = frozenset({"91", "96"})  # issuer / system unavailable: not an answer yet
+PIPELINE = 10  # advices written back to back before their answers are read
 
 JournalCall = Callable[[Callable[[Journal], Any]], Awaitable[Any]]
 
@@ -229,6 +231,16 @@ class StoreAndForward:
         self._traffic(True)
         return response
 
+    async def _exchange_many(self, requests: list[dict]) -> list[dict | None] | None:
+        """Pipelined answers (None per unanswered one); None when nothing could be sent."""
+        try:
+            responses = await self._link.exchange_many(requests)
+        except NotSent:
+            self._traffic(False)
+            return None
+        self._traffic(any(r is not None for r in responses))
+        return responses
+
     def _traffic(self, online: bool) -> None:
         self._last_traffic = asyncio.get_running_loop().time()
         if online != self._online:
@@ -279,23 +291,31 @@ class StoreAndForward:
         return len(pending)
 
     async def _forward(self, batch: list[PendingAdvice]) -> bool:
-        """Send one batch of advices; False when a failure or 91/96 cut it short."""
+        """Send one batch of advices, PIPELINE at a time written back to back (answers
+        matched by STAN); False when a failure or 91/96 cut it short."""
         await self._journal(lambda j: j.record_advice_attempts([a.txn_id for a in batch]))
         results: list[tuple[int, str, bool]] = []
         try:
-            for advice in batch:
-                request = {**advice.request, "t": "0221" if advice.attempts else "0220"}
+            for start in range(0, len(batch), PIPELINE):
+                window = batch[start:start + PIPELINE]
+                requests = [{**a.request, "t": "0221" if a.attempts else "0220"} for a in window]
                 async with self._lock:
-                    response = await self._exchange(request)
-                if response is None:
+                    responses = await self._exchange_many(requests)
+                finished = responses is not None
+                for advice, response in zip(window, responses or ()):
+                    if response is None:
+                        finished = False
+                        continue
+                    code = response.get("39", "")
+                    if code in RETRY_CODES:
+                        log.warning("advice not taken yet, retrying later: %s", messages.describe(response))
+                        finished = False
+                        continue
+                    if code not in APPROVED_CODES:
+                        log.warning("advice declined (kept, operator alert): %s", messages.describe(response))
+                    results.append((advice.txn_id, code, code in APPROVED_CODES))
+                if not finished:
                     return False
-                code = response.get("39", "")
-                if code in RETRY_CODES:
-                    log.warning("advice not taken yet, retrying later: %s", messages.describe(response))
-                    return False
-                if code not in APPROVED_CODES:
-                    log.warning("advice declined (kept, operator alert): %s", messages.describe(response))
-                results.append((advice.txn_id, code, code in APPROVED_CODES))
             return True
         finally:  # also when cancelled: what was answered is recorded
             if results:

@@ -333,3 +333,72 @@ def test_cancelled_exchange_drops_connection():
             assert not link.connected
             await asyncio.wait_for(host.client_closed.wait(), WAIT)
     run(main())
+
+
+# --- pipelining (exchange_many, store-and-forward) ----------------------------------------
+
+
+class HoldAndReverse:
+    """An answer function that holds replies until `n` requests arrived, then answers them
+    newest first (and leaves out the STANs in `skip`), plus a stray answer to STAN 999999."""
+
+    def __init__(self, n: int, skip=()):
+        self.n, self.skip, self.held = n, set(skip), []
+
+    def __call__(self, req: dict):
+        self.held.append(req)
+        if len(self.held) < self.n:
+            return None
+        stray = approve(_sale(999999))
+        return stray + b"".join(approve(r) for r in reversed(self.held) if int(r["11"]) not in self.skip)
+
+
+def test_exchange_many_matches_answers_by_stan_in_any_order(caplog):
+    async def main():
+        answers = HoldAndReverse(4)
+        async with FakeHost(answers) as host:
+            link = host.link()
+            requests = [_sale(stan) for stan in (11, 12, 13, 14)]
+            responses = await link.exchange_many(requests)
+            assert [r["11"] for r in responses] == ["000011", "000012", "000013", "000014"]
+            assert host.connections == 1 and link.connected  # all answered: the link stays
+            await link.close()
+    run(main())
+    assert "stale response skipped" in caplog.text
+
+
+def test_exchange_many_leaves_an_unanswered_one_none_and_drops_the_link(caplog):
+    async def main():
+        async with FakeHost(HoldAndReverse(3, skip={22})) as host:
+            link = host.link(response_timeout=0.5)
+            responses = await link.exchange_many([_sale(stan) for stan in (21, 22, 23)])
+            assert [r and r["11"] for r in responses] == ["000021", None, "000023"]
+            assert not link.connected  # its state is unknown after a missing answer
+    run(main())
+    assert "no response to 1 of 3 pipelined requests" in caplog.text
+
+
+def test_exchange_many_mismatch_is_unknown_for_that_one_only():
+    async def main():
+        def answer(req):
+            return approve(req, **({"4": "000000009999"} if req["11"] == "000032" else {}))
+        async with FakeHost(answer) as host:
+            link = host.link()
+            responses = await link.exchange_many([_sale(stan) for stan in (31, 32, 33)])
+            assert [r and r["11"] for r in responses] == ["000031", None, "000033"]
+            assert not link.connected
+    run(main())
+
+
+def test_exchange_many_refuses_repeated_stans_and_reports_not_sent():
+    async def main():
+        async with FakeHost(approve) as host:
+            with pytest.raises(ValueError, match="STANs must differ"):
+                await host.link().exchange_many([_sale(5), _sale(5)])
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        link = AcquirerLink("127.0.0.1", port, connect_timeout=1.0, response_timeout=1.0)
+        with pytest.raises(NotSent):
+            await link.exchange_many([_sale(6)])
+    run(main())

@@ -21,7 +21,7 @@ from firmware.bridge import Worker
 from firmware.clock import FixedClock
 from firmware.config import SafConfig
 from firmware.journal import Journal
-from firmware.saf import LinkState, StoreAndForward, backoff_delay
+from firmware.saf import PIPELINE, LinkState, StoreAndForward, backoff_delay
 from firmware.sim.acquirer import AcquirerSimulator, Faults
 from firmware.vault import Vault
 from test_acquirer_sim import CATALOG, IDS, NOW, TID, chip_card
@@ -297,10 +297,12 @@ def test_a_doubled_answer_is_not_taken_for_the_next_advice(tmp_path):
     run(main())
 
 
-def test_send_reversals_waits_for_the_advice_in_flight_only(tmp_path):
+def test_send_reversals_waits_for_the_advices_in_flight_only(tmp_path):
+    """The advices of one pipelined window (saf.PIPELINE) are in flight together; a
+    reversal asked for meanwhile goes right after them, before the rest of the queue."""
     async def main():
         async with env(tmp_path) as e:
-            advices = [await e.advice(amount=1000 + n) for n in range(3)]
+            advices = [await e.advice(amount=1000 + n) for n in range(PIPELINE + 2)]
             card_for("approve", 2000)  # read now: the reversal below is queued in a moment
             e.sim.faults.set_to(Faults.parse("delay 0.3 times 1 mti 0220".split()))
             e.start()
@@ -308,8 +310,9 @@ def test_send_reversals_waits_for_the_advice_in_flight_only(tmp_path):
             rev = await e.reversal()
             assert await e.saf.send_reversals() is True
             await e.drained()
-            assert [(m, int(s)) for m, s, _ in e.sim.seen[1:]] == [
-                ("0220", advices[0]), ("0400", rev), ("0220", advices[1]), ("0220", advices[2])]
+            window = [("0220", stan) for stan in advices[:PIPELINE]]
+            rest = [("0220", stan) for stan in advices[PIPELINE:]]
+            assert [(m, int(s)) for m, s, _ in e.sim.seen[1:]] == window + [("0400", rev)] + rest
     run(main())
 
 

@@ -91,6 +91,73 @@ class AcquirerLink:
                 await asyncio.shield(self._drop())
                 raise
 
+    async def exchange_many(self, requests: list[dict]) -> list[dict | None]:
+        """Pipelining, for store-and-forward: write every request at once, then read the
+        answers, each matched to its request by STAN (their order does not matter). One
+        entry per request: its response, or None when it got no valid answer by
+        `response_timeout` after the last one that did (outcome unknown, as NoResponse; the
+        connection is then dropped). NotSent (nothing written) when connecting fails. The
+        requests must carry distinct STANs (field 11)."""
+        by_stan = {str(r.get("11", "")): i for i, r in enumerate(requests)}
+        if len(by_stan) != len(requests):
+            raise ValueError("exchange_many: the requests' STANs must differ")
+        data = b"".join(frame(encode(r)) for r in requests)
+        results: list[dict | None] = [None] * len(requests)
+        async with self._lock:
+            try:
+                await self._ensure_connected()
+            except NotSent as exc:
+                log.warning("not sent: %s: %d requests from %s", exc.reason, len(requests),
+                            describe(requests[0]))
+                raise
+            try:
+                failure = await self._pipeline(requests, by_stan, data, results)
+            except BaseException:  # cancelled mid-exchange: connection state unknown
+                await asyncio.shield(self._drop())
+                raise
+            if failure:
+                unanswered = sum(r is None for r in results)
+                log.warning("no response to %d of %d pipelined requests: %s", unanswered,
+                            len(requests), failure)
+                await self._drop()
+        return results
+
+    async def _pipeline(self, requests: list[dict], by_stan: dict[str, int], data: bytes,
+                        results: list[dict | None]) -> str:
+        """Fill `results` in place; "" when every request got its answer, else why not."""
+        loop = asyncio.get_running_loop()
+        waiting, failure = len(requests), ""
+        try:
+            async with asyncio.timeout(self._response_timeout) as deadline:
+                self._writer.write(data)
+                await self._writer.drain()
+                crashpoint.hit("link.sent")
+                while waiting:
+                    response = decode(await read_frame(self._reader))
+                    i = by_stan.get(str(response.get("11", "")))
+                    if i is None or results[i] is not None:
+                        log.warning("stale response skipped: %s", describe(response))
+                        continue
+                    waiting -= 1
+                    mismatch = match_response(requests[i], response)
+                    if mismatch is not None:  # that one's outcome is unknown; read on
+                        failure = f"mismatched response: {mismatch}"
+                        results[i] = None
+                        by_stan.pop(str(response.get("11", "")))
+                        continue
+                    results[i] = response
+                    deadline.reschedule(loop.time() + self._response_timeout)
+        except TimeoutError:
+            return f"no response in {self._response_timeout:.1f} s"
+        except asyncio.IncompleteReadError:
+            return "connection closed by host"
+        except OSError as exc:
+            return f"connection error: {exc}"
+        except MessageError as exc:
+            return f"malformed response: {exc}"
+        crashpoint.hit("link.received")
+        return failure
+
     async def close(self) -> None:
         """Close the connection gracefully (idempotent)."""
         async with self._lock:
