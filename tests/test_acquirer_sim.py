@@ -1068,3 +1068,23 @@ def test_ledger_debits_are_approved_unreversed_sales_and_advices(tmp_path):
     assert ledger.repeat_advice(TID, "000004", "0514").repeats == 1
     assert ledger.repeat_advice(TID, "000004", "0514").repeats == 2
     ledger.close()
+
+
+@pytest.mark.parametrize("code, with_tc, rc", [("Y1", False, "05"), ("Y3", False, "05"),
+                                               ("00", True, "05"), ("Y1", True, "00")])
+def test_advice_cryptogram_type_must_match_its_code(tmp_path, code, with_tc, rc):
+    """A Y1/Y3 advice must carry a TC (9F27 = 40) and a store-and-forward one (00) the ARQC:
+    the simulator's cryptograms are equal over equal data whatever their type."""
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            before = await balance(sim, "approve")
+            card = chip_card("approve", 1500)
+            req = term.advice("approve", 1500, code=code, card=card,
+                              icc=tc_icc(card) if with_tc else None)
+            resp = await term.ask(req)
+            assert resp["39"] == rc
+            assert await balance(sim, "approve") == before - (1500 if rc == "00" else 0)
+            if rc != "00":
+                [auth] = await records(sim)
+                assert auth.reason == "cryptogram type does not match the advice"
+    asyncio.run(main())

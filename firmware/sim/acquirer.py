@@ -593,6 +593,8 @@ class AcquirerSimulator:
         arqc = check_arqc(req, self.catalog.imk_ac)
         if arqc == ARQC_FAILED:
             return Decision(RC_CHIP_DATA, "cryptogram failed", arqc)
+        if not advice_cryptogram_ok(req):
+            return Decision(RC_CHIP_DATA, "cryptogram type does not match the advice", arqc)
         card = self.catalog.by_pan(req["2"])
         if card is None or not self._ledger.has_account(req["2"]):
             return Decision(RC_BAD_CARD, "unknown card", arqc)
@@ -611,6 +613,23 @@ class AcquirerSimulator:
         log.info("reversal %s of STAN %s: found=%s credited=%s", req["t"], stan,
                  result.found, result.credited)
         return {**resp, "39": RC_APPROVED}
+
+
+# Cryptogram Information Data (9F27) an advice's field 55 must carry, by its field 39:
+# approved offline by the card (Y1, Y3) -> a TC; store-and-forward (00) -> the ARQC.
+ADVICE_CID = {"Y1": 0x40, "Y3": 0x40, "00": 0x80}
+
+
+def advice_cryptogram_ok(req: Mapping[str, object]) -> bool:
+    """True when a chip advice's 9F27 is the cryptogram type its field 39 claims (the
+    simulator's cryptograms do not cover the type, so it is checked here). An advice
+    without field 55 or 9F27 (no chip data) passes: check_icc has judged those."""
+    try:
+        cid = (_icc_values(req) or {}).get("9F27")
+    except tlv.TlvError:
+        return False
+    want = ADVICE_CID.get(str(req.get("39", "")))
+    return cid is None or want is None or (len(cid) == 1 and cid[0] & 0xC0 == want)
 
 
 def _decided(req: dict, echoed: tuple[str, ...], auth: Authorisation) -> dict:
