@@ -74,22 +74,8 @@ class AcquirerLink:
 
     async def exchange(self, request: dict) -> dict:
         """Send `request`, return the decoded matching response. Raises NotSent/NoResponse."""
-        data = frame(encode(request))
-        async with self._lock:
-            try:
-                await self._ensure_connected()
-            except NotSent as exc:
-                log.warning("not sent: %s: %s", exc.reason, describe(request))
-                raise
-            try:
-                return await self._send_and_receive(request, data)
-            except NoResponse as exc:
-                log.warning("no response: %s: %s", exc.reason, describe(request))
-                await self._drop()
-                raise
-            except BaseException:  # cancelled mid-exchange: connection state unknown
-                await asyncio.shield(self._drop())
-                raise
+        [response] = await self._exchange([request], single=True)
+        return response
 
     async def exchange_many(self, requests: list[dict]) -> list[dict | None]:
         """Pipelining, for store-and-forward: write every request at once, then read the
@@ -98,17 +84,21 @@ class AcquirerLink:
         `response_timeout` after the last one that did (outcome unknown, as NoResponse; the
         connection is then dropped). NotSent (nothing written) when connecting fails. The
         requests must carry distinct STANs (field 11)."""
+        return await self._exchange(requests, single=False)
+
+    async def _exchange(self, requests: list[dict], *, single: bool) -> list[dict | None]:
+        """exchange() (`single`: a failure raises NoResponse) and exchange_many()."""
         by_stan = {str(r.get("11", "")): i for i, r in enumerate(requests)}
         if len(by_stan) != len(requests):
             raise ValueError("exchange_many: the requests' STANs must differ")
         data = b"".join(frame(encode(r)) for r in requests)
         results: list[dict | None] = [None] * len(requests)
+        what = describe(requests[0]) if single else f"{len(requests)} requests from {describe(requests[0])}"
         async with self._lock:
             try:
                 await self._ensure_connected()
             except NotSent as exc:
-                log.warning("not sent: %s: %d requests from %s", exc.reason, len(requests),
-                            describe(requests[0]))
+                log.warning("not sent: %s: %s", exc.reason, what)
                 raise
             try:
                 failure = await self._pipeline(requests, by_stan, data, results)
@@ -116,10 +106,14 @@ class AcquirerLink:
                 await asyncio.shield(self._drop())
                 raise
             if failure:
-                unanswered = sum(r is None for r in results)
-                log.warning("no response to %d of %d pipelined requests: %s", unanswered,
-                            len(requests), failure)
+                if single:
+                    log.warning("no response: %s: %s", failure, what)
+                else:
+                    log.warning("no response to %d of %d pipelined requests: %s",
+                                results.count(None), len(requests), failure)
                 await self._drop()
+                if single:
+                    raise NoResponse(failure)
         return results
 
     async def _pipeline(self, requests: list[dict], by_stan: dict[str, int], data: bytes,
@@ -135,8 +129,13 @@ class AcquirerLink:
                 while waiting:
                     response = decode(await read_frame(self._reader))
                     i = by_stan.get(str(response.get("11", "")))
+                    if i is None and "11" not in response:  # cannot be matched: fail now
+                        first = next(j for j in by_stan.values() if results[j] is None)
+                        return f"mismatched response: {match_response(requests[first], response)}"
                     if i is None or results[i] is not None:
-                        log.warning("stale response skipped: %s", describe(response))
+                        waited = ", ".join(k for k, j in by_stan.items() if results[j] is None)
+                        log.warning("stale response skipped (waiting for STAN %s): %s", waited,
+                                    describe(response))
                         continue
                     waiting -= 1
                     mismatch = match_response(requests[i], response)
@@ -155,7 +154,8 @@ class AcquirerLink:
             return f"connection error: {exc}"
         except MessageError as exc:
             return f"malformed response: {exc}"
-        crashpoint.hit("link.received")
+        if not failure:
+            crashpoint.hit("link.received")
         return failure
 
     async def close(self) -> None:
@@ -190,43 +190,6 @@ class AcquirerLink:
 
     def _idle_connection_ok(self) -> bool:
         return not (self._writer.is_closing() or self._reader.at_eof())
-
-    async def _send_and_receive(self, request: dict, data: bytes) -> dict:
-        try:
-            async with asyncio.timeout(self._response_timeout):
-                self._writer.write(data)
-                await self._writer.drain()
-                crashpoint.hit("link.sent")
-                response = None
-                while response is None:
-                    response = self._checked(request, await read_frame(self._reader))
-        except TimeoutError:
-            raise NoResponse(f"no response in {self._response_timeout:.1f} s") from None
-        except asyncio.IncompleteReadError:
-            raise NoResponse("connection closed by host") from None
-        except OSError as exc:
-            raise NoResponse(f"connection error: {exc}") from exc
-        except MessageError as exc:
-            raise NoResponse(f"malformed response: {exc}") from exc
-        crashpoint.hit("link.received")
-        return response
-
-    @staticmethod
-    def _checked(request: dict, raw: bytes) -> dict | None:
-        """The response if it answers `request`; None for a stale answer to another STAN."""
-        try:
-            response = decode(raw)
-        except MessageError as exc:
-            raise NoResponse(f"malformed response: {exc}") from exc
-        if "11" in request and "11" in response and response["11"] != request["11"]:
-            log.warning("stale response skipped (waiting for STAN %s): %s", request["11"],
-                        describe(response))
-            return None
-        mismatch = match_response(request, response)
-        if mismatch is not None:
-            raise NoResponse(f"mismatched response: {mismatch}")
-        log.debug("response: %s", describe(response))
-        return response
 
     async def _drop(self) -> None:
         """Abort the connection without flushing (its state is unknown)."""
