@@ -305,30 +305,42 @@ class Journal:
         operator: str = "01",
     ) -> int:
         """Persist a request before it is sent: txn 'SENDING', sealed request, ARMED reversal."""
+        def seal_and_arm(db: sqlite3.Connection, txn_id: int, now: str) -> None:
+            blob = self._vault.seal(_encode_request(request), aad=_aad(txn_id))
+            db.execute("INSERT INTO sealed_request (txn_id, blob) VALUES (?, ?)", (txn_id, blob))
+            if reversible:
+                db.execute("INSERT INTO reversal (txn_id, status, created_at, updated_at) "
+                           "VALUES (?, 'ARMED', ?, ?)", (txn_id, now, now))
+
+        txn_id = self._insert_txn(kind=kind, stan=stan, batch=batch, amount=amount,
+                                  currency=currency, card=card, request=request, operator=operator,
+                                  status="SENDING", code=None, then=seal_and_arm)
+        log.info("txn %d %s STAN %06d batch %d amount %d recorded (SENDING)", txn_id, kind, stan, batch, amount)
+        return txn_id
+
+    def _insert_txn(self, *, kind: str, stan: int, batch: int, amount: int, currency: int,
+                    card: CardData | None, request: dict, operator: str, status: str,
+                    code: str | None, then: Callable[[sqlite3.Connection, int, str], None]) -> int:
+        """One commit: a new txn row (`code`: the offline approval's code, also its response
+        code) plus what `then(db, txn_id, now)` writes with it, `now` the row's time stamp.
+        JournalError on a reused STAN."""
         _check_request_args(kind, stan, batch, amount, currency, request)
         terminal_id = str(request.get("41", "")).strip()
-        sealed_json = _encode_request(request)
         now = self._stamp()
         try:
             with self._write() as db:
                 txn_id = db.execute(
                     """INSERT INTO txn (terminal_id, kind, stan, batch, amount, currency, status,
                            operator, masked_pan, entry_mode, aid, app_label, arqc, tvr, tsi, cvm,
-                           cryptogram_type, created_at, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, 'SENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (terminal_id, kind, stan, batch, amount, currency, operator, *_card_columns(card), now, now),
+                           cryptogram_type, response_code, offline_code, created_at, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (terminal_id, kind, stan, batch, amount, currency, status, operator,
+                     *_card_columns(card), code, code, now, now),
                 ).lastrowid
-                blob = self._vault.seal(sealed_json, aad=_aad(txn_id))
-                db.execute("INSERT INTO sealed_request (txn_id, blob) VALUES (?, ?)", (txn_id, blob))
-                if reversible:
-                    db.execute(
-                        "INSERT INTO reversal (txn_id, status, created_at, updated_at) VALUES (?, 'ARMED', ?, ?)",
-                        (txn_id, now, now),
-                    )
+                then(db, txn_id, now)
         except sqlite3.IntegrityError as exc:
             what = f"STAN {stan:06d} already used in batch {batch}" if "UNIQUE" in str(exc) else str(exc)
             raise JournalError(f"cannot record {kind}: {what} (terminal {terminal_id or '?'}): {exc}") from exc
-        log.info("txn %d %s STAN %06d batch %d amount %d recorded (SENDING)", txn_id, kind, stan, batch, amount)
         return txn_id
 
     def record_not_sent(self, txn_id: int, reason: str) -> None:
@@ -435,7 +447,7 @@ class Journal:
                        **{k: v for k, v in zip(("arqc", "tvr", "tsi", "cryptogram_type"),
                                                _chip_columns(card)) if v is not None})
             self._move_reversal(db, txn_id, "offline", "CANCELLED")
-            self._queue_advice(db, txn_id, advice, code)
+            self._queue_advice(db, txn_id, advice, code, self._stamp())
         log.info("txn %d approved offline (%s), advice queued", txn_id, code)
 
     def record_offline_approval(
@@ -444,26 +456,17 @@ class Journal:
     ) -> int:
         """An offline approval without an online attempt (the card's TC at the first
         GENERATE AC, `code` Y1): txn APPROVED offline plus its PENDING advice, one commit."""
-        _check_request_args(kind, stan, batch, amount, currency, advice)
-        terminal_id = str(advice.get("41", "")).strip()
-        now = self._stamp()
-        with self._write() as db:
-            txn_id = db.execute(
-                """INSERT INTO txn (terminal_id, kind, stan, batch, amount, currency, status,
-                       operator, masked_pan, entry_mode, aid, app_label, arqc, tvr, tsi, cvm,
-                       cryptogram_type, response_code, offline_code, created_at, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, 'APPROVED', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (terminal_id, kind, stan, batch, amount, currency, operator, *_card_columns(card),
-                 code, code, now, now),
-            ).lastrowid
-            self._queue_advice(db, txn_id, advice, code)
+        txn_id = self._insert_txn(kind=kind, stan=stan, batch=batch, amount=amount,
+                                  currency=currency, card=card, request=advice, operator=operator,
+                                  status="APPROVED", code=code,
+                                  then=lambda db, txn_id, now: self._queue_advice(db, txn_id, advice, code, now))
         log.info("txn %d %s STAN %06d approved offline (%s), advice queued", txn_id, kind, stan, code)
         return txn_id
 
-    def _queue_advice(self, db: sqlite3.Connection, txn_id: int, advice: dict, code: str) -> None:
+    def _queue_advice(self, db: sqlite3.Connection, txn_id: int, advice: dict, code: str,
+                      now: str) -> None:
         blob = self._vault.seal(_encode_request(advice), aad=_aad(txn_id))
         db.execute("INSERT OR REPLACE INTO sealed_request (txn_id, blob) VALUES (?, ?)", (txn_id, blob))
-        now = self._stamp()
         db.execute("INSERT INTO advice (txn_id, status, detail, created_at, updated_at) "
                    "VALUES (?, 'PENDING', ?, ?, ?)", (txn_id, f"approved offline ({code})", now, now))
 
