@@ -420,11 +420,7 @@ class Terminal:
 
     async def _go_online(self, kind: str, amount: int, card, pin_block, session) -> None:
         journal = self.journal
-        stan = await self.journal_worker.run(journal.next_stan)
-        batch = await self.journal_worker.run(journal.batch_no)
-        request = messages.sale_request(
-            self.ids, stan=stan, batch=batch, amount=amount, currency=self.cfg.terminal.currency,
-            card=card, pin_block=pin_block, now=self.clock.now())
+        stan, batch, request = await self._sale_request(amount, card, pin_block)
         txn_id = await self.journal_worker.run(lambda: journal.record_request(
             kind=kind, stan=stan, batch=batch, amount=amount, currency=self.cfg.terminal.currency,
             card=card, request=request, reversible=True, operator=self.cfg.terminal.operator))
@@ -461,6 +457,15 @@ class Terminal:
         self._bridge.post(AuthResult("approved" if approved else "declined", code=code,
                                      message=describe_code(code), auth_code=response.get("38", ""),
                                      rrn=response.get("37", ""), txn_id=txn_id))
+
+    async def _sale_request(self, amount: int, card, pin_block) -> tuple[int, int, dict]:
+        """A fresh STAN (committed), the batch number and the 0200 built with them."""
+        stan = await self.journal_worker.run(self.journal.next_stan)
+        batch = await self.journal_worker.run(self.journal.batch_no)
+        request = messages.sale_request(
+            self.ids, stan=stan, batch=batch, amount=amount, currency=self.cfg.terminal.currency,
+            card=card, pin_block=pin_block, now=self.clock.now())
+        return stan, batch, request
 
     async def _offline_refusal(self, kind: str, amount: int, card, what: str) -> str:
         """Why this sale may not be approved offline now ("" = it may), from the policy and
@@ -508,11 +513,7 @@ class Terminal:
         (default: the card's)."""
         journal = self.journal
         if request is None:
-            stan = await self.journal_worker.run(journal.next_stan)
-            batch = await self.journal_worker.run(journal.batch_no)
-            request = messages.sale_request(
-                self.ids, stan=stan, batch=batch, amount=amount,
-                currency=self.cfg.terminal.currency, card=card, pin_block=None, now=self.clock.now())
+            _, _, request = await self._sale_request(amount, card, None)
         advice = messages.advice_request(request, code=code, icc_data=icc or card.icc_data or None)
         if txn_id is None:
             txn_id = await self.journal_worker.run(lambda: journal.record_offline_approval(

@@ -95,6 +95,11 @@ def _load(path: Path, overrides: dict | None = None):
         return None
 
 
+def _data_dir_override(args) -> dict | None:
+    """Config overrides for a `--data-dir` option (None when not given)."""
+    return {"terminal": {"data_dir": str(args.data_dir.resolve())}} if args.data_dir else None
+
+
 def _install_signals(stop) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -128,7 +133,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_sim(args) -> int:
-    overrides = {"terminal": {"data_dir": str(args.data_dir.resolve())}} if args.data_dir else None
+    overrides = _data_dir_override(args)
     cfg = _load(args.config, overrides)
     if cfg is None:
         return 2
@@ -216,7 +221,7 @@ def _cmd_doctor(args) -> int:
 
 
 def _cmd_queue(args) -> int:
-    overrides = {"terminal": {"data_dir": str(args.data_dir.resolve())}} if args.data_dir else None
+    overrides = _data_dir_override(args)
     cfg = _load(args.config, overrides)
     if cfg is None:
         return 2

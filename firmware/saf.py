@@ -5,8 +5,9 @@ Contract: one StoreAndForward per terminal, created and used on the terminal's a
 loop only; no method blocks the loop. Journal work goes through the injected
 `journal_call(fn)`, which runs fn(journal) on the journal worker (Terminal.journal_call);
 exchanges go through the terminal's AcquirerLink, one exchange (or one pipelined window of
-advices) at a time, so a sale waits for at most PIPELINE advices in flight. Delays are seconds on the loop clock; `now()` is the terminal's
-local time (journal stamps, expiry cutoffs, message fields 12/13).
+advices) at a time, so a sale waits for at most PIPELINE advices in flight. Delays are
+seconds on the loop clock; `now()` is the terminal's local time (journal stamps, expiry
+cutoffs, message fields 12/13).
 
 - run(): the task, until cancelled. It sends an echo test (0800, 60.3 = 301, a fresh STAN)
   when the link has been idle for `echo_interval` (counted from the start of run()), when
@@ -37,8 +38,9 @@ local time (journal stamps, expiry cutoffs, message fields 12/13).
 - send_reversals(): the app's call before any new online request: the pending reversals
   now, same rules, no backoff wait. It shares a lock with the drain, held for the reversal
   phase and for each pipelined window of advices, so the two never interleave and a sale
-  waits for at most one window. poke(): wake the task now, skipping any wait. note_link(): the app's
-  own exchanges count as link traffic, so echo tests only run on an idle link.
+  waits for at most one window. poke(): wake the task now, skipping any wait.
+  note_link(): the app's own exchanges count as link traffic, so echo tests only run on
+  an idle link.
 - on_status(LinkState) runs on the loop after every change of online/offline, of the
   queue stats or of the fault; stats cost one queue_stats() per pass and per drained
   batch, never one per message.
@@ -104,7 +106,7 @@ class StoreAndForward:
         self._now = now
         self._on_status = on_status
         self._rng = rng
-        self._lock = asyncio.Lock()  # one of: a reversal phase, an advice exchange
+        self._lock = asyncio.Lock()  # one of: a reversal phase, a window of advices
         self._wake = asyncio.Event()
         self._poked = False
         self._online: bool | None = None
@@ -143,10 +145,7 @@ class StoreAndForward:
     async def send_reversals(self) -> bool:
         """Send the pending reversals now (before a new online request); True when none is
         left pending. A failure makes the task back off; it never waits itself."""
-        async with self._lock:
-            acked = await self._send_reversals()
-        if acked != 0:
-            await self._refresh()
+        acked = await self._reversal_phase()
         if acked is None:
             self._retry_later()
         return acked is not None
@@ -252,10 +251,7 @@ class StoreAndForward:
 
     async def _drain(self) -> bool:
         """Reversals, then advices batch by batch; False when something is left for later."""
-        async with self._lock:
-            acked = await self._send_reversals()
-        if acked != 0:
-            await self._refresh()
+        acked = await self._reversal_phase()
         if self._online is False:
             return False
         while True:
@@ -266,6 +262,14 @@ class StoreAndForward:
             await self._refresh()
             if not finished:
                 return False
+
+    async def _reversal_phase(self) -> int | None:
+        """_send_reversals under the lock, then fresh stats unless nothing was pending."""
+        async with self._lock:
+            acked = await self._send_reversals()
+        if acked != 0:
+            await self._refresh()
+        return acked
 
     async def _send_reversals(self) -> int | None:
         """Lock held. How many were acknowledged; None when one is still pending."""
