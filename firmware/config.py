@@ -61,6 +61,7 @@ class AcquirerConfig:
     cert_file: Path | None  # set when tls
     key_file: Path | None  # set when tls
     echo_interval: float  # seconds between echo tests (0800 / 301) while the link is idle
+    signon_interval: float  # seconds: sign on again (new keys, batch number check) this often
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class DevicesConfig:
     magstripe: str  # "none" | "serial" | "wedge": magnetic stripe reader backend
     magstripe_port: str  # serial port of a "serial" reader (a pyserial URL also works)
     magstripe_baudrate: int
+    scanner: str  # "none" | "serial" | "sim": the QR/barcode scanner backend
+    scanner_port: str  # serial port (or pyserial URL such as loop://) of a "serial" scanner
+    scanner_baudrate: int
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,60 @@ class SafConfig:
     retry_max: float  # seconds: the backoff never waits longer
     expire_after: float  # seconds: a queued item this old expires with an operator alert
     batch: int  # advices marked as attempted per journal commit while draining
+
+
+@dataclass(frozen=True)
+class OperatorsConfig:
+    """Operator login (firmware/operators.py)."""
+
+    seed: bool  # on a first start with no operators, create the documented default ones
+    max_failures: int  # wrong passwords in a row before the operator is locked out
+    lockout: float  # seconds an operator stays locked out
+
+
+@dataclass(frozen=True)
+class WalletConfig:
+    """Wallet QR payments (firmware/wallet.py, firmware/qrpay.py)."""
+
+    limit: int  # minor units: the largest single QR payment
+    poll_interval: float  # seconds between status queries while the customer confirms
+    timeout: float  # seconds: cancel the payment when not completed by then
+
+
+@dataclass(frozen=True)
+class FeesConfig:
+    """Merchant service fees (MDR) in basis points (1/100 of a percent: 60 = 0.60%).
+    A fee is computed per transaction and rounded half up to the minor unit."""
+
+    card_rate: int
+    wechat_rate: int
+    alipay_rate: int
+    unionpay_qr_rate: int
+
+
+@dataclass(frozen=True)
+class RiskConfig:
+    """Transaction limits and velocity rules (firmware/limits.py); amounts in minor units,
+    0 = no such limit."""
+
+    max_chip: int  # per transaction, by entry mode
+    max_contactless: int
+    max_swipe: int
+    max_manual: int
+    max_qr: int
+    daily_chip: int  # per calendar day (terminal local time), by entry mode ...
+    daily_contactless: int
+    daily_swipe: int
+    daily_manual: int
+    daily_qr: int
+    daily_wechat: int  # ... and by wallet
+    daily_alipay: int
+    daily_unionpay_qr: int
+    velocity_window: float  # seconds
+    velocity_count: int  # more than this many small transactions in the window trips the rule
+    velocity_small: int  # a transaction at or under this amount is "small"
+    velocity_total: int  # more than this total in the window trips the rule
+    velocity_action: str  # "confirm" (a supervisor confirms) | "refuse"
 
 
 @dataclass(frozen=True)
@@ -178,6 +236,10 @@ class Config:
     emv: EmvConfig
     offline: OfflineConfig
     saf: SafConfig
+    operators: OperatorsConfig
+    wallet: WalletConfig
+    fees: FeesConfig
+    risk: RiskConfig
     printer: PrinterConfig
     receipt: ReceiptConfig
     security: SecurityConfig
@@ -189,6 +251,7 @@ class Config:
 _SECTIONS: dict[str, type] = {
     "terminal": TerminalConfig, "acquirer": AcquirerConfig, "limits": LimitsConfig,
     "timeouts": TimeoutsConfig, "devices": DevicesConfig, "emv": EmvConfig, "offline": OfflineConfig, "saf": SafConfig,
+    "operators": OperatorsConfig, "wallet": WalletConfig, "fees": FeesConfig, "risk": RiskConfig,
     "printer": PrinterConfig,
     "receipt": ReceiptConfig, "security": SecurityConfig, "log": LogConfig, "sim": SimConfig,
 }
@@ -331,6 +394,7 @@ def _acquirer(s: _Section) -> AcquirerConfig:
         cert_file=s.path("cert_file", "", need=need),
         key_file=s.path("key_file", "", need=need),
         echo_interval=s.float_("echo_interval", 60.0, 1, 3600),
+        signon_interval=s.float_("signon_interval", 86_400.0, 60, 7 * 86_400),
     )
 
 
@@ -353,6 +417,7 @@ def _timeouts(s: _Section) -> TimeoutsConfig:
 
 def _devices(s: _Section) -> DevicesConfig:
     magstripe = s.str_("magstripe", "none", choices=("none", "serial", "wedge"))
+    scanner = s.str_("scanner", "none", choices=("none", "serial", "sim"))
     return DevicesConfig(  # no defaults: simulation is never picked silently
         card_reader=s.str_("card_reader", choices=("sim", "pcsc")),
         keypad=s.str_("keypad", choices=("console", "gpio", "evdev")),
@@ -363,9 +428,15 @@ def _devices(s: _Section) -> DevicesConfig:
         magstripe=magstripe,
         magstripe_port=s.str_("magstripe_port", "", maxlen=200,
                               need='[devices] magstripe = "serial"' if magstripe == "serial" else ""),
-        magstripe_baudrate=s.int_("magstripe_baudrate", 9600,
-                                  choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
+        magstripe_baudrate=s.int_("magstripe_baudrate", 9600, choices=_BAUDS),
+        scanner=scanner,
+        scanner_port=s.str_("scanner_port", "", maxlen=200,
+                            need='[devices] scanner = "serial"' if scanner == "serial" else ""),
+        scanner_baudrate=s.int_("scanner_baudrate", 9600, choices=_BAUDS),
     )
+
+
+_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 
 _HEX = {5: (r"[0-9A-Fa-f]{10}", "10 hex digits"), 3: (r"[0-9A-Fa-f]{6}", "6 hex digits")}
@@ -419,6 +490,52 @@ def _saf(s: _Section) -> SafConfig:
     )
 
 
+def _operators(s: _Section) -> OperatorsConfig:
+    return OperatorsConfig(
+        seed=s.bool_("seed", False),
+        max_failures=s.int_("max_failures", 5, 1, 20),
+        lockout=s.float_("lockout", 900.0, 0, 86_400, lo_open=True),
+    )
+
+
+def _wallet(s: _Section) -> WalletConfig:
+    poll = s.float_("poll_interval", 3.0, 0, 60, lo_open=True)
+    return WalletConfig(
+        limit=s.int_("limit", 500_000, 1, 999_999_999_999),
+        poll_interval=poll,
+        timeout=s.float_("timeout", 60.0, poll, 600),
+    )
+
+
+def _fees(s: _Section) -> FeesConfig:
+    def rate(key: str, default: int) -> int:
+        return s.int_(key, default, 0, 10_000)
+
+    return FeesConfig(card_rate=rate("card_rate", 60), wechat_rate=rate("wechat_rate", 38),
+                      alipay_rate=rate("alipay_rate", 38),
+                      unionpay_qr_rate=rate("unionpay_qr_rate", 38))
+
+
+def _risk(s: _Section) -> RiskConfig:
+    def money(key: str, default: int = 0) -> int:
+        return s.int_(key, default, 0, 999_999_999_999)
+
+    return RiskConfig(
+        max_chip=money("max_chip"), max_contactless=money("max_contactless"),
+        max_swipe=money("max_swipe"), max_manual=money("max_manual"),
+        max_qr=money("max_qr"),
+        daily_chip=money("daily_chip"), daily_contactless=money("daily_contactless"),
+        daily_swipe=money("daily_swipe"), daily_manual=money("daily_manual"),
+        daily_qr=money("daily_qr"), daily_wechat=money("daily_wechat"),
+        daily_alipay=money("daily_alipay"), daily_unionpay_qr=money("daily_unionpay_qr"),
+        velocity_window=s.float_("velocity_window", 600.0, 0, 86_400, lo_open=True),
+        velocity_count=s.int_("velocity_count", 0, 0, 10_000),
+        velocity_small=money("velocity_small", 1_000),
+        velocity_total=money("velocity_total"),
+        velocity_action=s.str_("velocity_action", "confirm", choices=("confirm", "refuse")),
+    )
+
+
 def _usb_id(s: _Section, key: str, need: str) -> int | None:
     value = s.str_(key, "", pattern=r"0x[0-9A-Fa-f]{1,4}", rule="a hex USB id like '0x0416'",
                    need=need)
@@ -438,8 +555,7 @@ def _printer(s: _Section, devices: DevicesConfig) -> PrinterConfig:
         usb_vendor=_usb_id(s, "usb_vendor", need("usb")),
         usb_product=_usb_id(s, "usb_product", need("usb")),
         serial_port=s.str_("serial_port", "", need=need("serial")),
-        baudrate=s.int_("baudrate", 9600,
-                        choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
+        baudrate=s.int_("baudrate", 9600, choices=_BAUDS),
         host=s.str_("host", "", pattern=_HOST, rule=_HOST_RULE, need=need("network")),
         port=s.int_("port", 9100, 1, 65535),
         file=s.path("file", "/dev/usb/lp0", need=need("file")),
@@ -520,7 +636,9 @@ def load_config(path: str | Path, *, overrides: dict | None = None) -> Config:
         path=path, terminal=terminal, acquirer=_acquirer(section("acquirer")),
         limits=_limits(section("limits")), timeouts=_timeouts(section("timeouts")),
         devices=devices, emv=_emv(section("emv")), offline=_offline(section("offline")),
-        saf=_saf(section("saf")), printer=_printer(section("printer"), devices),
+        saf=_saf(section("saf")), operators=_operators(section("operators")),
+        wallet=_wallet(section("wallet")), fees=_fees(section("fees")), risk=_risk(section("risk")),
+        printer=_printer(section("printer"), devices),
         receipt=_receipt(section("receipt")), security=_security(section("security"), terminal),
         log=_log(section("log")),
         sim=_sim(section("sim"), terminal) if "sim" in raw else None,

@@ -39,6 +39,7 @@ __all__ = [
     "JournalError",
     "JournalCorrupt",
     "TxnRecord",
+    "TxnExtra",
     "PendingReversal",
     "PendingAdvice",
     "Alert",
@@ -137,6 +138,37 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX advice_by_status ON advice (status, txn_id)",
         "ALTER TABLE reversal ADD COLUMN alert_ack_at TEXT",
     ],
+    [  # 4: the full transaction set (originals, wallets) and settlement (batch upload)
+        "ALTER TABLE txn ADD COLUMN original_id INTEGER REFERENCES txn (id)",  # void, refund ...
+        "ALTER TABLE txn ADD COLUMN original_rrn TEXT",  # the original as keyed (refund by RRN)
+        "ALTER TABLE txn ADD COLUMN original_date TEXT",  # MMDD
+        "ALTER TABLE txn ADD COLUMN wallet TEXT",  # QR: wechat | alipay | unionpay_qr
+        "CREATE INDEX txn_by_batch ON txn (batch, stan)",
+        "CREATE INDEX txn_by_rrn ON txn (rrn)",
+        "CREATE INDEX txn_by_original ON txn (original_id)",
+        """CREATE TABLE settlement (
+            batch         INTEGER PRIMARY KEY,
+            status        TEXT NOT NULL CHECK (status IN ('STARTED', 'UPLOADING', 'SETTLED')),
+            result        TEXT,                  -- balanced | out_of_balance (first 0510)
+            debit_count   INTEGER NOT NULL DEFAULT 0,
+            debit_amount  INTEGER NOT NULL DEFAULT 0,
+            credit_count  INTEGER NOT NULL DEFAULT 0,
+            credit_amount INTEGER NOT NULL DEFAULT 0,
+            host_code     TEXT,                  -- field 39 of the last 0510
+            detail        TEXT,
+            report_printed_at TEXT,
+            created_at    TEXT NOT NULL,
+            updated_at    TEXT NOT NULL
+        )""",
+        """CREATE TABLE batch_upload (
+            txn_id     INTEGER PRIMARY KEY REFERENCES txn (id),
+            batch      INTEGER NOT NULL,
+            status     TEXT NOT NULL CHECK (status IN ('PENDING', 'ACKED')),
+            attempts   INTEGER NOT NULL DEFAULT 0,
+            updated_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX batch_upload_by_status ON batch_upload (batch, status, txn_id)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -190,6 +222,21 @@ class TxnRecord:
     offline_code: str | None  # approved offline: Y1 | Y3 (by the card) | 00 (SAF); None online
     reversal_status: str | None  # None when the txn was not reversible
     advice_status: str | None  # PENDING | ACKED | DECLINED | EXPIRED; None when online
+    original_id: int | None = None  # void, refund, completion ...: the original's row
+    original_rrn: str | None = None  # the original as keyed (when not in this journal)
+    original_date: str | None = None  # MMDD
+    wallet: str | None = None  # QR payments: wechat | alipay | unionpay_qr
+
+
+@dataclass(frozen=True)
+class TxnExtra:
+    """Columns a new row may carry besides the card's: the original transaction it names
+    (`original_id` in this journal, or the keyed RRN and MMDD date), the QR wallet."""
+
+    original_id: int | None = None
+    original_rrn: str | None = None
+    original_date: str | None = None
+    wallet: str | None = None
 
 
 @dataclass(frozen=True)
@@ -303,8 +350,10 @@ class Journal:
         request: dict,
         reversible: bool,
         operator: str = "01",
+        extra: TxnExtra | None = None,
     ) -> int:
-        """Persist a request before it is sent: txn 'SENDING', sealed request, ARMED reversal."""
+        """Persist a request before it is sent: txn 'SENDING', sealed request, ARMED reversal
+        (when `reversible`). `extra`: the original it names, the wallet."""
         def seal_and_arm(db: sqlite3.Connection, txn_id: int, now: str) -> None:
             blob = self._vault.seal(_encode_request(request), aad=_aad(txn_id))
             db.execute("INSERT INTO sealed_request (txn_id, blob) VALUES (?, ?)", (txn_id, blob))
@@ -314,28 +363,33 @@ class Journal:
 
         txn_id = self._insert_txn(kind=kind, stan=stan, batch=batch, amount=amount,
                                   currency=currency, card=card, request=request, operator=operator,
-                                  status="SENDING", code=None, then=seal_and_arm)
+                                  status="SENDING", code=None, then=seal_and_arm, extra=extra)
         log.info("txn %d %s STAN %06d batch %d amount %d recorded (SENDING)", txn_id, kind, stan, batch, amount)
         return txn_id
 
     def _insert_txn(self, *, kind: str, stan: int, batch: int, amount: int, currency: int,
                     card: CardData | None, request: dict, operator: str, status: str,
-                    code: str | None, then: Callable[[sqlite3.Connection, int, str], None]) -> int:
+                    code: str | None, then: Callable[[sqlite3.Connection, int, str], None],
+                    extra: TxnExtra | None = None) -> int:
         """One commit: a new txn row (`code`: the offline approval's code, also its response
         code) plus what `then(db, txn_id, now)` writes with it, `now` the row's time stamp.
         JournalError on a reused STAN."""
         _check_request_args(kind, stan, batch, amount, currency, request)
         terminal_id = str(request.get("41", "")).strip()
         now = self._stamp()
+        extra = extra or TxnExtra()
         try:
             with self._write() as db:
                 txn_id = db.execute(
                     """INSERT INTO txn (terminal_id, kind, stan, batch, amount, currency, status,
                            operator, masked_pan, entry_mode, aid, app_label, arqc, tvr, tsi, cvm,
-                           cryptogram_type, response_code, offline_code, created_at, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                           cryptogram_type, response_code, offline_code, created_at, updated_at,
+                           original_id, original_rrn, original_date, wallet)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                               ?, ?, ?, ?)""",
                     (terminal_id, kind, stan, batch, amount, currency, status, operator,
-                     *_card_columns(card), code, code, now, now),
+                     *_card_columns(card), code, code, now, now, extra.original_id,
+                     extra.original_rrn, extra.original_date, extra.wallet),
                 ).lastrowid
                 then(db, txn_id, now)
         except sqlite3.IntegrityError as exc:
@@ -453,12 +507,13 @@ class Journal:
     def record_offline_approval(
         self, *, kind: str, stan: int, batch: int, amount: int, currency: int,
         card: CardData | None, advice: dict, code: str, operator: str = "01",
+        extra: TxnExtra | None = None,
     ) -> int:
         """An offline approval without an online attempt (the card's TC at the first
         GENERATE AC, `code` Y1): txn APPROVED offline plus its PENDING advice, one commit."""
         txn_id = self._insert_txn(kind=kind, stan=stan, batch=batch, amount=amount,
                                   currency=currency, card=card, request=advice, operator=operator,
-                                  status="APPROVED", code=code,
+                                  status="APPROVED", code=code, extra=extra,
                                   then=lambda db, txn_id, now: self._queue_advice(db, txn_id, advice, code, now))
         log.info("txn %d %s STAN %06d approved offline (%s), advice queued", txn_id, kind, stan, code)
         return txn_id
@@ -643,6 +698,47 @@ class Journal:
         row = self._db.execute(_SELECT_TXN + where + " ORDER BY t.id DESC LIMIT 1").fetchone()
         return TxnRecord(**dict(row)) if row is not None else None
 
+    def page(self, offset: int = 0, count: int = 20) -> list[TxnRecord]:
+        """Transactions newest first, `offset` skipped, at most `count`."""
+        rows = self._db.execute(_SELECT_TXN + " ORDER BY t.id DESC LIMIT ? OFFSET ?",
+                                (max(0, count), max(0, offset))).fetchall()
+        return [TxnRecord(**dict(row)) for row in rows]
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM txn").fetchone()[0]
+
+    def find_stan(self, stan: int, batch: int | None = None) -> TxnRecord | None:
+        """The transaction with `stan` in `batch` (default: the current batch)."""
+        batch = self.batch_no() if batch is None else batch
+        row = self._db.execute(_SELECT_TXN + " WHERE t.batch = ? AND t.stan = ?",
+                               (batch, stan)).fetchone()
+        return TxnRecord(**dict(row)) if row is not None else None
+
+    def find_rrn(self, rrn: str) -> TxnRecord | None:
+        """The newest transaction the host gave `rrn` (field 37)."""
+        row = self._db.execute(_SELECT_TXN + " WHERE t.rrn = ? ORDER BY t.id DESC LIMIT 1",
+                               (rrn,)).fetchone()
+        return TxnRecord(**dict(row)) if row is not None else None
+
+    def batch_records(self, batch: int | None = None) -> list[TxnRecord]:
+        """Every transaction of `batch` (default: the current one), oldest first."""
+        batch = self.batch_no() if batch is None else batch
+        rows = self._db.execute(_SELECT_TXN + " WHERE t.batch = ? ORDER BY t.id", (batch,)).fetchall()
+        return [TxnRecord(**dict(row)) for row in rows]
+
+    def dependents(self, original_id: int) -> list[TxnRecord]:
+        """The transactions naming `original_id` (its voids, refunds, completions), oldest first."""
+        rows = self._db.execute(_SELECT_TXN + " WHERE t.original_id = ? ORDER BY t.id",
+                                (original_id,)).fetchall()
+        return [TxnRecord(**dict(row)) for row in rows]
+
+    def since(self, start: str) -> list[TxnRecord]:
+        """Transactions created at or after `start` (ISO-8601 local time), oldest first
+        (daily limits, velocity rules)."""
+        rows = self._db.execute(_SELECT_TXN + " WHERE t.created_at >= ? ORDER BY t.id",
+                                (start,)).fetchall()
+        return [TxnRecord(**dict(row)) for row in rows]
+
     def mark_printed(self, txn_id: int, copy: str) -> None:
         """Record the first time a receipt copy was printed; reprints keep the first time."""
         if copy not in PRINT_COPIES:
@@ -731,7 +827,7 @@ _SELECT_TXN = """SELECT t.id, t.terminal_id, t.kind, t.stan, t.batch, t.amount, 
        t.operator, t.masked_pan, t.entry_mode, t.aid, t.app_label, t.arqc, t.created_at, t.updated_at,
        t.response_code, t.rrn, t.auth_code, t.failure, t.printed_merchant_at, t.printed_customer_at,
        t.tvr, t.tsi, t.cvm, t.cryptogram_type, t.offline_code, r.status AS reversal_status,
-       a.status AS advice_status
+       a.status AS advice_status, t.original_id, t.original_rrn, t.original_date, t.wallet
     FROM txn t LEFT JOIN reversal r ON r.txn_id = t.id LEFT JOIN advice a ON a.txn_id = t.id"""
 
 

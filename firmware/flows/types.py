@@ -20,15 +20,18 @@ __all__ = [
     "Key", "PinLength", "CardInserted", "CardRemoved", "CardRead", "CardReadFailed",
     "AppChoice", "PinVerified", "CardSwiped", "SwipeFailed", "ReaderStatus", "LinkStatus",
     "AuthResult", "PrintDone", "Timeout", "Shutdown", "Event",
+    "OriginalRef", "TxnSpec", "TxnSummary", "LoginResult", "TxnFound", "TxnPage", "CodeScanned",
+    "QrProgress", "RiskResult", "TaskDone", "RISK_ACTIONS", "TASKS",
     "Show", "Beep", "StartTimer", "CancelTimers", "ReadCard", "SelectApp", "StartPin", "StopPin",
-    "VerifyPin", "Authorise", "Print", "Idle", "Action", "CVMS", "READ_NEXT",
+    "VerifyPin", "Authorise", "Print", "Idle", "CheckLogin", "Logout", "FindTxn", "ListTxns",
+    "Reprint", "RunTask", "QrPay", "CheckRisk", "Action", "CVMS", "READ_NEXT",
 ]
 
 LCD_COLS = 20
 LCD_ROWS = 4
 TONES = ("info", "ok", "error")
 DIGITS = tuple("0123456789")
-KEYS = DIGITS + ("ENTER", "BACK", "CLEAR", "CANCEL")
+KEYS = DIGITS + ("ENTER", "BACK", "CLEAR", "CANCEL", "MENU")  # MENU: the F / function key
 OUTCOMES = ("approved", "declined", "no_response", "not_sent")
 BEEPS = ("key", "ok", "error")
 
@@ -66,6 +69,64 @@ def wrap(text: str, max_lines: int, width: int = LCD_COLS) -> tuple[str, ...]:
         return tuple(lines)
     rest = " ".join(lines[max_lines - 1:])  # longer than `width`, so fit() cuts it
     return (*lines[: max_lines - 1], fit(rest, width))
+
+
+# ---- what a transaction is about (built by the menu flow, carried by the card flow) ----
+
+@dataclass(frozen=True)
+class OriginalRef:
+    """The original transaction a void, refund, pre-auth cancel or completion names. From
+    the journal when it is this terminal's (`txn_id`), else as keyed (RRN, date, auth code)."""
+
+    txn_id: int | None = None  # journal row, when found in this terminal's journal
+    kind: str = ""  # its txnkinds name, "" when not known
+    stan: int = 0
+    batch: int = 0
+    rrn: str = ""  # 12 characters, "" when not known
+    date: str = ""  # MMDD of the original (field 13)
+    auth_code: str = ""  # 6 characters, "" when not known
+    amount: int = 0  # minor units, the original's amount (0 when not known)
+    masked_pan: str = ""  # for the confirm screen and the card check
+
+
+@dataclass(frozen=True, repr=False)
+class TxnSpec:
+    """What the card flow authorises: a txnkinds kind, an amount (minor units; 0 for a
+    balance inquiry), the original it names, and for a card repayment the card being paid
+    (`target`: keyed or swiped; its repr is masked)."""
+
+    kind: str = "sale"
+    amount: int = 0
+    original: OriginalRef | None = None
+    target: CardData | None = None
+    advice: bool = False  # a pre-auth completion sent as an advice (0220, store-and-forward)
+
+    def __repr__(self) -> str:
+        target = f", target={self.target.masked_pan}" if self.target else ""
+        return f"TxnSpec({self.kind}, {self.amount}, original={self.original}{target})"
+
+
+@dataclass(frozen=True)
+class TxnSummary:
+    """One journal row as the display shows it (masked PAN only)."""
+
+    txn_id: int
+    kind: str
+    stan: int
+    batch: int
+    amount: int  # minor units
+    currency: int
+    status: str  # journal status: APPROVED, DECLINED, REVERSED ...
+    created_at: str  # ISO-8601 local time
+    operator: str
+    masked_pan: str = ""
+    rrn: str = ""
+    auth_code: str = ""
+    entry_mode: str = ""
+    wallet: str = ""  # QR payments: wechat | alipay | unionpay_qr
+    voided: bool = False  # a void / completion void of it was approved
+    refunded: int = 0  # minor units refunded against it so far
+    offline: bool = False
 
 
 # ---- events (inputs to a flow) ----
@@ -193,6 +254,7 @@ class AuthResult:
     rrn: str = ""  # field 37
     txn_id: int | None = None  # journal row id, for Print
     offline: str = ""  # approved offline: Y1 | Y3 (by the card) | 00 (store-and-forward)
+    balance: int | None = None  # balance inquiry: minor units, shown, never stored
 
 
 @dataclass(frozen=True)
@@ -214,9 +276,76 @@ class Shutdown:
     """The service is stopping: cancel anything interactive."""
 
 
+@dataclass(frozen=True)
+class LoginResult:
+    """Answer to CheckLogin: `ok` with the operator's role, else the reason to show
+    ("Wrong password", "Locked 14 min", "No such operator")."""
+
+    ok: bool
+    operator: str = ""
+    role: str = ""  # txnkinds.ROLES
+    reason: str = ""
+    purpose: str = "login"  # echoes CheckLogin.purpose
+
+
+@dataclass(frozen=True)
+class TxnFound:
+    """Answer to FindTxn: the row, or None with the reason ("Not found", "Not in batch")."""
+
+    summary: TxnSummary | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TxnPage:
+    """Answer to ListTxns: newest first, `offset` rows skipped, `total` rows in the journal."""
+
+    rows: tuple[TxnSummary, ...]
+    offset: int
+    total: int
+
+
+@dataclass(frozen=True, repr=False)
+class CodeScanned:
+    """A wallet payment code (digits) from the scanner; garbage never reaches the flow."""
+
+    code: str
+
+    def __repr__(self) -> str:
+        return f"CodeScanned(...{self.code[-4:]})"
+
+
+@dataclass(frozen=True)
+class QrProgress:
+    """A QR payment is waiting for the customer (polling); `text` for the screen."""
+
+    text: str
+
+
+RISK_ACTIONS = ("ok", "confirm", "refuse")
+
+
+@dataclass(frozen=True)
+class RiskResult:
+    """Answer to CheckRisk: go on, ask a supervisor to confirm, or refuse (with why)."""
+
+    action: str  # RISK_ACTIONS
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TaskDone:
+    """A menu task (RunTask, Reprint) ended: a result screen's title and lines."""
+
+    ok: bool
+    title: str
+    lines: tuple[str, ...] = ()
+
+
 Event = Union[Key, PinLength, CardInserted, CardRemoved, CardRead, CardReadFailed, AppChoice,
               PinVerified, CardSwiped, SwipeFailed, ReaderStatus, LinkStatus, AuthResult, PrintDone,
-              Timeout, Shutdown]
+              Timeout, Shutdown, LoginResult, TxnFound, TxnPage, CodeScanned, QrProgress, RiskResult,
+              TaskDone]
 
 
 # ---- actions (outputs the app executes, in order) ----
@@ -279,8 +408,9 @@ class StopPin:
 class Authorise:
     """Build the PIN block (then wipe the PIN), persist, send -> AuthResult."""
 
-    kind: str  # "sale", later "void", "refund", ...
+    kind: str  # a txnkinds name
     amount: int  # minor units
+    spec: TxnSpec | None = None  # the whole transaction (original, repayment target); None = sale
 
 
 @dataclass(frozen=True)
@@ -295,5 +425,75 @@ class Idle:
     """The flow is back at idle (the app waits for this before shutting down)."""
 
 
+@dataclass(frozen=True)
+class CheckLogin:
+    """Check `operator` with the password in the PIN pad buffer (then wiped) -> LoginResult.
+    purpose "login": the terminal's operator changes on success; "confirm": a supervisor
+    confirms one step (a risk rule, a supervisor-only item) and the operator stays."""
+
+    operator: str
+    purpose: str = "login"
+
+
+@dataclass(frozen=True)
+class Logout:
+    """The operator signs off: later rows carry no operator until the next login."""
+
+
+@dataclass(frozen=True)
+class FindTxn:
+    """Look a transaction up -> TxnFound. by: "stan" (current batch), "rrn", "last"."""
+
+    by: str
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class ListTxns:
+    """A page of the journal, newest first -> TxnPage."""
+
+    offset: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Reprint:
+    """Print a receipt again, marked REPRINT (None: the last one) -> TaskDone."""
+
+    txn_id: int | None = None
+
+
+TASKS = ("echo", "signon", "settle", "x_report")
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """Run a menu task on the app (one of TASKS) -> TaskDone."""
+
+    name: str
+
+
+@dataclass(frozen=True, repr=False)
+class QrPay:
+    """Take a wallet QR payment -> QrProgress while the customer confirms, then AuthResult."""
+
+    amount: int  # minor units
+    code: str  # the customer's payment code (digits)
+
+    def __repr__(self) -> str:
+        return f"QrPay({self.amount}, ...{self.code[-4:]})"
+
+
+@dataclass(frozen=True)
+class CheckRisk:
+    """Apply the limits and velocity rules to what is about to be authorised -> RiskResult."""
+
+    kind: str
+    amount: int  # minor units
+    entry_mode: str  # field 22 of the card ("051", "071", "021", "801", "011"); "" for QR
+    wallet: str = ""  # QR: wechat | alipay | unionpay_qr
+
+
 Action = Union[Show, Beep, StartTimer, CancelTimers, ReadCard, SelectApp, StartPin, StopPin,
-               VerifyPin, Authorise, Print, Idle]
+               VerifyPin, Authorise, Print, Idle, CheckLogin, Logout, FindTxn, ListTxns, Reprint,
+               RunTask, QrPay, CheckRisk]

@@ -41,6 +41,9 @@ from firmware.cardsafe import mask_pan
 from firmware.emv import cryptogram, tlv
 from firmware.sim.catalog import Catalog, TestCard, load_catalog
 from firmware.sim.ledger import PIN_TRIES_LIMIT, Authorisation, Ledger
+from firmware.sim import host_settle, host_txn, host_wallet
+
+EXTENSIONS = (host_txn, host_wallet, host_settle)  # each has install(simulator)
 
 __all__ = [
     "Faults", "FAULT_SWITCHES", "AcquirerSimulator", "serve", "sale_response", "advice_response",
@@ -245,6 +248,22 @@ class AcquirerSimulator:
         self._connections: set[asyncio.Task] = set()
         self._handlers = {"0800": self._network, "0200": self._sale, "0220": self._advice,
                           "0221": self._advice, "0400": self._reversal, "0401": self._reversal}
+        self._routes: dict[tuple[str, str], Callable[[dict, datetime], dict | None]] = {}
+        for extension in EXTENSIONS:  # the other message families (protocol doc §11-§13)
+            extension.install(self)
+
+    def route(self, mti: str, msg_type: str, handler: Callable[[dict, datetime], dict | None]
+              ) -> None:
+        """Decide requests with `mti` whose 60.1 message type is `msg_type` with `handler`
+        (ledger thread; returns the response fields, "t" set by the caller, or None for no
+        answer). `msg_type` "" routes the whole MTI."""
+        self._routes[(mti, msg_type)] = handler
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger, for handlers running on the ledger thread."""
+        assert self._ledger is not None, "acquirer simulator not started"
+        return self._ledger
 
     # lifecycle and network switch (loop thread) ---------------------------------------
 
@@ -427,7 +446,8 @@ class AcquirerSimulator:
         if missing:
             log.warning("MTI %s STAN %s: missing field %s", mti, req.get("11"), missing[0])
             return {"t": resp_mti, **echo(req, ECHO_OTHER), "39": RC_FORMAT}
-        handler = self._handlers.get(mti)
+        handler = (self._routes.get((mti, str(req.get("60", ""))[:2]))
+                   or self._routes.get((mti, "")) or self._handlers.get(mti))
         if handler is None:
             return {"t": resp_mti, **echo(req, ECHO_OTHER), "39": RC_BAD_TXN}
         try:

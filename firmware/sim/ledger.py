@@ -134,6 +134,19 @@ class Ledger:
                 db.execute("INSERT OR IGNORE INTO accounts (pan_key, pan_masked, balance)"
                            " VALUES (?, ?, ?)", (pan_key(card.pan), mask_pan(card.pan), card.balance))
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for the simulator's message families (their own tables, reads)."""
+        return self._db
+
+    def tx(self):
+        """One BEGIN IMMEDIATE transaction (context manager yielding the connection)."""
+        return self._tx()
+
+    def ensure(self, schema: str) -> None:
+        """Create a message family's tables (CREATE ... IF NOT EXISTS statements)."""
+        self._db.executescript(schema)
+
     def close(self) -> None:
         self._db.close()
 
@@ -244,14 +257,30 @@ class Ledger:
         recorded = _authorisation(row[1:])
         return replace(recorded, repeats=recorded.repeats + 1)
 
+    def record(self, kind: str, *, tid: str, stan: str, date: str, batch: str, pan: str,
+               amount: int, rc: str | None, reason: str = "", arqc: str = "",
+               money: str = "debit") -> Authorisation:
+        """Record a decision of any message family (`kind`: void, refund, preauth, ...): on
+        rc "00" the account is debited (`money` "debit"), credited ("credit") or left
+        alone ("none") in the same transaction. `pan` may be any token with an account
+        (a wallet's payment code has none: use money "none" and keep the wallet's own table)."""
+        if money not in ("debit", "credit", "none"):
+            raise LedgerError(f"money must be debit, credit or none: STAN {stan}")
+        return self._record(kind, tid=tid, stan=stan, date=date, batch=batch, pan=pan,
+                            amount=amount, rc=rc, reason=reason, arqc=arqc, money=money)
+
     def _record(self, kind: str, *, tid: str, stan: str, date: str, batch: str, pan: str,
-                amount: int, rc: str | None, reason: str, arqc: str) -> Authorisation:
+                amount: int, rc: str | None, reason: str, arqc: str,
+                money: str = "debit") -> Authorisation:
         if not isinstance(amount, int) or amount < 0:
             raise LedgerError(f"amount must be non-negative int minor units: STAN {stan}")
         approved = rc == RC_APPROVED
         with self._tx() as db:
-            if approved:
+            if approved and money == "debit":
                 self._debit(db, pan, amount, stan)
+            elif approved and money == "credit":
+                db.execute("UPDATE accounts SET balance = balance + ? WHERE pan_key = ?",
+                           (amount, pan_key(pan)))
             rrn = self._next_rrn(db)
             auth_code = f"{secrets.randbelow(10**6):06d}" if approved else None
             db.execute(
