@@ -26,7 +26,8 @@ from escpos.printer import Dummy
 
 from firmware.money import CURRENCIES, currency_alpha, format_amount
 
-__all__ = ["ReceiptData", "render", "preview", "layout", "text_width", "COPIES", "LANGS", "ENCODINGS"]
+__all__ = ["ReceiptData", "render", "preview", "layout", "text_width", "COPIES", "LANGS", "ENCODINGS",
+           "Line", "render_lines", "lines_text", "center", "pair", "wrap_text"]
 
 COPIES = ("merchant", "customer")
 LANGS = ("en", "zh")
@@ -228,6 +229,10 @@ def _pair(label: str, value: str, width: int) -> list[str]:
     return _wrap(label, width) + [" " * (width - text_width(v)) + v for v in values]
 
 
+# public names of the line builders, for other slips (reports) laid out the same way
+center, pair, wrap_text = _center, _pair, _wrap
+
+
 # ---------------------------------------------------------------- layout
 
 
@@ -303,15 +308,25 @@ def _cardholder_block(data: ReceiptData, copy: str, label, width: int) -> list[L
 
 def preview(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) -> str:
     """The receipt as a person reads it: one text line per printed line."""
-    return "".join(text + "\n" for _style, text in layout(data, copy, lang=lang, width=width))
+    return lines_text(layout(data, copy, lang=lang, width=width))
 
 
 def render(
     data: ReceiptData, copy: str, *, lang: str = "en", encoding: str = "GB18030", width: int = 32
 ) -> bytes:
     """The receipt as ESC/POS bytes (see the module docstring for the exact sequence)."""
+    return render_lines(layout(data, copy, lang=lang, width=width), encoding)
+
+
+def lines_text(lines: list[Line]) -> str:
+    """Laid-out lines as text, one per printed line (previews of receipts and reports)."""
+    return "".join(text + "\n" for _style, text in lines)
+
+
+def render_lines(lines: list[Line], encoding: str = "GB18030") -> bytes:
+    """Laid-out (style, text) lines as ESC/POS bytes: init, the lines, feed and cut. Any
+    slip built from `center`/`pair`/`wrap_text` lines (reports too) prints through here."""
     _check_in("encoding", encoding, ENCODINGS)
-    lines = layout(data, copy, lang=lang, width=width)
     cjk_on, cjk_off = ENCODINGS[encoding] if not all(t.isascii() for _s, t in lines) else (b"", b"")
     printer = Dummy(profile="default")
     printer.hw("INIT")
