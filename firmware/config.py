@@ -137,6 +137,7 @@ class SafConfig:
 class OperatorsConfig:
     """Operator login (firmware/operators.py)."""
 
+    login: bool  # operators log in with number and password (false: [terminal] operator, cashier)
     seed: bool  # on a first start with no operators, create the documented default ones
     max_failures: int  # wrong passwords in a row before the operator is locked out
     lockout: float  # seconds an operator stays locked out
@@ -492,6 +493,7 @@ def _saf(s: _Section) -> SafConfig:
 
 def _operators(s: _Section) -> OperatorsConfig:
     return OperatorsConfig(
+        login=s.bool_("login", True),
         seed=s.bool_("seed", False),
         max_failures=s.int_("max_failures", 5, 1, 20),
         lockout=s.float_("lockout", 900.0, 0, 86_400, lo_open=True),

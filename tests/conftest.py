@@ -14,6 +14,7 @@ def sim_overrides(tmp_path: Path, **acquirer) -> dict:
         "terminal": {"data_dir": str(tmp_path / "data")},
         "acquirer": {"response_timeout": 1.5, "connect_timeout": 2.0, **acquirer},
         "sim": {"ledger": str(tmp_path / "acquirer.db"), "acquirer_port": 0},
+        "operators": {"login": False},  # tests that log in turn it on
     }
 
 

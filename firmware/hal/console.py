@@ -10,7 +10,7 @@ import sys
 import threading
 from typing import Callable, TextIO
 
-from firmware.flows.types import Key, Screen
+from firmware.flows.types import KEYS, CodeScanned, Key, Screen
 
 __all__ = ["ConsoleDisplay", "ConsolePanel", "parse_console_line", "HELP"]
 
@@ -18,8 +18,9 @@ WIDTH = 22
 
 HELP = """\
 Keys:   a line of digits = those digits then ENTER (e.g. 1250 -> CNY 12.50, 1234 -> PIN)
-        (empty line) ENTER    b BACK    c CLEAR    x CANCEL    k <keys...> raw keys, no ENTER
+        (empty line) ENTER  b BACK  c CLEAR  x CANCEL  m MENU  k <keys...> raw keys, no ENTER
 Cards:  insert <card>   tap <card>   swipe <card>   remove   cards (list test cards)
+Wallet: scan <payment code>  (the QR scanner reads a customer's payment code)
 Other:  help   quit"""
 
 
@@ -39,13 +40,14 @@ class ConsoleDisplay:
         pass
 
 
-KEY_WORDS = {"": ["ENTER"], "b": ["BACK"], "c": ["CLEAR"], "x": ["CANCEL"], "enter": ["ENTER"],
-             "back": ["BACK"], "clear": ["CLEAR"], "cancel": ["CANCEL"]}
+KEY_WORDS = {"": ["ENTER"], "b": ["BACK"], "c": ["CLEAR"], "x": ["CANCEL"], "m": ["MENU"],
+             "enter": ["ENTER"], "back": ["BACK"], "clear": ["CLEAR"], "cancel": ["CANCEL"],
+             "menu": ["MENU"]}
 
 
 def parse_console_line(line: str) -> tuple[str, list[str]]:
-    """('keys', [...]) | ('insert'|'tap'|'swipe', [card]) | ('remove'|'cards'|'help'|'quit', [])
-    | ('error', [msg])."""
+    """('keys', [...]) | ('insert'|'tap'|'swipe', [card]) | ('scan', [code])
+    | ('remove'|'cards'|'help'|'quit', []) | ('error', [msg])."""
     words = line.strip().split()
     head = words[0].lower() if words else ""
     if line.strip().isdigit():
@@ -55,10 +57,14 @@ def parse_console_line(line: str) -> tuple[str, list[str]]:
     if head == "k":
         keys = [w.upper() if not w.isdigit() else w for w in words[1:]]
         flat = [k for w in keys for k in (list(w) if w.isdigit() else [w])]
-        bad = [k for k in flat if k not in {*"0123456789", "ENTER", "BACK", "CLEAR", "CANCEL"}]
+        bad = [k for k in flat if k not in KEYS]
         return ("error", [f"unknown key {bad[0]}"]) if bad else ("keys", flat)
     if head in ("insert", "tap", "swipe") and len(words) == 2:
         return head, [words[1]]
+    if head == "scan" and len(words) == 2:
+        code = words[1]
+        ok = code.isdigit() and code.isascii() and 16 <= len(code) <= 24
+        return ("scan", [code]) if ok else ("error", ["a payment code is 16..24 digits"])
     if head in ("remove", "cards", "help", "quit") and len(words) == 1:
         return head, []
     return "error", [f"not understood: {line.strip()!r} (type help)"]
@@ -96,6 +102,8 @@ class ConsolePanel:
                 self._present(kind, args[0])
             except (KeyError, ValueError, RuntimeError) as exc:  # unknown card, no chip, slot full
                 self._say(f"cannot {kind}: {exc}")
+        elif kind == "scan":
+            self._post(CodeScanned(args[0]))
         elif kind == "remove":
             self._reader.remove()
         elif kind == "cards":

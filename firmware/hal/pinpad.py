@@ -54,6 +54,14 @@ class SoftPinPad:
         finally:
             self.wipe()
 
+    def take_password(self) -> bytes:
+        """The digits typed (an operator password, not a card PIN) as a copy; the buffer is
+        wiped. The caller hashes the copy and drops it."""
+        try:
+            return bytes(self._buf)
+        finally:
+            self.wipe()
+
     def wipe(self) -> None:
         self._zero()
         self.active = False
