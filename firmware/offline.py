@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from firmware.config import OfflineConfig
+from firmware.txnkinds import KINDS
 
 __all__ = ["QueueStats", "OFFLINE_ENTRY", "refusal"]
 
@@ -52,10 +53,11 @@ def refusal(cfg: OfflineConfig, *, kind: str, entry_mode: str, cvm: str, amount:
     """"" when an offline approval is allowed, else why not (short, shown to the cashier)."""
     if cfg.mode != "prefer-online":
         return "Online only"
-    if kind == "qr":
+    if kind.startswith("qr"):
         return "No QR code offline"
-    if kind != "sale":
-        return f"No {kind} offline"
+    known = KINDS.get(kind)
+    if known is None or not known.offline:
+        return f"No {known.label.lower() if known else kind} offline"
     entry = (entry_mode or "")[:2]
     if entry not in OFFLINE_ENTRY:
         return _ENTRY_REFUSALS.get(entry, "Entry not offline")

@@ -33,7 +33,7 @@ def test_require_online_never_goes_offline():
 
 @pytest.mark.parametrize("kind, reason", [
     ("refund", "No refund offline"), ("void", "No void offline"),
-    ("preauth", "No preauth offline"), ("balance", "No balance offline"),
+    ("preauth", "No pre-auth offline"), ("balance", "No balance offline"),
     ("qr", "No QR code offline"),
 ])
 def test_only_sales_go_offline(kind, reason):
