@@ -30,23 +30,27 @@ from firmware import crashpoint
 from firmware.acquirer.link import AcquirerLink
 from firmware.acquirer import messages
 from firmware.app_card import CardWork
+from firmware.app_menu import MenuWork
 from firmware.bridge import EventBridge, Worker, WorkerTimeout
 from firmware.clock import SystemClock
 from firmware.config import Config, read_tmk
 from firmware.emv.kernel import EmvSession, kernel_params
 from firmware.emv.oda import load_capks
-from firmware.flows import sale
+from firmware.flows import sale, shell
 from firmware.flows.types import (
-    Authorise, Beep, CancelTimers, Idle, Key, PinLength, Print, PrintDone, ReadCard, Screen,
-    SelectApp, Show, Shutdown, StartPin, StartTimer, StopPin, Timeout, VerifyPin, wrap,
+    Authorise, Beep, CancelTimers, CheckLogin, CheckRisk, FindTxn, Idle, Key, ListTxns, Logout,
+    PinLength, Print, PrintDone, QrPay, ReadCard, Reprint, RunTask, Screen, SelectApp, Show,
+    Shutdown, StartPin, StartTimer, StopPin, Timeout, VerifyPin, wrap,
 )
 from firmware.hal.pinpad import PIN_KEYS, SoftPinPad
 from firmware.hal.printer import PrinterError
 from firmware.journal import JOURNAL_NAME, Journal
+from firmware.operators import OPERATORS_NAME, OperatorStore
 from firmware.keys import SessionKeys
 from firmware.receipts import ReceiptData, preview, render
 from firmware.saf import StoreAndForward
 from firmware.vault import Vault
+from firmware.wallet import ENTRY_QR
 
 __all__ = ["Devices", "Terminal", "StartupFault"]
 
@@ -54,7 +58,7 @@ log = logging.getLogger("kpos.app")
 
 PRINT_TIMEOUT = 30.0  # s, one receipt copy on the printer worker
 ENTRY_MODE_NAMES = {"051": "CHIP", "071": "CONTACTLESS", "021": "SWIPE", "801": "FALLBACK",
-                    "011": "MANUAL"}
+                    "011": "MANUAL", ENTRY_QR: "QR"}
 
 
 class StartupFault(RuntimeError):
@@ -74,17 +78,21 @@ class _Stop:
     """Sentinel event: stop when the flow is idle."""
 
 
-class Terminal(CardWork):
+class Terminal(CardWork, MenuWork):
     def __init__(self, cfg: Config, devices: Devices, *, clock=None):
         self.cfg = cfg
         self.devices = devices
         self.clock = clock or SystemClock()
-        self.flow_cfg = sale.SaleConfig(
+        sale_cfg = sale.SaleConfig(
             max_amount=cfg.limits.max_amount, currency=cfg.terminal.currency,
             card_timeout=cfg.timeouts.card, pin_timeout=cfg.timeouts.pin,
             result_timeout=cfg.timeouts.result, pin_min=cfg.limits.pin_min, pin_max=cfg.limits.pin_max,
             contactless_limit=cfg.emv.contactless_limit if cfg.emv.contactless else 0,
             fallback=cfg.emv.fallback)
+        self.flow_cfg = shell.ShellConfig(
+            sale=sale_cfg, wallet_limit=min(cfg.wallet.limit, cfg.limits.max_amount),
+            require_login=cfg.operators.login, default_operator=cfg.terminal.operator,
+            default_role="cashier")
         self.ids = messages.TerminalIds(cfg.terminal.terminal_id, cfg.terminal.merchant_id)
         self.link = AcquirerLink(cfg.acquirer.host, cfg.acquirer.port,
                                  connect_timeout=cfg.acquirer.connect_timeout,
@@ -96,6 +104,12 @@ class Terminal(CardWork):
         self.journal_worker = Worker("journal")
         self.reader_worker = Worker("reader")
         self.printer_worker = Worker("printer")
+        self.operators_worker = Worker("operators")  # scrypt checks: slow on purpose
+        self.operators: OperatorStore | None = None
+        self.operator, self.role = self._default_operator()  # who is logged in
+        self._signon_task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()  # housekeeping that never holds up a stop
+        self._reversals_queued = 0  # pending reversals at the last link status
         self.pinpad = SoftPinPad()
         self.journal: Journal | None = None
         self.session_keys: SessionKeys | None = None
@@ -103,7 +117,7 @@ class Terminal(CardWork):
         self._kernel = None  # emv.kernel.KernelParams, built at start (CA keys are read then)
         self._emv: EmvSession | None = None  # the card session of the sale in progress
         self._apps: list = []  # the applications offered in AppChoice
-        self.state = sale.SaleState()
+        self.state = shell.ShellState()
         self.ready = asyncio.Event()
         self.signed_on = asyncio.Event()
         self.online = asyncio.Event()  # signed on and no reversal left pending from earlier runs
@@ -152,6 +166,7 @@ class Terminal(CardWork):
             self.journal = await self.journal_worker.run(
                 lambda: Journal(data_dir / JOURNAL_NAME, vault, now=self.clock.now))
             self.recovery = await self.journal_worker.run(self.journal.recover)
+            await self._open_operators(data_dir)
         except Exception as exc:
             self.devices.display.show(Screen("TERMINAL FAULT", wrap(str(exc), 3), tone="error"))
             raise StartupFault(str(exc)) from exc
@@ -159,12 +174,15 @@ class Terminal(CardWork):
         for source in self.devices.inputs:
             source.attach(self._bridge.post, self.request_stop)
         self.devices.reader.attach(self._bridge.post)
-        self.state, actions = sale.start(self.flow_cfg)
+        self.state, actions = shell.start(self.flow_cfg)
         self._execute_all(actions)
         self._spawn(self._connect(), "sign-on")
         self._spawn(self._print_backlog(), "print-backlog")
-        self._saf_task = asyncio.get_running_loop().create_task(self.saf.run(), name="saf")
+        loop = asyncio.get_running_loop()
+        self._saf_task = loop.create_task(self.saf.run(), name="saf")
         self._saf_task.add_done_callback(self._task_done)
+        self._signon_task = loop.create_task(self._sign_on_daily(), name="daily-sign-on")
+        self._signon_task.add_done_callback(self._task_done)
         self.ready.set()
         log.info("terminal %s ready (acquirer %s:%d)", self.ids.terminal_id,
                  self.cfg.acquirer.host, self.cfg.acquirer.port)
@@ -177,19 +195,23 @@ class Terminal(CardWork):
                 self._dispatch(Shutdown())
             else:
                 self._dispatch(event)
-            if self._stopping and self.state.phase == "IDLE" and not self._tasks:
+            if self._stopping and shell.resting(self.state) and not self._tasks:
                 return
 
     async def _close(self) -> None:
         for handle in self._timers:
             handle.cancel()
         self.pinpad.wipe()
-        for task in [*self._tasks, *([self._saf_task] if self._saf_task else [])]:
+        for task in [*self._tasks, *self._background,
+                     *(t for t in (self._saf_task, self._signon_task) if t)]:
             task.cancel()
         await self.link.close()
         if self.journal is not None:
             await self.journal_worker.run(self.journal.close)
-        for worker in (self.journal_worker, self.reader_worker, self.printer_worker):
+        if self.operators is not None:
+            await self.operators_worker.run(self.operators.close)
+        for worker in (self.journal_worker, self.reader_worker, self.printer_worker,
+                       self.operators_worker):
             worker.shutdown()
         self.devices.reader.close()
         for source in self.devices.inputs:  # swipe readers own a thread and a port
@@ -199,9 +221,41 @@ class Terminal(CardWork):
         self.stopped.set()
         log.info("terminal stopped")
 
+    async def _open_operators(self, data_dir) -> None:
+        """The operator store (its own file in data_dir), seeded with the documented
+        default operators on a first start when [operators] seed is set."""
+        ops = self.cfg.operators
+        self.operators = await self.operators_worker.run(lambda: OperatorStore(
+            data_dir / OPERATORS_NAME, now=self.clock.now, max_failures=ops.max_failures,
+            lockout=ops.lockout))
+        if ops.seed and await self.operators_worker.run(self.operators.seed_defaults):
+            log.warning("no operators: created the default ones (change their passwords: "
+                        "kpos operator passwd)")
+        elif ops.login and await self.operators_worker.run(self.operators.empty):
+            log.error("no operators: nobody can log in (kpos operator add NO --role admin)")
+
+    @property
+    def sale_state(self) -> sale.SaleState:
+        """The card flow's state inside the menu flow's."""
+        return self.state.sale
+
+    def _default_operator(self) -> tuple[str, str]:
+        """Who works the terminal when nobody is logged in: the configured operator as a
+        cashier without login, else nobody."""
+        if self.cfg.operators.login:
+            return "", ""
+        return self.cfg.terminal.operator, "cashier"
+
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _spawn_background(self, coro, name: str) -> None:
+        """A housekeeping task (cancelled at stop, errors logged)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task) -> None:
@@ -218,7 +272,7 @@ class Terminal(CardWork):
             return
         if isinstance(event, Key) and self.pinpad.active and event.key in PIN_KEYS:
             event = PinLength(self.pinpad.press(event.key))
-        self.state, actions = sale.step(self.flow_cfg, self.state, event)
+        self.state, actions = shell.step(self.flow_cfg, self.state, event)
         self._execute_all(actions)
 
     def _execute_all(self, actions: list) -> None:
@@ -239,7 +293,7 @@ class Terminal(CardWork):
                     handle.cancel()
                 self._timers.clear()
             case ReadCard():
-                self._spawn(self._read_card(self.state.amount), "read-card")
+                self._spawn(self._read_card(self.sale_state.amount), "read-card")
             case SelectApp(index=index):
                 self._spawn(self._select_app(index), "select-app")
             case VerifyPin():
@@ -248,10 +302,26 @@ class Terminal(CardWork):
                 self.pinpad.start(max_len)
             case StopPin():
                 self.pinpad.wipe()
-            case Authorise(kind=kind, amount=amount):
-                self._spawn(self._authorise(kind, amount, self.state.card), "authorise")
+            case Authorise(kind=kind, amount=amount, spec=spec):
+                self._spawn(self._authorise(kind, amount, self.sale_state.card, spec), "authorise")
             case Print(txn_id=txn_id):
                 self._spawn(self._print(txn_id), "print")
+            case CheckLogin(operator=operator, purpose=purpose):
+                self._spawn(self._check_login(operator, purpose), "check-login")
+            case Logout():
+                self._logout()
+            case FindTxn(by=by, value=value):
+                self._spawn(self._find_txn(by, value), "find-txn")
+            case ListTxns(offset=offset, count=count):
+                self._spawn(self._list_txns(offset, count), "list-txns")
+            case Reprint(txn_id=txn_id):
+                self._spawn(self._reprint(txn_id), "reprint")
+            case RunTask(name=name):
+                self._spawn(self._run_task(name), f"task-{name}")
+            case QrPay(amount=amount, code=code):
+                self._spawn(self._qr_pay(amount, code), "qr-pay")
+            case CheckRisk(kind=kind, amount=amount, entry_mode=entry_mode, wallet=wallet):
+                self._spawn(self._check_risk(kind, amount, entry_mode, wallet), "check-risk")
             case Idle():
                 self._emv, self._apps = None, []
             case _:
@@ -283,10 +353,14 @@ class Terminal(CardWork):
         copies = self.cfg.printer.copies
         return ("merchant", "customer") if copies == "both" else (copies,)
 
-    async def _print_copies(self, record, copies: tuple[str, ...]) -> str:
-        """Print `copies` of `record`, marking each in the journal after it printed;
-        "" when all printed, else why not (logged)."""
-        data = self.receipt_data(record)
+    async def _print_copies(self, record, copies: tuple[str, ...], *, reprint: bool = False) -> str:
+        """Print `copies` of `record`, marking each in the journal after it printed (a
+        reprint, marked REPRINT on the paper, keeps the first print's time); "" when all
+        printed, else why not (logged)."""
+        original = None
+        if record.original_id is not None:
+            original = await self.journal_worker.run(self.journal.get, record.original_id)
+        data = self.receipt_data(record, original, reprint=reprint)
         pcfg = self.cfg.printer
         lang = self.cfg.terminal.language
         try:
@@ -304,10 +378,19 @@ class Terminal(CardWork):
             return reason or "printer error"
         return ""
 
-    def receipt_data(self, record) -> ReceiptData:
+    def receipt_data(self, record, original=None, *, reprint: bool = False) -> ReceiptData:
+        """What the receipt of journal row `record` prints; `original`: the row it names
+        (void, refund, completion ...) when it is in this journal."""
         t = self.cfg.terminal
         merchant_name = t.merchant_name_zh if t.language == "zh" and t.merchant_name_zh else t.merchant_name
+        if original is not None:
+            extra = dict(original_stan=original.stan, original_rrn=original.rrn or record.original_rrn,
+                         original_auth=original.auth_code, original_date=record.original_date)
+        else:
+            extra = dict(original_rrn=record.original_rrn, original_date=record.original_date)
         return ReceiptData(
+            reprint=reprint, wallet=record.wallet, target_pan=record.target_pan,
+            auto_refund=record.kind == "qr_refund", **extra,
             merchant_name=merchant_name, merchant_id=t.merchant_id, terminal_id=t.terminal_id,
             operator=record.operator, txn_type=record.kind.upper(), masked_pan=record.masked_pan,
             entry_mode=ENTRY_MODE_NAMES.get(record.entry_mode, "CHIP"), amount=record.amount,

@@ -7,6 +7,7 @@ journal before it is written; reversals go first; the chip's final word decides.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import replace
@@ -17,9 +18,14 @@ from firmware.acquirer import messages
 from firmware.acquirer.codes import APPROVED_CODES, describe_code
 from firmware.acquirer.link import NoResponse, NotSent
 from firmware.bridge import WorkerTimeout
-from firmware.emv.card import ENTRY_FALLBACK, ENTRY_MAGSTRIPE, CardReadError
+from firmware.emv.card import ENTRY_FALLBACK, ENTRY_MAGSTRIPE, ENTRY_MANUAL, CardReadError
 from firmware.emv.kernel import ARC_UNABLE_ONLINE, EmvSession
-from firmware.flows.types import AppChoice, AuthResult, CardRead, CardReadFailed, LinkStatus, PinVerified
+from firmware.acquirer import txn_messages
+from firmware.flows.types import (
+    AppChoice, AuthResult, CardRead, CardReadFailed, LinkStatus, PinVerified, TxnSpec,
+)
+from firmware.journal import TxnExtra
+from firmware.txnkinds import KINDS
 from firmware.keys import KeyCheckError, session_keys_from_working
 from firmware.saf import LinkState
 
@@ -105,7 +111,7 @@ class CardWork:
         stan = await self.journal_worker.run(self.journal.next_stan)
         batch = await self.journal_worker.run(self.journal.batch_no)
         request = messages.signon_request(self.ids, stan=stan, batch=batch, now=self.clock.now(),
-                                          operator=self.cfg.terminal.operator)
+                                          operator=self.operator or self.cfg.terminal.operator)
         try:
             response = await self._exchange(request)
         except (NotSent, NoResponse) as exc:
@@ -120,8 +126,19 @@ class CardWork:
             log.warning("sign-on failed: %s", exc)
             return "refused"
         log.info("signed on: %r", self.session_keys)
+        await self._sync_batch(response, batch)
         self.signed_on.set()
         return "ok"
+
+    async def _sync_batch(self, response: dict, batch: int) -> None:
+        """The host's batch number (0810 60.2) against ours: an empty batch takes the
+        host's; a batch with transactions keeps its number (settlement reconciles it)."""
+        host = str(response.get("60", ""))[2:8]
+        if not host.isdigit() or int(host) in (0, batch):
+            return
+        if not await self.journal_worker.run(self.journal.sync_batch, int(host)):
+            log.warning("host batch %s, terminal batch %06d (kept: it holds transactions)",
+                        host, batch)
 
     async def _exchange(self, request: dict) -> dict:
         """One exchange on the link; its outcome tells the store-and-forward task whether
@@ -139,20 +156,39 @@ class CardWork:
         if await self._sign_on() == "ok" and await self.saf.send_reversals():
             self.online.set()
 
+    async def _sign_on_daily(self) -> None:
+        """Sign on again every [acquirer] signon_interval seconds (fresh working keys, the
+        batch number checked); a failed one is retried by the next transaction."""
+        while True:
+            await asyncio.sleep(self.cfg.acquirer.signon_interval)
+            async with self._signon_lock:
+                self.signed_on.clear()
+                log.info("scheduled sign-on: %s", await self._sign_on_now())
+
     def _link_status(self, state: LinkState) -> None:
         """From the store-and-forward task: show the link and the queue on the idle screen."""
         if self._bridge is not None:
             stats = state.stats
             self._bridge.post(LinkStatus(state.online, stats.queued, stats.alerts))
+            if stats.reversals < self._reversals_queued:  # a QR cancel may have been answered
+                self._spawn_background(self._refund_paid_late(), "qr-late-refunds")  # "paid"
+            self._reversals_queued = stats.reversals
 
-    async def _authorise(self, kind: str, amount: int, card) -> None:
-        """First cryptogram, persist, send, record, second cryptogram; then AuthResult
-        (DESIGN §6 invariants 1-3). A chip that refuses an approved sale (AAC at the second
-        GENERATE AC, or pulled out before it answered) gets the sale reversed. When the host
-        cannot be reached the offline rules decide (`_go_offline`)."""
-        swiped = card.entry_mode in (ENTRY_MAGSTRIPE, ENTRY_FALLBACK)
+    async def _authorise(self, kind: str, amount: int, card, spec: TxnSpec | None) -> None:
+        """Authorise a transaction of `kind` (firmware.txnkinds), then post AuthResult.
+        Card-number kinds (void, refund, pre-auth cancel, completions) go to
+        `_authorise_plain`; the others (sale, pre-auth, balance, repayment): first cryptogram,
+        persist, send, record, second cryptogram (DESIGN §6 invariants 1-3). A chip that
+        refuses an approval (AAC at the second GENERATE AC, or pulled out before it
+        answered) gets it reversed. When the host cannot be reached the offline rules decide
+        (`_go_offline`: only sales may go offline)."""
+        spec = spec or TxnSpec(kind, amount)
+        if KINDS[kind].card == "nopin":
+            await self._authorise_plain(kind, amount, card, spec)
+            return
+        swiped = card.entry_mode in (ENTRY_MAGSTRIPE, ENTRY_FALLBACK, ENTRY_MANUAL)
         session = None if swiped else self._emv
-        cvm = self.state.cvm  # "online_pin": the PIN pad holds a PIN for the host
+        cvm = self.sale_state.cvm  # "online_pin": the PIN pad holds a PIN for the host
         signon = await self._sign_on()
         if signon == "refused":
             self.pinpad.wipe()
@@ -187,14 +223,52 @@ class CardWork:
         if not host_up:
             await self._go_offline(kind, amount, card, session, None, None)
             return
-        await self._go_online(kind, amount, card, pin_block, session)
+        await self._go_online(kind, amount, card, pin_block, session, spec)
 
-    async def _go_online(self, kind: str, amount: int, card, pin_block, session) -> None:
+    async def _authorise_plain(self, kind: str, amount: int, card, spec: TxnSpec) -> None:
+        """A kind that needs the card number only (no PIN, no cryptogram): the card must be
+        the original's; never offline; a completion advice is queued for store-and-forward
+        (committed with its row) instead of sent."""
+        self.pinpad.wipe()
+        original = spec.original
+        if original is not None and original.masked_pan and card.masked_pan != original.masked_pan:
+            self._bridge.post(AuthResult("declined", message="Card does not match original"))
+            return
+        card = replace(card, icc_data=b"", track2="")  # the card number and expiry only
+        if spec.advice:
+            await self._queue_completion_advice(amount, card, spec)
+            return
+        signon = await self._sign_on()
+        host_up = signon == "ok" and await self.saf.send_reversals()
+        if not host_up:
+            refusal = await self._offline_refusal(kind, amount, card, "")
+            message = "Sign-on failed" if signon == "refused" else f"Host unreachable\n{refusal}"
+            self._bridge.post(AuthResult("declined", message=message))
+            return
+        await self._go_online(kind, amount, card, None, None, spec)
+
+    async def _queue_completion_advice(self, amount: int, card, spec: TxnSpec) -> None:
+        """Pre-auth completion as an advice (预授权完成通知): approved by the terminal, its
+        0220 committed with the row and forwarded by the store-and-forward task."""
         journal = self.journal
-        stan, batch, request = await self._sale_request(amount, card, pin_block)
+        stan, batch, advice = await self._request("completion", amount, card, None, spec)
+        txn_id = await self.journal_worker.run(lambda: journal.record_offline_approval(
+            kind="completion", stan=stan, batch=batch, amount=amount,
+            currency=self.cfg.terminal.currency, card=card, advice=advice, code="00",
+            operator=self.operator, extra=txn_extra(spec)))
+        self.saf.poke()
+        self._bridge.post(AuthResult("approved", code="00", message="Advice queued",
+                                     txn_id=txn_id, offline="00"))
+
+    async def _go_online(self, kind: str, amount: int, card, pin_block, session,
+                         spec: TxnSpec | None = None) -> None:
+        journal = self.journal
+        spec = spec or TxnSpec(kind, amount)
+        stan, batch, request = await self._request(kind, amount, card, pin_block, spec)
         txn_id = await self.journal_worker.run(lambda: journal.record_request(
             kind=kind, stan=stan, batch=batch, amount=amount, currency=self.cfg.terminal.currency,
-            card=card, request=request, reversible=True, operator=self.cfg.terminal.operator))
+            card=card, request=request, reversible=KINDS[kind].reversible,
+            operator=self.operator, extra=txn_extra(spec)))
         try:
             response = await self._exchange(request)
         except NotSent as exc:  # nothing left the box: the offline rules decide
@@ -225,17 +299,29 @@ class CardWork:
                 return
         elif session is not None:
             await self._close_card(session, arc=code, icc=response.get("55"))
+        balance = _balance(response) if approved and kind == "balance" else None
         self._bridge.post(AuthResult("approved" if approved else "declined", code=code,
                                      message=describe_code(code), auth_code=response.get("38", ""),
-                                     rrn=response.get("37", ""), txn_id=txn_id))
+                                     rrn=response.get("37", ""), txn_id=txn_id, balance=balance))
 
-    async def _sale_request(self, amount: int, card, pin_block) -> tuple[int, int, dict]:
-        """A fresh STAN (committed), the batch number and the 0200 built with them."""
+    async def _request(self, kind: str, amount: int, card, pin_block,
+                       spec: TxnSpec | None = None) -> tuple[int, int, dict]:
+        """A fresh STAN (committed), the batch number and the request of `kind` built with
+        them (docs/acquirer-protocol.md §3, §11)."""
         stan = await self.journal_worker.run(self.journal.next_stan)
         batch = await self.journal_worker.run(self.journal.batch_no)
-        request = messages.sale_request(
-            self.ids, stan=stan, batch=batch, amount=amount, currency=self.cfg.terminal.currency,
-            card=card, pin_block=pin_block, now=self.clock.now())
+        now = self.clock.now()
+        currency = self.cfg.terminal.currency
+        if kind == "sale":
+            request = messages.sale_request(self.ids, stan=stan, batch=batch, amount=amount,
+                                            currency=currency, card=card, pin_block=pin_block,
+                                            now=now)
+        else:
+            spec = spec or TxnSpec(kind, amount)
+            request = txn_messages.txn_request(
+                self.ids, kind, stan=stan, batch=batch, amount=amount, currency=currency,
+                card=card, pin_block=pin_block, now=now, original=spec.original,
+                target_pan=spec.target.pan if spec.target else None, advice=spec.advice)
         return stan, batch, request
 
     async def _offline_refusal(self, kind: str, amount: int, card, what: str) -> str:
@@ -284,13 +370,13 @@ class CardWork:
         (default: the card's)."""
         journal = self.journal
         if request is None:
-            _, _, request = await self._sale_request(amount, card, None)
+            _, _, request = await self._request(kind, amount, card, None)
         advice = messages.advice_request(request, code=code, icc_data=icc or card.icc_data or None)
         if txn_id is None:
             txn_id = await self.journal_worker.run(lambda: journal.record_offline_approval(
                 kind=kind, stan=int(request["11"]), batch=int(request["60"][2:8]), amount=amount,
                 currency=self.cfg.terminal.currency, card=card, advice=advice, code=code,
-                operator=self.cfg.terminal.operator))
+                operator=self.operator))
         else:
             await self.journal_worker.run(
                 lambda: journal.record_offline(txn_id, card=card, advice=advice, code=code))
@@ -339,3 +425,22 @@ class CardWork:
         except Exception as exc:  # a kernel bug must not leave the customer at "Processing"
             log.exception("card step crashed")
             raise CardReadError("internal error") from exc
+
+
+def txn_extra(spec: TxnSpec | None) -> TxnExtra:
+    """The journal columns naming `spec`'s original (and nothing else for a plain sale)."""
+    original = spec.original if spec else None
+    target = spec.target.pan if spec and spec.target else None
+    if original is None:
+        return TxnExtra(target_pan=target)
+    return TxnExtra(original_id=original.txn_id, original_rrn=original.rrn or None,
+                    original_date=original.date or None, target_pan=target)
+
+
+def _balance(response: dict) -> int | None:
+    """The available balance a balance inquiry's answer carries (field 54), or None."""
+    try:
+        return txn_messages.parse_balance(response["54"])[1]
+    except (KeyError, messages.MessageError) as exc:
+        log.warning("balance inquiry approved without a readable balance: %s", exc)
+        return None

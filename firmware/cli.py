@@ -75,6 +75,68 @@ def _parser() -> argparse.ArgumentParser:
     que.add_argument("--retry", action="store_true",
                      help="put expired advices and reversals back in the queue")
     que.set_defaults(handler=_cmd_queue)
+
+    txn = sub.add_parser("txn", help="list, show or export the journal's transactions (no PAN)")
+    txn.set_defaults(handler=_cmd_txn)
+    txn_sub = txn.add_subparsers(dest="action", required=True)
+    journal_opts = argparse.ArgumentParser(add_help=False)
+    journal_opts.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
+    journal_opts.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
+    txn_list = txn_sub.add_parser("list", parents=[journal_opts],
+                                  help="a table, oldest first (default: the current batch)")
+    txn_export = txn_sub.add_parser("export", parents=[journal_opts], help="every clear column as CSV")
+    txn_export.add_argument("--csv", action="store_true", required=True, help="CSV (the only format)")
+    txn_export.add_argument("-o", "--output", type=Path, help="write to FILE (default: stdout)")
+    for listing in (txn_list, txn_export):
+        scope = listing.add_mutually_exclusive_group()
+        scope.add_argument("--batch", type=int, help="batch number (default: the current batch)")
+        scope.add_argument("--all", action="store_true", help="every batch")
+    txn_list.add_argument("--limit", type=int, help="only the newest N")
+    txn_show = txn_sub.add_parser("show", parents=[journal_opts],
+                                  help="one transaction in full, and the ones naming it")
+    which = txn_show.add_mutually_exclusive_group(required=True)
+    which.add_argument("stan", nargs="?", type=int, help="STAN (in --batch, default the current batch)")
+    which.add_argument("--id", type=int, help="journal txn id")
+    which.add_argument("--rrn", help="retrieval reference number (field 37)")
+    txn_show.add_argument("--batch", type=int, help="the batch of STAN (default: the current batch)")
+
+    opr = sub.add_parser("operator", help="add, change, list or remove operators "
+                                          "(works next to a running terminal)")
+    opr.set_defaults(handler=_cmd_operator)
+    opr_sub = opr.add_subparsers(dest="action", required=True)
+    store_opts = argparse.ArgumentParser(add_help=False)
+    store_opts.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
+    store_opts.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
+    secret_opts = argparse.ArgumentParser(add_help=False)
+    secret_opts.add_argument("--password-stdin", action="store_true",
+                             help="read the password (4-12 digits) as one line from stdin")
+    opr_add = opr_sub.add_parser("add", parents=[store_opts, secret_opts], help="a new operator")
+    opr_add.add_argument("number", help="operator number, 2 digits")
+    opr_add.add_argument("--role", required=True, help="cashier | supervisor | admin")
+    opr_add.add_argument("--name", default="", help="shown on screens and receipts (<= 20 chars)")
+    opr_passwd = opr_sub.add_parser("passwd", parents=[store_opts, secret_opts],
+                                    help="a new password (also ends a lockout)")
+    opr_passwd.add_argument("number")
+    opr_sub.add_parser("list", parents=[store_opts], help="number, role, name, state")
+    opr_remove = opr_sub.add_parser("remove", parents=[store_opts],
+                                    help="remove an operator (never the last admin)")
+    opr_remove.add_argument("number")
+
+    stl = sub.add_parser("settle", help="settle the batch with the acquirer, print the report "
+                                        "(a stopped terminal; a running one settles from its menu)")
+    stl.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
+    stl.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
+    stl.add_argument("--operator", help="operator number on the report (default [terminal] operator)")
+    stl.set_defaults(handler=_cmd_settle)
+
+    rpt = sub.add_parser("report", help="print the X report of the open batch, or a settlement "
+                                        "report again (works next to a running terminal)")
+    rpt.add_argument("which", choices=("x", "settlement"))
+    rpt.add_argument("--batch", type=int, help="settlement: the batch (default: the last settled)")
+    rpt.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
+    rpt.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
+    rpt.add_argument("--operator", help="operator number on the report (default [terminal] operator)")
+    rpt.set_defaults(handler=_cmd_report)
     return p
 
 
@@ -257,3 +319,83 @@ def _cmd_queue(args) -> int:
     finally:
         journal.close()
     return 0
+
+
+def _cmd_txn(args) -> int:
+    cfg = _load(args.config, _data_dir_override(args))
+    if cfg is None:
+        return 2
+    _setup_logging("ERROR")
+    from firmware.txnquery import main as txn
+    return txn(cfg, args)
+
+
+def _cmd_operator(args) -> int:
+    cfg = _load(args.config, _data_dir_override(args))
+    if cfg is None:
+        return 2
+    _setup_logging("WARNING")
+    from firmware.operators import OPERATORS_NAME, OperatorError, OperatorStore
+    path = cfg.terminal.data_dir / OPERATORS_NAME
+    if args.action != "add" and not path.exists():  # only `add` provisions a new store
+        print(f"kpos operator: {path} not found", file=sys.stderr)
+        return 2
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with OperatorStore(path, max_failures=cfg.operators.max_failures,
+                           lockout=cfg.operators.lockout) as store:
+            if args.action == "add":
+                store.add(args.number, args.role, _read_password(args), args.name)
+                print(f"operator {args.number} added ({args.role})")
+            elif args.action == "passwd":
+                store.passwd(args.number, _read_password(args))
+                print(f"operator {args.number}: password changed")
+            elif args.action == "remove":
+                store.remove(args.number)
+                print(f"operator {args.number} removed")
+            else:
+                _print_operators(store.list())
+    except (OperatorError, OSError, EOFError, KeyboardInterrupt) as exc:
+        print(f"kpos operator: {str(exc) or 'cancelled'}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _read_password(args) -> str:
+    """One line from stdin (--password-stdin), else typed twice without echo."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    from getpass import getpass
+    from firmware.operators import OperatorError
+    password = getpass("Password (4-12 digits): ")
+    if getpass("Password again: ") != password:
+        raise OperatorError("the passwords do not match")
+    return password
+
+
+def _print_operators(operators) -> None:
+    from datetime import datetime
+    now = datetime.now()
+    print(f"{'NO':<3} {'ROLE':<10} {'NAME':<20} {'STATE':<14} LAST LOGIN")
+    for op in operators:
+        print(f"{op.number:<3} {op.role:<10} {op.name:<20} {op.state(now):<14} "
+              f"{op.last_login_at or '-'}")
+
+
+def _cmd_settle(args) -> int:
+    cfg = _load(args.config, _data_dir_override(args))
+    if cfg is None:
+        return 2
+    _setup_logging("WARNING")
+    from firmware.settlement import settle_command
+    return asyncio.run(settle_command(cfg, operator=args.operator or cfg.terminal.operator))
+
+
+def _cmd_report(args) -> int:
+    cfg = _load(args.config, _data_dir_override(args))
+    if cfg is None:
+        return 2
+    _setup_logging("ERROR")
+    from firmware.settlement import report_command
+    return report_command(cfg, which=args.which, batch=args.batch,
+                          operator=args.operator or cfg.terminal.operator)

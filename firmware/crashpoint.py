@@ -21,6 +21,9 @@ POINTS = (
     "link.sent",  # request written and drained, response not read yet
     "link.received",  # response read and checked, not yet recorded
     "print.done",  # receipt copy printed, not yet marked printed in the journal
+    "settle.closed",  # settlement: batch closed (settlement STARTED), nothing sent
+    "upload.sent",  # batch upload: an 0330 read, its ACKED not yet committed
+    "upload.acked",  # batch upload: ACKED committed
 )
 
 

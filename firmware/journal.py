@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from firmware.cardsafe import mask_pan
 from firmware.emv.card import CardData
 from firmware.offline import QueueStats
 from firmware.vault import Vault, VaultError
@@ -169,6 +170,9 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX batch_upload_by_status ON batch_upload (batch, status, txn_id)",
     ],
+    [  # 5: a card repayment's paid card, masked (the receipt's TO CARD line)
+        "ALTER TABLE txn ADD COLUMN target_pan TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -226,17 +230,20 @@ class TxnRecord:
     original_rrn: str | None = None  # the original as keyed (when not in this journal)
     original_date: str | None = None  # MMDD
     wallet: str | None = None  # QR payments: wechat | alipay | unionpay_qr
+    target_pan: str | None = None  # card repayment: the paid card, masked
 
 
 @dataclass(frozen=True)
 class TxnExtra:
     """Columns a new row may carry besides the card's: the original transaction it names
-    (`original_id` in this journal, or the keyed RRN and MMDD date), the QR wallet."""
+    (`original_id` in this journal, or the keyed RRN and MMDD date), the QR wallet, a
+    repayment's paid card (masked before it is stored)."""
 
     original_id: int | None = None
     original_rrn: str | None = None
     original_date: str | None = None
     wallet: str | None = None
+    target_pan: str | None = None  # card repayment: the card paid (stored masked)
 
 
 @dataclass(frozen=True)
@@ -336,6 +343,21 @@ class Journal:
         log.info("batch closed, now batch %06d", batch)
         return batch
 
+    def sync_batch(self, host_batch: int) -> bool:
+        """Take the host's batch number (sign-on, 0810 60.2) when it differs and the
+        terminal's current batch holds no transaction; True when the number changed. A
+        batch with transactions keeps its number: settlement reconciles it."""
+        if not 1 <= host_batch <= BATCH_MAX:
+            raise ValueError(f"host batch {host_batch} outside 1..{BATCH_MAX}")
+        with self._write() as db:
+            batch = _counter(db, "batch")
+            used = db.execute("SELECT 1 FROM txn WHERE batch = ? LIMIT 1", (batch,)).fetchone()
+            if batch == host_batch or used:
+                return False
+            db.execute("UPDATE counter SET value = ? WHERE name = 'batch'", (host_batch,))
+        log.info("batch number %06d taken from the host (was %06d)", host_batch, batch)
+        return True
+
     # -- the online request lifecycle -------------------------------------------------------
 
     def record_request(
@@ -384,12 +406,13 @@ class Journal:
                     """INSERT INTO txn (terminal_id, kind, stan, batch, amount, currency, status,
                            operator, masked_pan, entry_mode, aid, app_label, arqc, tvr, tsi, cvm,
                            cryptogram_type, response_code, offline_code, created_at, updated_at,
-                           original_id, original_rrn, original_date, wallet)
+                           original_id, original_rrn, original_date, wallet, target_pan)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                               ?, ?, ?, ?)""",
+                               ?, ?, ?, ?, ?)""",
                     (terminal_id, kind, stan, batch, amount, currency, status, operator,
                      *_card_columns(card), code, code, now, now, extra.original_id,
-                     extra.original_rrn, extra.original_date, extra.wallet),
+                     extra.original_rrn, extra.original_date, extra.wallet,
+                     _masked(extra.target_pan)),
                 ).lastrowid
                 then(db, txn_id, now)
         except sqlite3.IntegrityError as exc:
@@ -752,6 +775,186 @@ class Journal:
     def close(self) -> None:
         self._db.close()
 
+    # -- settlement and batch upload (firmware/settlement.py) ------------------------------
+    # A `settlement` row per settled batch: STARTED (batch closed, nothing answered yet) ->
+    # UPLOADING (the host said out of balance; batch_upload rows PENDING -> ACKED) ->
+    # SETTLED. Rows are returned as dicts: the table's columns plus `uploaded` (ACKED
+    # uploads) and `to_upload` (all upload rows). `detail`: while open, why the last
+    # attempt stopped; once SETTLED, the host's final verdict (balanced | out_of_balance).
+
+    def begin_settlement(self) -> dict:
+        """One commit: a STARTED settlement row for the current batch and the batch closed
+        (new transactions go into the next batch at once). JournalError when a settlement
+        is still open (resume it: open_settlement) or the batch was settled already."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM settlement WHERE status != 'SETTLED'").fetchone():
+                raise JournalError("a settlement is still open: resume it before starting another")
+            batch, now = _counter(db, "batch"), self._stamp()
+            try:
+                db.execute("INSERT INTO settlement (batch, status, created_at, updated_at) "
+                           "VALUES (?, 'STARTED', ?, ?)", (batch, now, now))
+            except sqlite3.IntegrityError as exc:
+                raise JournalError(f"batch {batch:06d} was settled already: {exc}") from exc
+            db.execute("UPDATE counter SET value = ? WHERE name = 'batch'", (batch % BATCH_MAX + 1,))
+        log.info("settlement of batch %06d started, batch closed", batch)
+        return self.settlement(batch)
+
+    def settlement(self, batch: int | None = None) -> dict | None:
+        """The settlement row of `batch` (None: the newest), or None."""
+        where, args = ("WHERE s.batch = ?", (batch,)) if batch is not None else ("", ())
+        row = self._db.execute(
+            "SELECT s.*, (SELECT COUNT(*) FROM batch_upload u WHERE u.batch = s.batch AND "
+            "u.status = 'ACKED') AS uploaded, (SELECT COUNT(*) FROM batch_upload u WHERE "
+            f"u.batch = s.batch) AS to_upload FROM settlement s {where} "
+            "ORDER BY s.created_at DESC, s.rowid DESC LIMIT 1", args).fetchone()
+        return dict(row) if row is not None else None
+
+    def open_settlement(self) -> dict | None:
+        """The settlement a cut or a failure left STARTED or UPLOADING, or None."""
+        row = self._db.execute("SELECT batch FROM settlement WHERE status != 'SETTLED' "
+                               "ORDER BY rowid LIMIT 1").fetchone()
+        return self.settlement(row[0]) if row is not None else None
+
+    def settled(self, batch: int) -> bool:
+        row = self._db.execute("SELECT status FROM settlement WHERE batch = ?", (batch,)).fetchone()
+        return row is not None and row[0] == "SETTLED"
+
+    def record_settlement_result(self, batch: int, *, status: str, result: str | None = None,
+                                 totals: tuple[int, int, int, int] | None = None,
+                                 host_code: str | None = None, detail: str | None = None) -> None:
+        """The settlement's progress: `status` (SETTLED, or the same open status again after
+        a failure), the first 0510's `result`, the `totals` sent (debit count, debit amount,
+        credit count, credit amount), the last 0510's field 39, `detail`. None keeps a column."""
+        allowed = {"STARTED": ("STARTED",), "UPLOADING": ("UPLOADING",),
+                   "SETTLED": ("STARTED", "UPLOADING")}.get(status)
+        if allowed is None:
+            raise ValueError(f"batch {batch:06d}: settlement status {status!r} unknown")
+        columns = {"result": result, "host_code": host_code, "detail": detail}
+        columns.update(zip(("debit_count", "debit_amount", "credit_count", "credit_amount"),
+                           totals or (None,) * 4))
+        with self._write() as db:
+            if not self._update_status(db, "settlement", "batch", batch, allowed, status,
+                                       {k: v for k, v in columns.items() if v is not None}):
+                raise JournalError(f"batch {batch:06d}: no open settlement to become {status}")
+        log.info("settlement of batch %06d: %s %s", batch, status, detail or result or "")
+
+    def queue_upload(self, batch: int, txn_ids: list[int], *, result: str, host_code: str) -> None:
+        """The host found the batch out of balance: one commit makes the settlement UPLOADING
+        (`result`, `host_code` of that 0510) with a PENDING batch_upload row per txn id."""
+        with self._write() as db:
+            if not self._update_status(db, "settlement", "batch", batch, ("STARTED",), "UPLOADING",
+                                       {"result": result, "host_code": host_code}):
+                raise JournalError(f"batch {batch:06d}: no STARTED settlement to upload")
+            now = self._stamp()
+            db.executemany("INSERT OR IGNORE INTO batch_upload (txn_id, batch, status, updated_at) "
+                           "VALUES (?, ?, 'PENDING', ?)", [(i, batch, now) for i in txn_ids])
+        log.info("batch %06d out of balance: %d transaction(s) to upload", batch, len(txn_ids))
+
+    def pending_uploads(self, batch: int) -> list[TxnRecord]:
+        """The transactions of `batch` still to upload (not ACKED), oldest first."""
+        rows = self._db.execute(_SELECT_TXN + " JOIN batch_upload u ON u.txn_id = t.id "
+                                "WHERE u.batch = ? AND u.status = 'PENDING' ORDER BY t.id",
+                                (batch,)).fetchall()
+        return [TxnRecord(**dict(row)) for row in rows]
+
+    def record_upload_attempt(self, txn_id: int) -> int:
+        """Commit one more attempt BEFORE the 0320 is written; returns the attempts so far."""
+        with self._write() as db:
+            row = db.execute("UPDATE batch_upload SET attempts = attempts + 1, updated_at = ? "
+                             "WHERE txn_id = ? AND status = 'PENDING' RETURNING attempts",
+                             (self._stamp(), txn_id)).fetchone()
+        if row is None:
+            raise JournalError(f"txn {txn_id}: no pending batch upload to attempt")
+        return row[0]
+
+    def record_upload_acked(self, txn_id: int) -> None:
+        """The host answered the 0320 of `txn_id`: ACKED."""
+        with self._write() as db:
+            if not self._update_status(db, "batch_upload", "txn_id", txn_id, ("PENDING",), "ACKED", {}):
+                raise JournalError(f"txn {txn_id}: no pending batch upload to acknowledge")
+
+    def mark_report_printed(self, batch: int) -> None:
+        """Record the first time the settlement report of `batch` was printed."""
+        with self._write() as db:
+            cur = db.execute("UPDATE settlement SET report_printed_at = COALESCE(report_printed_at, ?) "
+                             "WHERE batch = ?", (self._stamp(), batch))
+            if cur.rowcount != 1:
+                raise JournalError(f"batch {batch:06d}: no settlement to mark printed")
+
+    # -- QR payments (firmware/qrpay.py, docs/qr.md) ----------------------------------------
+    # A wallet QR payment is a qr_sale row with the masked code, entry mode 031 and its
+    # wallet, reversible (the cancel is its reversal). Paid after the cancel: the row ends
+    # APPROVED (the wallet has the money) and a qr_refund row (original_id = the payment,
+    # APPROVED, no offline_code) gives it back through the advice queue (0220 60.1 "63").
+
+    def record_qr_payment(self, *, stan: int, batch: int, amount: int, currency: int,
+                          masked_code: str, wallet: str, entry_mode: str, request: dict,
+                          operator: str = "01") -> int:
+        """record_request for a QR payment (reversal ARMED), with the masked code and the
+        entry mode in the card columns, in the same commit."""
+        def seal_arm_and_mark(db: sqlite3.Connection, txn_id: int, now: str) -> None:
+            blob = self._vault.seal(_encode_request(request), aad=_aad(txn_id))
+            db.execute("INSERT INTO sealed_request (txn_id, blob) VALUES (?, ?)", (txn_id, blob))
+            db.execute("INSERT INTO reversal (txn_id, status, created_at, updated_at) "
+                       "VALUES (?, 'ARMED', ?, ?)", (txn_id, now, now))
+            db.execute("UPDATE txn SET masked_pan = ?, entry_mode = ? WHERE id = ?",
+                       (masked_code, entry_mode, txn_id))
+
+        txn_id = self._insert_txn(kind="qr_sale", stan=stan, batch=batch, amount=amount,
+                                  currency=currency, card=None, request=request, operator=operator,
+                                  status="SENDING", code=None, then=seal_arm_and_mark,
+                                  extra=TxnExtra(wallet=wallet))
+        log.info("txn %d qr_sale STAN %06d batch %d amount %d recorded (SENDING)", txn_id, stan,
+                 batch, amount)
+        return txn_id
+
+    def record_paid_late(self, payment_id: int, *, response_code: str, rrn: str | None,
+                         auth_code: str | None, stan: int, batch: int, refund: dict,
+                         operator: str = "01") -> int:
+        """The wallet says the customer paid after all (answer to the cancel): one commit
+        makes the payment APPROVED (from SENDING, UNKNOWN or REVERSED: a cancel the queue
+        delivered), its reversal ACKED, its sealed request deleted, and records the
+        qr_refund row (APPROVED) with its PENDING advice `refund` (0220 fields, sealed).
+        Returns the refund's txn id. JournalError when the payment is not such a row."""
+        payment = self.get(payment_id)
+        if payment.kind != "qr_sale" or payment.status not in ("SENDING", "UNKNOWN", "REVERSED"):
+            raise JournalError(f"txn {payment_id}: a {payment.kind} {payment.status} cannot be paid late")
+
+        def settle(db: sqlite3.Connection, refund_id: int, now: str) -> None:
+            db.execute("UPDATE txn SET status = 'APPROVED', response_code = ?, rrn = COALESCE(?, rrn), "
+                       "auth_code = COALESCE(?, auth_code), failure = NULL, updated_at = ? WHERE id = ?",
+                       (response_code, rrn, auth_code, now, payment_id))
+            db.execute("UPDATE reversal SET status = 'ACKED', detail = ?, updated_at = ? WHERE txn_id = ?",
+                       (f"already paid ({response_code}): refunded by txn {refund_id}", now, payment_id))
+            db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (payment_id,))
+            db.execute("UPDATE txn SET masked_pan = ?, entry_mode = ? WHERE id = ?",
+                       (payment.masked_pan, payment.entry_mode, refund_id))
+            blob = self._vault.seal(_encode_request(refund), aad=_aad(refund_id))
+            db.execute("INSERT INTO sealed_request (txn_id, blob) VALUES (?, ?)", (refund_id, blob))
+            db.execute("INSERT INTO advice (txn_id, status, detail, created_at, updated_at) "
+                       "VALUES (?, 'PENDING', 'refund of a QR payment paid late', ?, ?)",
+                       (refund_id, now, now))
+
+        refund_id = self._insert_txn(
+            kind="qr_refund", stan=stan, batch=batch, amount=payment.amount,
+            currency=payment.currency, card=None, request=refund, operator=operator,
+            status="APPROVED", code=None, then=settle,
+            extra=TxnExtra(original_id=payment_id, original_rrn=rrn or payment.rrn,
+                           original_date=payment.created_at[5:7] + payment.created_at[8:10],
+                           wallet=payment.wallet))
+        log.warning("txn %d qr_sale STAN %06d paid after its cancel: refund txn %d queued",
+                    payment_id, payment.stan, refund_id)
+        return refund_id
+
+    def qr_paid_late(self, code: str) -> list[TxnRecord]:
+        """QR payments whose cancel the store-and-forward queue delivered and the wallet
+        answered `code` ("already paid"), not refunded yet, oldest first."""
+        rows = self._db.execute(
+            _SELECT_TXN + " WHERE t.kind = 'qr_sale' AND t.status = 'REVERSED' AND r.detail = ? "
+            "AND NOT EXISTS (SELECT 1 FROM txn d WHERE d.original_id = t.id AND d.kind = 'qr_refund') "
+            "ORDER BY t.id", (f"acknowledged with {code}",)).fetchall()
+        return [TxnRecord(**dict(row)) for row in rows]
+
     # -- internals --------------------------------------------------------------------------
 
     def _write(self):
@@ -827,7 +1030,8 @@ _SELECT_TXN = """SELECT t.id, t.terminal_id, t.kind, t.stan, t.batch, t.amount, 
        t.operator, t.masked_pan, t.entry_mode, t.aid, t.app_label, t.arqc, t.created_at, t.updated_at,
        t.response_code, t.rrn, t.auth_code, t.failure, t.printed_merchant_at, t.printed_customer_at,
        t.tvr, t.tsi, t.cvm, t.cryptogram_type, t.offline_code, r.status AS reversal_status,
-       a.status AS advice_status, t.original_id, t.original_rrn, t.original_date, t.wallet
+       a.status AS advice_status, t.original_id, t.original_rrn, t.original_date, t.wallet,
+       t.target_pan
     FROM txn t LEFT JOIN reversal r ON r.txn_id = t.id LEFT JOIN advice a ON a.txn_id = t.id"""
 
 
@@ -912,6 +1116,11 @@ def _chip_columns(card: CardData | None) -> tuple[str | None, ...]:
     if card is None:
         return (None,) * 4
     return (card.cryptogram or None, card.tvr or None, card.tsi or None, card.cryptogram_type or None)
+
+
+def _masked(pan: str | None) -> str | None:
+    """A PAN for a clear column: masked (an already masked one stays as it is)."""
+    return None if not pan else (pan if "*" in pan else mask_pan(pan))
 
 
 def _aad(txn_id: int) -> bytes:

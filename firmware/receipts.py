@@ -13,7 +13,16 @@ ASCII lines go through `text()`; any other line is sent as `line.encode(encoding
 through `_raw()`, because python-escpos's own encoding guesser handles GB18030/GBK
 badly (python-escpos #491, #678). Sizes use GS ! (applies to Kanji too, unlike ESC !).
 Layout counts a wide (CJK) character as 2 columns, as the printer does in Chinese mode.
-No expiry date, no full PAN: `ReceiptData` refuses a masked_pan that is not masked.
+No expiry date, no full PAN: `ReceiptData` refuses a masked_pan (or target_pan) that is
+not masked.
+
+Every transaction kind of firmware.txnkinds has a receipt (TXN_TYPES, keyed by the kind's
+name in upper case). Kinds that give money back (refunds, voids: KINDS totals CREDIT or
+VOID) print the amount with a leading "-"; the amount in `ReceiptData` is always the
+journal's non-negative minor units. A QR payment prints the masked payment code (masked
+like a PAN, entry mode "QR") as "PAY CODE" and its wallet, without a cardholder block.
+A reprint differs from the first print only by its "*** REPRINT ***" line, on both copies.
+A balance inquiry is shown on the screen, never printed.
 """
 from __future__ import annotations
 
@@ -24,10 +33,13 @@ from datetime import datetime
 
 from escpos.printer import Dummy
 
+from firmware import wallet as qr_wallets
 from firmware.money import CURRENCIES, currency_alpha, format_amount
+from firmware.txnkinds import CREDIT, KINDS, VOID
 
 __all__ = ["ReceiptData", "render", "preview", "layout", "text_width", "COPIES", "LANGS", "ENCODINGS",
-           "Line", "render_lines", "lines_text", "center", "pair", "wrap_text"]
+           "TXN_TYPES", "WALLETS", "NEGATIVE_TYPES", "Line", "render_lines", "lines_text", "center",
+           "pair", "wrap_text"]
 
 COPIES = ("merchant", "customer")
 LANGS = ("en", "zh")
@@ -56,6 +68,9 @@ LABELS: dict[str, tuple[str, str]] = {
     "terminal_id": ("TERMINAL NO.", "终端编号"),
     "operator": ("OPERATOR NO.", "操作员号"),
     "card": ("CARD NO.", "卡号"),
+    "pay_code": ("PAY CODE", "付款码"),  # QR: the masked payment code instead of a card
+    "target_card": ("TO CARD", "还款卡号"),  # repayment: the credit card paid
+    "wallet": ("WALLET", "钱包"),
     "entry_mode": ("ENTRY MODE", "输入方式"),
     "txn_type": ("TXN TYPE", "交易类型"),
     "batch": ("BATCH NO.", "批次号"),
@@ -63,6 +78,10 @@ LABELS: dict[str, tuple[str, str]] = {
     "when": ("DATE/TIME", "日期时间"),
     "rrn": ("REF NO.", "参考号"),
     "auth_code": ("AUTH NO.", "授权码"),
+    "original_stan": ("ORIG. STAN", "原凭证号"),
+    "original_rrn": ("ORIG. REF", "原参考号"),
+    "original_auth": ("ORIG. AUTH", "原授权码"),
+    "original_date": ("ORIG. DATE", "原交易日期"),
     "aid": ("AID", "AID"),
     "app_label": ("APP LABEL", "应用标签"),
     "tc": ("TC", "TC"),
@@ -72,6 +91,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "tsi": ("TSI", "TSI"),
     "amount": ("AMOUNT:", "金额:"),
     "offline": ("*** OFFLINE ***", "*** 离线交易 ***"),
+    "auto_refund": ("AUTO REFUND (PAID LATE)", "自动退款(超时支付)"),
     "reprint": ("*** REPRINT ***", "*** 重打印 ***"),
     "pin_verified": ("PIN VERIFIED", "密码验证"),
     "signature": ("CARDHOLDER SIGNATURE:", "持卡人签名:"),
@@ -82,15 +102,14 @@ LABELS: dict[str, tuple[str, str]] = {
     ),
 }
 
-TXN_TYPES: dict[str, tuple[str, str]] = {
-    "SALE": ("SALE", "消费"),
-    "VOID": ("VOID", "撤销"),
-    "REFUND": ("REFUND", "退货"),
-    "PREAUTH": ("PRE-AUTH", "预授权"),
-    "PREAUTH_VOID": ("PRE-AUTH VOID", "预授权撤销"),
-    "COMPLETION": ("AUTH COMPLETE", "预授权完成"),
-    "COMPLETION_VOID": ("COMPLETE VOID", "预授权完成撤销"),
-}
+# "SALE", "VOID", "PREAUTH_CANCEL", "QR_SALE" ... -> (English, Chinese), from the kinds table
+TXN_TYPES: dict[str, tuple[str, str]] = {name.upper(): (k.label, k.label_zh) for name, k in KINDS.items()}
+# the types whose amount is printed with a leading "-": money back to the customer
+NEGATIVE_TYPES = frozenset(name.upper() for name, k in KINDS.items() if k.totals in (CREDIT, VOID))
+
+# journal txn.wallet -> (English, Chinese), from the wallets table
+WALLETS: dict[str, tuple[str, str]] = {
+    name: (w.label, w.label_zh) for name, w in qr_wallets.WALLETS.items()}
 
 ENTRY_MODES: dict[str, tuple[str, str]] = {
     "CHIP": ("CHIP", "插卡"),
@@ -137,27 +156,46 @@ class ReceiptData:
     tsi: str | None = None  # EMV TSI hex, merchant copy only
     no_cvm: bool = False  # no cardholder verification (small contactless): no signature line
     reprint: bool = False
+    original_stan: int | None = None  # void, refund, completion ...: the original's STAN
+    original_rrn: str | None = None  # the original's RRN (field 37)
+    original_auth: str | None = None  # the original's authorisation code (pre-auth code)
+    original_date: str | None = None  # the original's date, MMDD
+    wallet: str | None = None  # QR: key of WALLETS (the journal's txn.wallet)
+    target_pan: str | None = None  # repayment: the credit card paid, masked
+    auto_refund: bool = False  # QR paid after the terminal gave up: refunded automatically
 
     def __post_init__(self) -> None:
         _check_masked_pan(self.masked_pan)
+        if self.target_pan is not None:
+            _check_masked_pan(self.target_pan, "target_pan")
+        if self.wallet is not None:
+            _check_in("wallet", self.wallet, WALLETS)
         _check_in("txn_type", self.txn_type, TXN_TYPES)
         _check_in("entry_mode", self.entry_mode, ENTRY_MODES)
         _check_in("currency", self.currency, CURRENCIES)
         _check_in("ac_type", self.ac_type, ("TC", "ARQC", "AAC"))
         if not isinstance(self.amount, int) or isinstance(self.amount, bool):
             raise ValueError(f"receipt amount must be int minor units, got {self.amount!r}")
-        for name in ("batch", "stan"):
+        for name in ("batch", "stan", "original_stan"):
             value = getattr(self, name)
-            if not isinstance(value, int) or not 0 <= value <= 999_999:
+            if name == "original_stan" and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 999_999:
                 raise ValueError(f"receipt {name} must be an int 0..999999, got {value!r}")
+        if self.original_date is not None and not _is_mmdd(self.original_date):
+            raise ValueError(f"receipt original_date must be MMDD, got {self.original_date!r}")
 
 
-def _check_masked_pan(masked_pan: str) -> None:
+def _check_masked_pan(masked_pan: str, name: str = "masked_pan") -> None:
     digits = sum(ch.isdigit() for ch in masked_pan)
     well_formed = all(ch.isdigit() or ch == "*" for ch in masked_pan)
     if "*" not in masked_pan or not well_formed or digits > MAX_VISIBLE_PAN_DIGITS:
         # the value itself is not repeated: it may be a clear PAN
-        raise ValueError(f"receipt masked_pan is not a masked PAN ({len(masked_pan)} chars, {digits} digits)")
+        raise ValueError(f"receipt {name} is not a masked PAN ({len(masked_pan)} chars, {digits} digits)")
+
+
+def _is_mmdd(text: str) -> bool:
+    return len(text) == 4 and text.isdigit() and 1 <= int(text[:2]) <= 12 and 1 <= int(text[2:]) <= 31
 
 
 def _check_in(name: str, value: object, table: dict) -> None:
@@ -260,7 +298,9 @@ def layout(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) -
     lines += pair("terminal_id", data.terminal_id)
     lines += pair("operator", data.operator)
     lines += rule
-    lines += pair("card", data.masked_pan)
+    lines += pair("pay_code" if data.entry_mode == "QR" else "card", data.masked_pan)
+    lines += pair("target_card", data.target_pan)
+    lines += pair("wallet", data.wallet and WALLETS[data.wallet][i])
     lines += pair("entry_mode", ENTRY_MODES[data.entry_mode][i])
     lines += pair("txn_type", TXN_TYPES[data.txn_type][i])
     lines += pair("batch", f"{data.batch:06d}")
@@ -268,6 +308,10 @@ def layout(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) -
     lines += pair("when", data.when.strftime("%Y/%m/%d %H:%M:%S"))
     lines += pair("rrn", data.rrn)
     lines += pair("auth_code", data.auth_code)
+    lines += pair("original_stan", None if data.original_stan is None else f"{data.original_stan:06d}")
+    lines += pair("original_rrn", data.original_rrn)
+    lines += pair("original_auth", data.original_auth)
+    lines += pair("original_date", _month_day(data.original_date))
     lines += pair("aid", data.aid)
     lines += pair("app_label", data.app_label)
     lines += pair(data.ac_type.lower(), data.tc)
@@ -276,6 +320,8 @@ def layout(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) -
         lines += pair("tsi", data.tsi)
     lines += rule
     lines += styled("big", _pair(label("amount"), _amount_text(data, lang), width))
+    if data.auto_refund:
+        lines += styled("bold", _center(label("auto_refund"), width))
     if data.offline:
         lines += styled("bold", _center(label("offline"), width))
     lines += rule
@@ -283,15 +329,23 @@ def layout(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) -
     return lines
 
 
+def _month_day(mmdd: str | None) -> str | None:
+    return None if mmdd is None else f"{mmdd[:2]}/{mmdd[2:]}"
+
+
 def _amount_text(data: ReceiptData, lang: str) -> str:
     shown = currency_alpha(data.currency)
     if lang == "zh":
         shown = CURRENCY_SHOWN_ZH.get(data.currency, shown)
-    return f"{shown} {format_amount(data.amount, data.currency)}"
+    sign = -1 if data.txn_type in NEGATIVE_TYPES else 1
+    return f"{shown} {format_amount(sign * data.amount, data.currency)}"
 
 
 def _cardholder_block(data: ReceiptData, copy: str, label, width: int) -> list[Line]:
-    """'PIN VERIFIED' on both copies, else a signature area on the merchant copy only."""
+    """'PIN VERIFIED' on both copies, else a signature area on the merchant copy only;
+    nothing for a QR payment (the customer confirmed it in the wallet app)."""
+    if data.entry_mode == "QR":
+        return []
     if data.pin_verified:
         return [("bold", label("pin_verified"))]
     if data.no_cvm:

@@ -35,6 +35,8 @@ cutoffs, message fields 12/13).
   JournalError reading a queue, or a MessageError building an item, is logged at ERROR,
   reported as LinkState.fault, and that queue is left alone for the pass, which then backs
   off like a failure (no busy loop); a bad reversal does not hold back the advices.
+- flush(): settlement's call: the reversals and advices now, no backoff wait; True when
+  the queue is empty. One drain runs at a time (the task's or flush()'s).
 - send_reversals(): the app's call before any new online request: the pending reversals
   now, same rules, no backoff wait. It shares a lock with the drain, held for the reversal
   phase and for each pipelined window of advices, so the two never interleave and a sale
@@ -107,6 +109,7 @@ class StoreAndForward:
         self._on_status = on_status
         self._rng = rng
         self._lock = asyncio.Lock()  # one of: a reversal phase, a window of advices
+        self._drain_lock = asyncio.Lock()  # one drain at a time: the task's or flush()'s
         self._wake = asyncio.Event()
         self._poked = False
         self._online: bool | None = None
@@ -149,6 +152,20 @@ class StoreAndForward:
         if acked is None:
             self._retry_later()
         return acked is not None
+
+    async def flush(self) -> bool:
+        """Send every pending reversal, then every pending advice, now (settlement: they go
+        before the 0500); True when none is left pending. Same rules as the task's drain,
+        never at the same time as it, no backoff wait (an echo test first when the link is
+        known to be offline). A failure makes the task back off; it never waits itself."""
+        try:
+            done = (self._online is not False or await self._echo()) and await self._drain()
+        except (JournalError, messages.MessageError) as exc:
+            self._fault("queue", f"forwarding stopped: {exc}")
+            done = False
+        if not done:
+            self._retry_later()
+        return done
 
     # -- the task ---------------------------------------------------------------------------
 
@@ -251,17 +268,18 @@ class StoreAndForward:
 
     async def _drain(self) -> bool:
         """Reversals, then advices batch by batch; False when something is left for later."""
-        acked = await self._reversal_phase()
-        if self._online is False:
-            return False
-        while True:
-            batch = await self._load("advices", lambda j: j.pending_advices(self._cfg.batch))
-            if not batch:
-                return acked is not None and batch is not None
-            finished = await self._forward(batch)
-            await self._refresh()
-            if not finished:
+        async with self._drain_lock:
+            acked = await self._reversal_phase()
+            if self._online is False:
                 return False
+            while True:
+                batch = await self._load("advices", lambda j: j.pending_advices(self._cfg.batch))
+                if not batch:
+                    return acked is not None and batch is not None
+                finished = await self._forward(batch)
+                await self._refresh()
+                if not finished:
+                    return False
 
     async def _reversal_phase(self) -> int | None:
         """_send_reversals under the lock, then fresh stats unless nothing was pending."""

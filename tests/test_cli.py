@@ -64,6 +64,9 @@ def test_console_sale_then_sigterm(tmp_path):
                             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
+        _read_until(proc, "Operator no.", 30)
+        proc.stdin.write("01\n0000\n")  # the default cashier logs in
+        proc.stdin.flush()
         _read_until(proc, "Key in amount", 30)
         proc.stdin.write("1250\ninsert approve\n")
         proc.stdin.flush()

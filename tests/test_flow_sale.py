@@ -1,6 +1,7 @@
 """Sale flow state machine: event tables in, actions and screens out; no I/O."""
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -10,12 +11,15 @@ from hypothesis import strategies as st
 from firmware.emv.card import (
     CVMS, ENTRY_CHIP, ENTRY_CONTACTLESS, ENTRY_FALLBACK, ENTRY_MAGSTRIPE, CardData,
 )
-from firmware.flows.sale import BUSY_PHASES, PHASES, SaleConfig, SaleState, busy, start, step
+from firmware.flows.sale import (
+    BUSY_PHASES, PHASES, SaleConfig, SaleState, amount_key, begin, busy, start, step,
+)
 from firmware.flows.types import (
     KEYS, LCD_COLS, LCD_ROWS, READ_NEXT, AppChoice, AuthResult, Authorise, Beep, CancelTimers,
-    CardInserted, CardRead, CardReadFailed, CardRemoved, CardSwiped, Idle, Key, LinkStatus, PinLength,
-    PinVerified, Print, PrintDone, ReadCard, ReaderStatus, Screen, SelectApp, Show, Shutdown,
-    StartPin, StartTimer, StopPin, SwipeFailed, Timeout, VerifyPin, fit, wrap,
+    CardInserted, CardRead, CardReadFailed, CardRemoved, CardSwiped, CheckLogin, CheckRisk, Idle,
+    Key, LinkStatus, LoginResult, OriginalRef, PinLength, PinVerified, Print, PrintDone, ReadCard, ReaderStatus,
+    RiskResult, Screen, SelectApp, Show, Shutdown, StartPin, StartTimer, StopPin, SwipeFailed,
+    Timeout, TxnSpec, VerifyPin, fit, wrap,
 )
 
 PAN = "6226090000000014"
@@ -32,8 +36,8 @@ TO_IDLE = [CancelTimers(), Show(IDLE), Idle()]
 SEEN: list[Screen] = []  # every screen any test reached
 
 
-def amount_screen(text: str, note: str | None = None) -> Screen:
-    return Screen("SALE", ("Amount", text) + ((note,) if note else ()) + ("ENTER to confirm",))
+def amount_screen(text: str, note: str | None = None, title: str = "SALE") -> Screen:
+    return Screen(title, ("Amount", text) + ((note,) if note else ()) + ("ENTER to confirm",))
 
 
 def pin_screen(n: int, note: str = "Enter PIN") -> Screen:
@@ -50,6 +54,7 @@ def check_screen(screen: Screen) -> None:
     for line in (screen.title, *screen.lines):
         assert len(line) <= LCD_COLS, (line, screen)
         assert PAN not in line and "0000000014" not in line, screen
+        assert not re.search("[0-9]{13}", line), screen  # no keyed card number in clear
 
 
 def drive(events, state: SaleState | None = None, cfg: SaleConfig = CFG):
@@ -77,12 +82,21 @@ def shows(per_step) -> list[Screen]:
 # Prefixes: how far into a sale of CNY 12.50
 TO_PRESENT = keys("1250") + [Key("ENTER")]
 TO_READING = TO_PRESENT + [CardInserted()]
-TO_PIN = TO_READING + [CardRead(CARD)]
+OK = RiskResult("ok")  # the limits and velocity rules let the card go on
+SALE = TxnSpec("sale", 1250)
+TO_PIN = TO_READING + [CardRead(CARD), OK]
 PIN4 = [PinLength(1), PinLength(2), PinLength(3), PinLength(4)]
 TO_AUTH = TO_PIN + PIN4 + [Key("ENTER")]
 TO_CHOICE = TO_READING + [AppChoice(("UnionPay Debit", "UnionPay Credit"))]
-TO_OFFLINE_PIN = TO_READING + [CardRead(CARD, "offline_pin")]
+TO_OFFLINE_PIN = TO_READING + [CardRead(CARD, "offline_pin"), OK]
 TO_VERIFYING = TO_OFFLINE_PIN + PIN4 + [Key("ENTER")]
+TO_CHECKING = TO_READING + [CardRead(CARD)]
+TO_SUPERVISOR = TO_PRESENT + [Key("MENU")]  # key the card in: a cashier needs a supervisor
+CONFIRMED = keys("07") + [Key("ENTER"), PinLength(4), Key("ENTER"),
+                          LoginResult(True, "07", "supervisor", purpose="confirm")]
+TO_MANUAL = TO_SUPERVISOR + CONFIRMED
+KEYED = "4111111111111111"  # Luhn-valid test number
+TO_EXPIRY = TO_MANUAL + keys(KEYED) + [Key("ENTER")]
 
 TAP = replace(CARD, entry_mode=ENTRY_CONTACTLESS)
 STRIPE = replace(CARD, entry_mode=ENTRY_MAGSTRIPE, icc_data=b"", service_code="201")
@@ -100,12 +114,13 @@ HAPPY = [
     (Key("ENTER"), [Beep("key"), Show(Screen("SALE CNY 12.50", ("Insert or swipe card",))),
                     StartTimer("card", 60, 1)]),
     (CardInserted(), [CancelTimers(), Show(READING), ReadCard()]),
-    (CardRead(CARD), [Show(pin_screen(0)), StartPin(12), StartTimer("pin", 60, 2)]),
+    (CardRead(CARD), [CheckRisk("sale", 1250, ENTRY_CHIP)]),
+    (OK, [Show(pin_screen(0)), StartPin(12), StartTimer("pin", 60, 2)]),
     (PinLength(1), [Beep("key"), Show(pin_screen(1))]),
     (PinLength(2), [Beep("key"), Show(pin_screen(2))]),
     (PinLength(3), [Beep("key"), Show(pin_screen(3))]),
     (PinLength(4), [Beep("key"), Show(pin_screen(4))]),
-    (Key("ENTER"), [CancelTimers(), Show(PROCESSING), Authorise("sale", 1250)]),
+    (Key("ENTER"), [CancelTimers(), Show(PROCESSING), Authorise("sale", 1250, SALE)]),
     (AuthResult("approved", "00", "Approved", "123456", "000000000042", 7),
      [Show(approved_screen("Printing...")), Beep("ok"), Print(7)]),
     (PrintDone(True), [Show(approved_screen("Take receipts")), StartTimer("result", 5, 3)]),
@@ -129,7 +144,7 @@ def test_happy_path_step_by_step():
                 check_screen(action.screen)
         assert actions == expected, event
         phases.append(state.phase)
-    assert phases == ["AMOUNT"] * 4 + ["PRESENT_CARD", "READING"] + ["PIN"] * 5 + [
+    assert phases == ["AMOUNT"] * 4 + ["PRESENT_CARD", "READING", "CHECKING"] + ["PIN"] * 5 + [
         "AUTHORISING", "PRINTING", "RESULT", "REMOVE_CARD", "IDLE"]
     assert state == SaleState(token=3)  # back to a clean idle, card data dropped
 
@@ -422,6 +437,8 @@ def test_shutdown_during_reading_deferred(event):
 def test_busy_only_in_blocking_phases():
     prefixes = {"IDLE": [], "AMOUNT": keys("1"), "PRESENT_CARD": TO_PRESENT,
                 "READING": TO_READING, "CHOOSE_APP": TO_CHOICE, "PIN": TO_PIN,
+                "CHECKING": TO_CHECKING, "SUPERVISOR": TO_SUPERVISOR, "MANUAL_PAN": TO_MANUAL,
+                "MANUAL_EXPIRY": TO_EXPIRY,
                 "VERIFYING": TO_VERIFYING, "AUTHORISING": TO_AUTH,
                 "PRINTING": TO_AUTH + [AuthResult("approved", txn_id=1)],
                 "RESULT": TO_PRESENT + [Key("CANCEL")],
@@ -430,8 +447,10 @@ def test_busy_only_in_blocking_phases():
     for phase, events in prefixes.items():
         state, _ = drive(events)
         assert state.phase == phase
-        assert busy(state) == (phase in {"READING", "VERIFYING", "AUTHORISING", "PRINTING"}), phase
-    assert BUSY_PHASES == {"READING", "VERIFYING", "AUTHORISING", "PRINTING"}
+        assert busy(state) == (phase in BUSY_PHASES), phase
+    assert BUSY_PHASES == {"READING", "CHECKING", "VERIFYING", "AUTHORISING", "PRINTING"}
+    checking_login, _ = drive(TO_SUPERVISOR + CONFIRMED[:-1])
+    assert checking_login.phase == "SUPERVISOR" and busy(checking_login)
 
 
 ODD_EVENTS = [Key("1"), Key("0"), Key("ENTER"), Key("BACK"), Key("CLEAR"), Key("CANCEL"), Key("F1"),
@@ -442,13 +461,17 @@ ODD_EVENTS = [Key("1"), Key("0"), Key("ENTER"), Key("BACK"), Key("CLEAR"), Key("
               PinVerified(False, 2), PinVerified(False, 0, "online_pin"), PinVerified(False),
               CardSwiped(STRIPE, chip=True), CardSwiped(STRIPE, chip=False), SwipeFailed("bad"),
               ReaderStatus("jammed"), ReaderStatus(""), CardRead(TAP, "signature"),
-              CardReadFailed("x", "swipe"), CardReadFailed("x", "insert"), LinkStatus(False, 2, 1)]
+              CardReadFailed("x", "swipe"), CardReadFailed("x", "insert"), LinkStatus(False, 2, 1),
+              Key("MENU"), OK, RiskResult("refuse", "Daily limit"), RiskResult("confirm", "Velocity"),
+              LoginResult(True, "07", "supervisor", purpose="confirm"), LoginResult(False, reason="x"),
+              Timeout("entry", 99), Timeout("confirm", 99)]
 
 
 def test_every_event_in_every_phase_never_raises_and_screens_fit():
     prefixes = [[], keys("1"), TO_PRESENT, TO_READING, TO_CHOICE, TO_PIN, TO_VERIFYING, TO_AUTH,
                 TO_AUTH + [AuthResult("approved", txn_id=1)], TO_PRESENT + [Key("CANCEL")],
-                TO_PIN + [Key("CANCEL"), Key("ENTER")]]
+                TO_PIN + [Key("CANCEL"), Key("ENTER")], TO_CHECKING, TO_SUPERVISOR, TO_MANUAL,
+                TO_EXPIRY, TO_SUPERVISOR + CONFIRMED[:-1]]
     for prefix in prefixes:
         base, _ = drive(prefix)
         for event in ODD_EVENTS:
@@ -514,8 +537,8 @@ PRESENT = Screen(TITLE, ("Insert or swipe card",))
 CHECKING = Screen("Checking PIN", ("Please wait",))
 PIN_BLOCKED = Screen("PIN blocked", ("Processing",))
 CHOICE = Screen("Select app", ("1 UnionPay Debit", "2 UnionPay Credit"))
-AUTHORISE = [Show(PROCESSING), Authorise("sale", 1250)]
-BLOCKED = [Beep("error"), Show(PIN_BLOCKED), Authorise("sale", 1250)]
+AUTHORISE = [Show(PROCESSING), Authorise("sale", 1250, SALE)]
+BLOCKED = [Beep("error"), Show(PIN_BLOCKED), Authorise("sale", 1250, SALE)]
 FAULT = "no reader on /dev/ttyUSB0, check the cable"
 
 
@@ -619,8 +642,8 @@ def test_app_choice_keys(key, expected):
 def test_app_chosen_then_read_goes_on_and_the_choice_timer_is_stale():
     state, _ = drive(TO_CHOICE + [Key("2")])
     assert step(CFG, state, Timeout("choice", 2)) == (state, [])
-    state, actions = step(CFG, state, CardRead(CARD))
-    assert state.phase == "PIN" and actions == pin_entry(3)
+    state, per_step = drive([CardRead(CARD), OK], state)
+    assert state.phase == "PIN" and per_step[-1] == pin_entry(3)
 
 
 CARD_REMOVED = Screen("Card removed", ("Sale not done",), "error")
@@ -648,13 +671,17 @@ def test_app_choice_exits_to_result(event, expected, present):
     (CARD, "offline_pin", pin_entry(2), "PIN"),
     (CARD, "signature", AUTHORISE, "AUTHORISING"),
     (CARD, "none", AUTHORISE, "AUTHORISING"),
-    (TAP, "online_pin", [Beep("ok")] + pin_entry(2), "PIN"),
-    (TAP, "offline_pin", [Beep("ok")] + pin_entry(2), "PIN"),
-    (TAP, "signature", [Beep("ok")] + AUTHORISE, "AUTHORISING"),
-    (TAP, "none", [Beep("ok")] + AUTHORISE, "AUTHORISING"),
+    (TAP, "online_pin", pin_entry(2), "PIN"),
+    (TAP, "offline_pin", pin_entry(2), "PIN"),
+    (TAP, "signature", AUTHORISE, "AUTHORISING"),
+    (TAP, "none", AUTHORISE, "AUTHORISING"),
 ])
 def test_card_read_goes_on_by_cvm_and_a_tap_is_over_at_once(card, cvm, expected, phase):
     state, per_step = drive(TO_READING + [CardRead(card, cvm)])
+    tap_over = [Beep("ok")] if card is TAP else []
+    assert per_step[-1] == tap_over + [CheckRisk("sale", 1250, card.entry_mode)]
+    assert state.phase == "CHECKING" and busy(state)
+    state, per_step = drive([OK], state)
     assert per_step[-1] == expected
     assert state.phase == phase and state.cvm == cvm and state.card is card
     assert state.pin_offline == (cvm == "offline_pin")
@@ -768,9 +795,10 @@ def test_no_swipe_offered_without_fallback():
 
 def test_fallback_swipe_after_a_failed_chip_goes_to_online_pin():
     state, per_step = drive(TO_READING + [CardReadFailed("chip error", "swipe"), CardRemoved(),
-                                          CardSwiped(STRIPE, chip=True)])
-    assert per_step[-2] == []  # the chip card leaves the slot: only tracked
-    assert per_step[-1] == [CancelTimers()] + pin_entry(3)
+                                          CardSwiped(STRIPE, chip=True), OK])
+    assert per_step[-3] == []  # the chip card leaves the slot: only tracked
+    assert per_step[-2] == [CancelTimers(), CheckRisk("sale", 1250, ENTRY_FALLBACK)]
+    assert per_step[-1] == pin_entry(3)
     assert state.phase == "PIN" and state.cvm == "online_pin" and not state.pin_offline
     assert state.card == replace(STRIPE, entry_mode=ENTRY_FALLBACK)
     assert not state.card_present
@@ -785,8 +813,9 @@ def test_reinsert_after_a_failed_chip_reads_again():
 
 @pytest.mark.parametrize("card", [STRIPE, replace(STRIPE, service_code="101")])
 def test_swipe_of_a_stripe_only_card_goes_to_online_pin(card):
-    state, per_step = drive(TO_PRESENT + [CardSwiped(card, chip=False)])
-    assert per_step[-1] == [CancelTimers()] + pin_entry(2)
+    state, per_step = drive(TO_PRESENT + [CardSwiped(card, chip=False), OK])
+    assert per_step[-2] == [CancelTimers(), CheckRisk("sale", 1250, ENTRY_MAGSTRIPE)]
+    assert per_step[-1] == pin_entry(2)
     assert state.phase == "PIN" and state.card is card and state.card.entry_mode == ENTRY_MAGSTRIPE
     assert state.cvm == "online_pin" and not state.card_present
     state, per_step = drive(PIN4 + [Key("ENTER")], state)
@@ -821,9 +850,9 @@ def test_swipes_ignored_outside_present_card(prefix):
 
 
 @pytest.mark.parametrize("prefix", [
-    TO_READING + [CardRead(TAP)],
-    TO_PRESENT + [CardSwiped(STRIPE, chip=False)],
-    TO_READING + [CardReadFailed("chip error", "swipe"), CardSwiped(STRIPE, chip=True)],
+    TO_READING + [CardRead(TAP), OK],
+    TO_PRESENT + [CardSwiped(STRIPE, chip=False), OK],
+    TO_READING + [CardReadFailed("chip error", "swipe"), CardSwiped(STRIPE, chip=True), OK],
 ])
 def test_card_removal_does_not_end_pin_entry_of_a_tap_or_swipe(prefix):
     state, _ = drive(prefix)
@@ -835,18 +864,18 @@ def test_card_removal_does_not_end_pin_entry_of_a_tap_or_swipe(prefix):
 
 
 def test_tap_result_goes_idle_without_asking_to_remove_the_card():
-    state, per_step = drive(TO_READING + [CardRead(TAP, "none"),
+    state, per_step = drive(TO_READING + [CardRead(TAP, "none"), OK,
                                           AuthResult("declined", "51", "Insufficient funds"),
                                           Key("ENTER")])
     assert state.phase == "IDLE" and per_step[-1] == TO_IDLE
 
 
 @pytest.mark.parametrize("events, last", [
-    (TO_READING + [CardRead(CARD, "signature")], "Sign merchant copy"),
-    (TO_READING + [CardRead(TAP, "signature")], "Sign merchant copy"),
+    (TO_READING + [CardRead(CARD, "signature"), OK], "Sign merchant copy"),
+    (TO_READING + [CardRead(TAP, "signature"), OK], "Sign merchant copy"),
     (TO_VERIFYING + [PinVerified(False, 0, "signature")], "Sign merchant copy"),
     (TO_VERIFYING + [PinVerified(False, 0, "none")], "Take receipts"),
-    (TO_READING + [CardRead(CARD, "none")], "Take receipts"),
+    (TO_READING + [CardRead(CARD, "none"), OK], "Take receipts"),
     (TO_VERIFYING + [PinVerified(True)], "Take receipts"),
 ])
 def test_approved_signature_sale_asks_to_sign_the_merchant_copy(events, last):
@@ -858,7 +887,7 @@ def test_approved_signature_sale_asks_to_sign_the_merchant_copy(events, last):
 
 def test_signature_sale_with_printer_failure_says_receipt_queued():
     approved = AuthResult("approved", "00", auth_code="123456", txn_id=7)
-    state, per_step = drive(TO_READING + [CardRead(CARD, "signature"), approved,
+    state, per_step = drive(TO_READING + [CardRead(CARD, "signature"), OK, approved,
                                           PrintDone(False, "paper out")])
     assert shows(per_step)[-1].lines[-2:] == ("Printer: paper out", "Receipt queued")
 
@@ -889,10 +918,16 @@ EVENTS = st.one_of(
               st.text(max_size=3), TEXT, st.text(max_size=20), st.text(max_size=12),
               st.none() | st.integers(1, 9)),
     st.builds(PrintDone, st.booleans(), TEXT),
-    st.builds(Timeout, st.sampled_from(["card", "pin", "choice", "result", "x"]),
+    st.builds(Timeout, st.sampled_from(["card", "pin", "choice", "result", "entry", "confirm",
+                                        "x"]),
               st.integers(0, 40)),
+    st.builds(RiskResult, st.sampled_from(["ok", "confirm", "refuse", "?"]), TEXT),
+    st.builds(LoginResult, st.booleans(), st.text(max_size=3),
+              st.sampled_from(["cashier", "supervisor", "admin", ""]), TEXT,
+              st.sampled_from(["confirm", "login"])),
 )
-PREFIXES = st.sampled_from([[], TO_PRESENT, TO_READING, TO_CHOICE, TO_PIN, TO_VERIFYING, TO_AUTH])
+PREFIXES = st.sampled_from([[], TO_PRESENT, TO_READING, TO_CHOICE, TO_PIN, TO_VERIFYING, TO_AUTH,
+                            TO_CHECKING, TO_SUPERVISOR, TO_MANUAL, TO_EXPIRY])
 CONFIGS = st.builds(SaleConfig, max_amount=st.integers(1, 10**12),
                     contactless_limit=st.integers(0, 10**6), fallback=st.booleans(),
                     currency=st.sampled_from([156, 978, 392, 840]))
@@ -964,3 +999,251 @@ def test_offline_approval_says_so_on_the_result_screen():
 def test_wrap_starts_a_new_line_at_a_newline():
     assert wrap("Host unreachable\nNo swipe offline", 2) == ("Host unreachable", "No swipe offline")
     assert wrap("a\nb\nc", 2) == ("a", "b c")
+
+
+# ---- other kinds (issue 5): begin(), risk check, supervisor confirm, keyed cards, balance ----
+
+VOID_ORIGINAL = OriginalRef(txn_id=3, kind="sale", stan=17, batch=1, rrn="000000000042",
+                            date="0514", auth_code="123456", amount=1250,
+                            masked_pan="622609******0014")
+VOID = TxnSpec("void", 1250, VOID_ORIGINAL)
+CASHIER = SaleState(operator="01", role="cashier")
+SUPERVISOR = SaleState(operator="07", role="supervisor")
+
+
+def begun(spec: TxnSpec, state: SaleState = CASHIER, cfg: SaleConfig = CFG):
+    state, actions = begin(cfg, state, spec)
+    for action in actions:
+        if isinstance(action, Show):
+            check_screen(action.screen)
+    return state, actions
+
+
+@pytest.mark.parametrize("spec, screen", [
+    (VOID, Screen("VOID CNY 12.50", ("Insert or swipe card",))),
+    (TxnSpec("balance"), Screen("BALANCE", ("Insert or swipe card",))),
+    (TxnSpec("completion_void", 99_999_99),
+     Screen("COMPLETION VOID", ("CNY 99999.99", "Insert or swipe card"))),
+    (TxnSpec("preauth", 5), Screen("PRE-AUTH CNY 0.05", ("Insert or swipe card",))),
+])
+def test_begin_names_the_kind_and_amount_and_waits_for_a_card(spec, screen):
+    state, actions = begun(spec)
+    assert actions == [Show(screen), StartTimer("card", 60, 1)]
+    assert (state.phase, state.spec, state.amount) == ("PRESENT_CARD", spec, spec.amount)
+    assert (state.operator, state.role) == ("01", "cashier")
+
+
+def test_begin_reads_a_card_already_in_the_slot():
+    state, actions = begun(VOID, replace(CASHIER, card_present=True))
+    assert state.phase == "READING" and actions == [Show(READING), ReadCard()]
+
+
+def test_void_skips_the_pin_and_authorises_the_whole_spec():
+    state, _ = begun(VOID)
+    state, per_step = drive([CardInserted(), CardRead(CARD, "online_pin"), OK], state)
+    assert per_step[-2] == [CheckRisk("void", 1250, ENTRY_CHIP)]
+    assert per_step[-1] == [Show(PROCESSING), Authorise("void", 1250, VOID)]
+    state, per_step = drive([AuthResult("approved", "00", auth_code="654321", txn_id=4),
+                             PrintDone(True)], state)
+    assert shows(per_step)[-1] == Screen("VOID APPROVED", ("CNY 12.50", "Auth 654321",
+                                                           "Take receipts"), "ok")
+
+
+@pytest.mark.parametrize("kind, title", [("preauth_cancel", "PRE-AUTH CANCEL OK"),
+                                         ("completion", "COMPLETION APPROVED"),
+                                         ("repayment", "REPAYMENT APPROVED")])
+def test_approved_title_names_the_kind_within_the_lcd(kind, title):
+    state, _ = begun(TxnSpec(kind, 1250))
+    state, per_step = drive([CardInserted(), CardRead(CARD, "none"), OK,
+                             AuthResult("approved", "00", txn_id=4)], state)
+    assert shows(per_step)[-1].title == title and Print(4) in per_step[-1]
+
+
+def test_a_card_other_than_the_originals_is_refused_before_any_check():
+    other = replace(CARD, pan="6226090000000022")
+    state, _ = begun(VOID)
+    state, per_step = drive([CardInserted(), CardRead(other)], state)
+    assert state.phase == "RESULT"
+    assert per_step[-1][0] == Show(Screen("Wrong card", ("Not the card of", "the original"),
+                                          "error"))
+    assert not any(isinstance(a, (CheckRisk, Authorise)) for a in flat(per_step))
+
+
+def test_balance_shows_the_balance_and_prints_nothing():
+    state, _ = begun(TxnSpec("balance"))
+    state, per_step = drive([CardInserted(), CardRead(CARD), OK], state)
+    assert per_step[-2] == [CheckRisk("balance", 0, ENTRY_CHIP)]
+    assert shows(per_step)[-1] == Screen("BALANCE", ("Enter PIN", "", "622609******0014"))
+    state, per_step = drive(PIN4 + [Key("ENTER")], state)
+    assert per_step[-1][-1] == Authorise("balance", 0, TxnSpec("balance"))
+    after, actions = step(CFG, state, AuthResult("approved", "00", txn_id=8, balance=123456))
+    assert actions == [Beep("ok"), Show(Screen("BALANCE", ("Available", "CNY 1234.56"), "ok")),
+                       StartTimer("result", 5, 3)]
+    assert after.phase == "RESULT" and not any(isinstance(a, Print) for a in actions)
+    _, actions = step(CFG, state, AuthResult("approved", "00", txn_id=8))
+    assert Show(Screen("BALANCE", ("No balance given",), "error")) in actions
+
+
+@pytest.mark.parametrize("risk, screen", [
+    (RiskResult("refuse", "Daily limit for swipe reached"),
+     Screen("Refused", ("Daily limit for", "swipe reached"), "error")),
+    (RiskResult("refuse"), Screen("Refused", ("Risk rules",), "error")),
+    (RiskResult("bogus", "?"), Screen("Refused", ("?",), "error")),
+])
+def test_risk_refusal_shows_why_and_sends_nothing(risk, screen):
+    state, per_step = drive(TO_CHECKING + [risk])
+    assert state.phase == "RESULT"
+    assert per_step[-1] == [Show(screen), Beep("error"), StartTimer("result", 5, 2)]
+    assert not any(isinstance(a, (Authorise, StartPin)) for a in flat(per_step))
+
+
+def sup(*lines: str) -> Screen:
+    return Screen("SUPERVISOR", lines)
+
+
+def test_risk_confirm_by_a_supervisor_then_the_pin():
+    state, per_step = drive(TO_CHECKING + [RiskResult("confirm", "5 sales in 10 min")])
+    assert state.phase == "SUPERVISOR" and state.timer == "confirm" and not busy(state)
+    assert per_step[-1] == [Show(sup("5 sales in 10 min", "Supervisor no.", "",
+                                     "ENTER to confirm")), StartTimer("confirm", 60, 2)]
+    state, per_step = drive(keys("07") + [Key("ENTER"), PinLength(1), Key("ENTER")], state)
+    assert per_step[1][-1] == Show(sup("5 sales in 10 min", "Supervisor no.", "07",
+                                       "ENTER to confirm"))
+    assert per_step[2] == [Beep("key"), Show(sup("Supervisor no. 07", "Password", "",
+                                                 "ENTER to confirm")), StartPin(12)]
+    assert per_step[3][-1] == Show(sup("Supervisor no. 07", "Password", "*", "ENTER to confirm"))
+    assert per_step[4] == [Show(sup("Checking", "Please wait")), CheckLogin("07", "confirm")]
+    assert busy(state)
+    state, per_step = drive([LoginResult(True, "07", "admin", purpose="confirm")], state)
+    assert per_step[-1] == [CancelTimers()] + pin_entry(3)
+    assert state.phase == "PIN" and state.login is None
+
+
+def test_risk_confirm_skipped_for_a_supervisor_operator():
+    state, _ = begun(TxnSpec("sale", 1250), SUPERVISOR)
+    state, per_step = drive([CardInserted(), CardRead(CARD), RiskResult("confirm", "velocity")],
+                            state)
+    assert state.phase == "PIN" and per_step[-1] == pin_entry(2)
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (LoginResult(True, "03", "cashier", purpose="confirm"), "Supervisor only"),
+    (LoginResult(False, reason="Wrong password", purpose="confirm"), "Wrong password"),
+    (LoginResult(False, reason="Locked 14 min", purpose="confirm"), "Locked 14 min"),
+    (LoginResult(False, purpose="confirm"), "Not confirmed"),
+])
+def test_refused_confirm_shows_the_reason_and_sends_nothing(answer, reason):
+    events = TO_CHECKING + [RiskResult("confirm", "velocity")] + CONFIRMED[:-1] + [answer]
+    state, per_step = drive(events)
+    assert state.phase == "RESULT"
+    assert per_step[-1][:3] == [CancelTimers(), Show(Screen("Not confirmed", (reason,), "error")),
+                                Beep("error")]
+    assert not any(isinstance(a, (Authorise, StartPin)) for a in per_step[-1])
+
+
+def test_confirm_ignores_a_login_answer_of_another_purpose():
+    state, _ = drive(TO_SUPERVISOR + CONFIRMED[:-1])
+    assert step(CFG, state, LoginResult(True, "07", "admin", purpose="login")) == (state, [])
+
+
+@pytest.mark.parametrize("tail, first", [
+    ([], []),  # on the number screen
+    (keys("07") + [Key("ENTER")], [StopPin()]),  # the password is being keyed
+])
+def test_confirm_cancel_and_timeout(tail, first):
+    state, _ = drive(TO_SUPERVISOR + tail)
+    after, actions = step(CFG, state, Key("CANCEL"))
+    assert after.phase == "RESULT" and actions[:len(first)] == first
+    assert Show(CANCELLED) in actions
+    after, actions = step(CFG, state, Timeout("confirm", state.token))
+    assert after.phase == "RESULT" and actions[:len(first)] == first
+    assert Show(Screen("Timed out", ("No supervisor",), "error")) in actions
+    after, actions = step(CFG, state, Shutdown())
+    assert after.phase == "IDLE" and actions == first + TO_IDLE
+
+
+def test_shutdown_while_the_supervisor_is_checked_is_deferred():
+    state, _ = drive(TO_SUPERVISOR + CONFIRMED[:-1] + [Shutdown()])
+    assert state.stopping and state.phase == "SUPERVISOR"
+    state, actions = step(CFG, state, CONFIRMED[-1])
+    assert state.phase == "IDLE" and actions == TO_IDLE
+
+
+def manual(digits: str, note: str = "ENTER to confirm") -> Screen:
+    return Screen(TITLE, ("Card no.", digits, note))
+
+
+def test_keyed_card_by_a_supervisor_operator_needs_no_confirm():
+    state, per_step = drive(TO_PRESENT + [Key("MENU")], replace(SUPERVISOR))
+    assert state.phase == "MANUAL_PAN"
+    assert per_step[-1] == [CancelTimers(), Show(manual("")), StartTimer("entry", 60, 2)]
+
+
+def test_keyed_card_masks_the_number_checks_luhn_and_expiry_then_authorises_without_pin():
+    state, per_step = drive(TO_MANUAL + keys(KEYED[:5]))
+    assert shows(per_step)[-1] == manual("*1111")
+    state, per_step = drive(keys(KEYED[5:]), state)
+    assert shows(per_step)[-1] == manual("************1111")
+    assert KEYED not in repr(state) and "411111******1111" in repr(state)
+    # a wrong check digit: refused, the digits stay for editing
+    bad, actions = step(CFG, replace(state, card=replace(state.card, pan=KEYED[:-1] + "2")),
+                        Key("ENTER"))
+    assert bad.phase == "MANUAL_PAN"
+    assert actions == [Beep("error"), Show(manual("************1112", "Invalid card no."))]
+    state, per_step = drive([Key("9"), Key("BACK"), Key("ENTER")] + keys("1330") + [Key("ENTER")],
+                            state)
+    assert per_step[0][0] == Beep("key") and per_step[1][0] == Beep("key")  # 17 digits, then 16
+    assert per_step[2] == [Beep("key"), Show(Screen(TITLE, ("411111******1111", "Expiry MMYY", "",
+                                                            "ENTER to confirm")))]
+    assert per_step[-1] == [Beep("error"), Show(Screen(TITLE, ("411111******1111", "Expiry MMYY",
+                                                               "1330", "Invalid expiry")))]
+    state, per_step = drive([Key("CLEAR")] + keys("1230") + [Key("ENTER"), OK], state)
+    assert per_step[-2] == [Beep("key"), CancelTimers(), CheckRisk("sale", 1250, "011")]
+    assert per_step[-1] == AUTHORISE
+    assert state.card.pan == KEYED and state.card.expiry == "3012"
+    assert state.card.entry_mode == "011" and state.cvm == "none"
+
+
+@pytest.mark.parametrize("digits", ["", "411111111111", "4" * 19 + "1"])
+def test_keyed_card_number_of_a_wrong_length_refused(digits):
+    state, _ = drive(TO_MANUAL + keys(digits))
+    after, actions = step(CFG, state, Key("ENTER"))
+    assert after.phase == "MANUAL_PAN" and actions[0] == Beep("error")
+    assert len(after.card.pan if after.card else "") <= 19
+
+
+@pytest.mark.parametrize("prefix", [TO_MANUAL + keys("4111"), TO_EXPIRY + keys("12")])
+def test_keyed_card_cancel_and_timeout(prefix):
+    state, _ = drive(prefix)
+    after, actions = step(CFG, state, Key("CANCEL"))
+    assert after.phase == "RESULT" and after.card is None and Show(CANCELLED) in actions
+    after, actions = step(CFG, state, Timeout("entry", state.token))
+    assert after.phase == "RESULT" and after.card is None
+    assert Show(Screen("Timed out", ("No card keyed in",), "error")) in actions
+    assert step(CFG, state, Timeout("card", state.token)) == (state, [])
+
+
+def test_menu_key_does_nothing_outside_present_card():
+    for prefix in ([], keys("12"), TO_PIN, TO_CHECKING):
+        state, _ = drive(prefix)
+        assert step(CFG, state, Key("MENU")) == (state, [])
+
+
+def test_idle_keeps_the_operator_and_shows_it():
+    state, _ = begun(TxnSpec("sale", 1250))
+    state, actions = step(CFG, state, Key("CANCEL"))
+    state, actions = step(CFG, state, Key("ENTER"))
+    assert (state.phase, state.operator, state.role, state.spec) == ("IDLE", "01", "cashier",
+                                                                     TxnSpec())
+    assert Show(Screen("KPOS     op 01", ("Key in amount", "CONNECTING  queued 0"))) in actions
+
+
+@pytest.mark.parametrize("text, key, limit, amount, expected", [
+    ("REFUND", "5", None, 12, [Beep("key"), Show(amount_screen("CNY 1.25", title="REFUND"))]),
+    ("QR SALE", "5", 100, 12, [Beep("error"), Show(amount_screen("CNY 0.12", "Max CNY 1.00",
+                                                                 "QR SALE"))]),
+    ("SALE", "ENTER", None, 12, None),
+])
+def test_amount_key_is_shared_with_other_titles(text, key, limit, amount, expected):
+    result = amount_key(CFG, amount, key, text, limit)
+    assert (result[1] if result else None) == expected

@@ -31,7 +31,7 @@ def test_stop_finishes_the_authorisation_in_flight(sim_config):
             return session
     session = asyncio.run(go())
     assert sorted(session.printer.printed) == ["000001-000002-customer", "000001-000002-merchant"]
-    assert session.display.current.title == "KPOS"  # back at idle, not waiting for a key
+    assert session.display.current.title.startswith("KPOS")  # back at idle, not waiting for a key
 
     async def check():
         async with sim_session(session.cfg) as again:

@@ -15,7 +15,10 @@ import pytest
 from firmware.cardsafe import mask_pan
 from firmware.hal.printer import Printer, PrinterError
 from firmware.hal.printer_sim import SimPrinter
-from firmware.receipts import ReceiptData, layout, preview, render, text_width
+from firmware.receipts import (NEGATIVE_TYPES, TXN_TYPES, WALLETS, ReceiptData, layout, preview, render,
+                               text_width)
+from firmware.txnkinds import KINDS
+from firmware.wallet import mask_code
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "receipts"
 REGEN = os.environ.get("KPOS_REGEN_GOLDEN") == "1"
@@ -275,6 +278,184 @@ def test_bad_encoding_and_unprintable_text_refused():
 def test_bad_receipt_data_refused(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(SALE, **{field: value})
+
+
+# ---------------------------------------------------------------- every transaction kind
+
+QR_CODE = "134567890123456789"  # a WeChat payment code: masked like a PAN on the paper
+TARGET_PAN = "6258091234567890"  # the credit card a repayment pays
+ORIGINAL = dict(original_stan=41, original_rrn="000000000041", original_auth="654321", original_date="0313")
+PRINTED = [name for name in KINDS if name != "balance"]  # a balance inquiry is never printed
+
+
+def receipt_for(kind: str) -> ReceiptData:
+    """A plausible receipt of `kind`: originals when it names one, QR or card as it needs."""
+    extra = dict(ORIGINAL) if KINDS[kind].original else {}
+    if kind.startswith("qr_"):
+        extra.update(wallet="wechat", masked_pan=mask_code(QR_CODE), entry_mode="QR", aid=None,
+                     app_label=None, tc=None, pin_verified=False)
+    if kind == "repayment":
+        extra.update(target_pan=mask_pan(TARGET_PAN))
+    if KINDS[kind].card == "nopin":  # card read, no PIN and no cryptogram (no field 55)
+        extra.update(pin_verified=False, tc=None)
+    return dataclasses.replace(SALE, txn_type=kind.upper(), **extra)
+
+
+def test_txn_types_are_the_kinds_table():
+    assert TXN_TYPES == {name.upper(): (k.label, k.label_zh) for name, k in KINDS.items()}
+    assert TXN_TYPES["PREAUTH_CANCEL"] == ("PRE-AUTH CANCEL", "预授权撤销")
+    assert NEGATIVE_TYPES == {"VOID", "REFUND", "COMPLETION_VOID", "QR_REFUND"}
+
+
+@pytest.mark.parametrize("width", [32, 48])
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("kind", PRINTED)
+def test_every_kind_prints(kind, lang, width):
+    data = receipt_for(kind)
+    i = ["en", "zh"].index(lang)
+    sign = "-" if kind in ("void", "refund", "completion_void", "qr_refund") else ""
+    for copy in ("merchant", "customer"):
+        lines = preview(data, copy, lang=lang, width=width).splitlines()
+        assert all(text_width(line) <= width for line in lines), lines
+        type_line = next(line for line in lines if line.startswith(("TXN TYPE", "交易类型")))
+        assert type_line.endswith(" " + (KINDS[kind].label, KINDS[kind].label_zh)[i])
+        amount_line = next(line for line in lines if line.startswith(("AMOUNT:", "金额:")))
+        assert amount_line.endswith(f" {sign}123.45") and text_width(amount_line) == width
+        origin = [line for line in lines if line.startswith(("ORIG.", "原"))]
+        assert len(origin) == (4 if KINDS[kind].original else 0), origin
+        text = "\n".join(lines)
+        assert (("WALLET", "钱包")[i] in text) == kind.startswith("qr_")
+        assert (("TO CARD", "还款卡号")[i] in text) == (kind == "repayment")
+        raw = render(data, copy, lang=lang, width=width)
+        assert (KINDS[kind].label, KINDS[kind].label_zh)[i].encode("gb18030") in raw
+        for clear in (FULL_PAN, QR_CODE, TARGET_PAN):
+            assert clear.encode() not in raw and clear not in text
+
+
+@pytest.mark.parametrize("lang, expected", [
+    ("en", ["ORIG. STAN                000041", "ORIG. REF           000000000041",
+            "ORIG. AUTH                654321", "ORIG. DATE                 03/13"]),
+    ("zh", ["原凭证号                  000041", "原参考号            000000000041",
+            "原授权码                  654321", "原交易日期                 03/13"]),
+])
+def test_original_lines_follow_the_auth_code(lang, expected):
+    lines = preview(receipt_for("void"), "merchant", lang=lang).splitlines()
+    auth = next(n for n, line in enumerate(lines) if line.endswith(" 123456"))
+    assert lines[auth + 1:auth + 5] == expected
+    plain = preview(SALE, "merchant", lang=lang)
+    assert not any(line in plain for line in expected)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("kind", ["void", "refund", "completion_void", "qr_refund"])
+def test_money_back_prints_a_minus(kind, lang):
+    shown = "CNY" if lang == "en" else "RMB"
+    text = preview(receipt_for(kind), "customer", lang=lang)
+    assert f"{shown} -123.45" in text
+    assert "-123.45" not in preview(SALE, "customer", lang=lang)
+
+
+@pytest.mark.parametrize("kind", ["sale", "preauth", "preauth_cancel", "completion", "repayment", "qr_sale"])
+def test_money_in_or_none_prints_no_minus(kind):
+    assert "-123.45" not in preview(receipt_for(kind), "customer")
+
+
+@pytest.mark.parametrize("wallet", sorted(WALLETS))
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_qr_receipt_shows_wallet_and_pay_code(wallet, lang):
+    data = dataclasses.replace(receipt_for("qr_sale"), wallet=wallet)
+    i = ["en", "zh"].index(lang)
+    for copy in ("merchant", "customer"):
+        lines = preview(data, copy, lang=lang).splitlines()
+        wallet_line = next(line for line in lines if line.startswith(("WALLET", "钱包")))
+        assert wallet_line.endswith(" " + WALLETS[wallet][i])
+        code_line = next(line for line in lines if line.startswith(("PAY CODE", "付款码")))
+        assert code_line.endswith(" 134567********6789")
+        assert ("QR", "扫码")[i] in next(line for line in lines if line.startswith(("ENTRY", "输入")))
+        text = "\n".join(lines)
+        for absent in ("CARD NO.", "卡号", "SIGNATURE", "签名", "PIN VERIFIED", "密码验证", "NO PIN",
+                       "免密"):
+            assert absent not in text  # no card, no cardholder block: confirmed in the wallet app
+    assert preview(data, "customer", lang="en").count("WeChat Pay") == (wallet == "wechat")
+
+
+def test_wallet_names():
+    assert {k: v[1] for k, v in WALLETS.items()} == {
+        "wechat": "微信支付", "alipay": "支付宝", "unionpay_qr": "银联二维码"}
+    assert WALLETS["wechat"][0] == "WeChat Pay"
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_repayment_shows_the_card_paid(lang):
+    lines = preview(receipt_for("repayment"), "customer", lang=lang).splitlines()
+    card = next(n for n, line in enumerate(lines) if line.startswith(("CARD NO.", "卡号")))
+    label = "TO CARD         " if lang == "en" else "还款卡号        "
+    assert lines[card + 1] == label + "625809******7890"
+
+
+@pytest.mark.parametrize("lang, mark", [("en", "AUTO REFUND (PAID LATE)"),
+                                        ("zh", "自动退款(超时支付)")])
+def test_auto_refund_mark(lang, mark):
+    data = receipt_for("qr_refund")
+    assert mark not in preview(data, "customer", lang=lang)
+    late = dataclasses.replace(data, auto_refund=True)
+    lines = preview(late, "customer", lang=lang).splitlines()
+    amount = next(n for n, line in enumerate(lines) if line.startswith(("AMOUNT:", "金额:")))
+    assert lines[amount + 1].strip() == mark
+    assert ("bold", lines[amount + 1]) in layout(late, "customer", lang=lang)
+
+
+def _cut_out(longer: bytes, shorter: bytes) -> bytes:
+    """The one run of bytes that `longer` has and `shorter` has not (fails if not one run)."""
+    head = next(n for n, (a, b) in enumerate(zip(longer, shorter)) if a != b)
+    tail = len(shorter) - head
+    assert longer[:head] + longer[len(longer) - tail:] == shorter
+    return longer[head:len(longer) - tail]
+
+
+SET_BOLD, SET_NORMAL = b"\x1d!\x00\x1bE\x01", b"\x1d!\x00\x1bE\x00"  # GS ! 0, ESC E 1 / 0
+
+
+@pytest.mark.parametrize("lang, mark", [("en", "*** REPRINT ***"), ("zh", "*** 重打印 ***")])
+@pytest.mark.parametrize("kind", ["sale", "void", "qr_sale", "repayment"])
+@pytest.mark.parametrize("copy", ["merchant", "customer"])
+def test_reprint_differs_only_by_its_line(copy, kind, lang, mark):
+    first = receipt_for(kind)
+    again = dataclasses.replace(first, reprint=True)
+    first_lines, again_lines = layout(first, copy, lang=lang), layout(again, copy, lang=lang)
+    centered = " " * ((32 - text_width(mark)) // 2) + mark
+    assert again_lines[2] == ("bold", centered)  # under the copy name, on both copies
+    assert again_lines[:2] + again_lines[3:] == first_lines
+    cut = _cut_out(render(again, copy, lang=lang), render(first, copy, lang=lang))
+    assert cut == SET_BOLD + centered.encode("gb18030") + b"\n" + SET_NORMAL
+
+
+@pytest.mark.parametrize("name, kind, lang, copy", [
+    ("void_en_merchant", "void", "en", "merchant"),
+    ("refund_zh_merchant", "refund", "zh", "merchant"),
+    ("qr_sale_zh_customer", "qr_sale", "zh", "customer"),
+    ("repayment_en_customer", "repayment", "en", "customer"),
+    ("preauth_cancel_zh_customer", "preauth_cancel", "zh", "customer"),
+])
+def test_golden_other_kinds(name, kind, lang, copy):
+    data = receipt_for(kind)
+    raw, text = render(data, copy, lang=lang), preview(data, copy, lang=lang)
+    assert raw == golden(f"{name}.bin", raw)
+    assert text == golden(f"{name}.txt", text.encode()).decode()
+
+
+@pytest.mark.parametrize("field, value", [("wallet", "paypal"), ("wallet", ""), ("original_stan", 1_000_000),
+                                          ("original_stan", "41"), ("original_date", "1332"),
+                                          ("original_date", "313"), ("target_pan", "6258 09** **** 7890")])
+def test_bad_new_fields_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(receipt_for("void"), **{field: value})
+
+
+def test_clear_target_pan_refused_without_repeating_it():
+    with pytest.raises(ValueError, match="target_pan") as info:
+        dataclasses.replace(SALE, txn_type="REPAYMENT", target_pan=TARGET_PAN)
+    assert TARGET_PAN not in str(info.value)
 
 
 # ---------------------------------------------------------------- simulated printer

@@ -214,7 +214,15 @@ def sale_request(ids: TerminalIds, *, stan: int, batch: int, amount: int, curren
         "42": ids.merchant_id,
         "49": _currency(currency),
         "60": _MSG_TYPE_SALE + _batch(batch) + _MGMT_NONE,
+        **_card_fields(card, pin_block),
     }
+    return _in_field_order(msg)
+
+
+def _card_fields(card: CardData, pin_block: bytes | None) -> dict:
+    """Fields 23, 35, 52, 55 of a request whose card is read and verified as for a sale
+    (PAN sequence number, track 2, PIN block, chip data), each when there is one."""
+    msg: dict = {}
     if card.pan_seq:
         msg["23"] = "0" + card.pan_seq
     if card.track2:
@@ -225,6 +233,11 @@ def sale_request(ids: TerminalIds, *, stan: int, batch: int, amount: int, curren
         msg["52"] = pin_block
     if card.icc_data:
         msg["55"] = bytes(card.icc_data)
+    return msg
+
+
+def _in_field_order(msg: dict) -> dict:
+    """`msg` with the MTI first, then the fields in ascending number (the wire order)."""
     return dict(sorted(msg.items(), key=lambda kv: -1 if kv[0] == "t" else int(kv[0])))
 
 
@@ -264,7 +277,7 @@ def advice_request(original: dict, *, code: str, icc_data: bytes | None,
     msg["60"] = _MSG_TYPE_OFFLINE_SALE + batch + _MGMT_NONE
     if icc_data is not None:
         msg["55"] = bytes(icc_data)
-    return dict(sorted(msg.items(), key=lambda kv: -1 if kv[0] == "t" else int(kv[0])))
+    return _in_field_order(msg)
 
 
 def _trace(stan: int, now: datetime) -> dict:

@@ -45,5 +45,6 @@ BINARY_FIELDS: frozenset[str] = frozenset(
     k for k, v in SPEC.items() if k.isdigit() and k not in ("1", "65") and v["data_enc"] == "b"
 )
 
-# Card data that must never reach a log line (DESIGN §9): PAN, track 2/3, PIN block, ICC.
-SENSITIVE_FIELDS: frozenset[str] = frozenset({"2", "35", "36", "45", "52", "55"})
+# Card data that must never reach a log line (DESIGN §9): PAN, track 2/3, PIN block, ICC,
+# a wallet payment code (57) and a repayment's paid card (103).
+SENSITIVE_FIELDS: frozenset[str] = frozenset({"2", "35", "36", "45", "52", "55", "57", "103"})

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from firmware.cardsafe import mask_pan
 
 __all__ = ["CardData", "CardReadError", "ENTRY_CHIP", "ENTRY_CONTACTLESS", "ENTRY_MAGSTRIPE",
-           "ENTRY_FALLBACK", "CVMS"]
+           "ENTRY_FALLBACK", "ENTRY_MANUAL", "CVMS"]
 
 # Field 22 POS entry mode: 2 digits PAN entry + 1 digit PIN capability (1 = can accept PIN).
 ENTRY_CHIP = "051"
 ENTRY_CONTACTLESS = "071"
 ENTRY_MAGSTRIPE = "021"
 ENTRY_FALLBACK = "801"  # magstripe read after the chip failed (fallback)
+ENTRY_MANUAL = "011"  # PAN and expiry keyed by a supervisor (never offline)
 
 # Cardholder verification the kernel asks the terminal to perform next (or has performed).
 CVMS = ("online_pin", "offline_pin", "signature", "none")

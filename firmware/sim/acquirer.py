@@ -442,12 +442,14 @@ class AcquirerSimulator:
         except MessageError as exc:
             log.warning("unanswerable request: %s", exc)
             return None
-        missing = [f for f in REQUIRED.get(mti, ()) if f not in req]
-        if missing:
-            log.warning("MTI %s STAN %s: missing field %s", mti, req.get("11"), missing[0])
-            return {"t": resp_mti, **echo(req, ECHO_OTHER), "39": RC_FORMAT}
         handler = (self._routes.get((mti, str(req.get("60", ""))[:2]))
-                   or self._routes.get((mti, "")) or self._handlers.get(mti))
+                   or self._routes.get((mti, "")))
+        if handler is None:  # the built-in families check their fields here; routed ones own
+            missing = [f for f in REQUIRED.get(mti, ()) if f not in req]  # their checks
+            if missing:
+                log.warning("MTI %s STAN %s: missing field %s", mti, req.get("11"), missing[0])
+                return {"t": resp_mti, **echo(req, ECHO_OTHER), "39": RC_FORMAT}
+            handler = self._handlers.get(mti)
         if handler is None:
             return {"t": resp_mti, **echo(req, ECHO_OTHER), "39": RC_BAD_TXN}
         try:

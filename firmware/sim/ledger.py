@@ -11,11 +11,16 @@ Amounts are int minor units. Clear PANs are never stored: accounts and authorisa
 hold mask_pan() plus a SHA-256 pan key. Session keys are stored in clear: this is a TEST
 host (catalog data only).
 
-`authorisations` holds every decision: online sales (kind "sale") and offline sale
-advices (kind "advice", 0220/0221), each with a short log-safe `reason`, the cryptogram
-verdict (`arqc`: "verified", "failed", "" = not checked) and, for advices, how many
-repeats were answered from the recorded decision (`repeats`). Older ledger files gain
-the newer columns when opened.
+`authorisations` holds every decision: online sales (kind "sale"), offline sale
+advices (kind "advice", 0220/0221) and the other message families' decisions (record():
+void, refund, preauth, completion, ...), each with a short log-safe `reason`, the
+cryptogram verdict (`arqc`: "verified", "failed", "" = not checked), for advices how many
+repeats were answered from the recorded decision (`repeats`), what an approval did to the
+account (`money`: debit, credit, none; `counter_key`: the account moved the other way, a
+repayment's paid card) and the authorisation it acts on (`original_id`: a void's sale, a
+completion's pre-auth). `holds` keeps the amounts pre-authorisations hold: balance() is
+what the card may still spend. A reversal undoes whatever its original did (reverse()).
+Older ledger files gain the newer columns when opened.
 """
 from __future__ import annotations
 
@@ -30,13 +35,16 @@ from firmware.cardsafe import mask_pan
 from firmware.sim.catalog import Catalog
 from firmware.dbutil import immediate
 
-__all__ = ["Ledger", "LedgerError", "Authorisation", "ReversalResult", "pan_key", "PIN_TRIES_LIMIT",
-           "SALE", "ADVICE"]
+__all__ = ["Ledger", "LedgerError", "Authorisation", "ReversalResult", "Hold", "pan_key",
+           "PIN_TRIES_LIMIT", "SALE", "ADVICE", "MONEY", "HOLD_PLACE", "HOLD_RELEASE"]
 
 PIN_TRIES_LIMIT = 3
 RC_DUPLICATE = "94"
 RC_APPROVED = "00"
 SALE, ADVICE = "sale", "advice"  # authorisations.kind: an 0200 decision, an 0220/0221 one
+DEBIT, CREDIT = "debit", "credit"
+MONEY = (DEBIT, CREDIT, "none")  # what an approval does to the card's account
+HOLD_PLACE, HOLD_RELEASE = "place", "release"  # what an approval does to a pre-auth hold
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -59,14 +67,24 @@ CREATE TABLE IF NOT EXISTS reversals (
     mti TEXT NOT NULL, reason TEXT NOT NULL, found INTEGER NOT NULL,
     credited INTEGER NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS holds (
+    auth_id INTEGER PRIMARY KEY, pan_key TEXT NOT NULL, auth_code TEXT NOT NULL,
+    amount INTEGER NOT NULL, held INTEGER NOT NULL DEFAULT 1, released_by INTEGER);
+CREATE INDEX IF NOT EXISTS holds_code ON holds (auth_code, pan_key);
 """
 # Columns added after the first release, for ledgers created before them.
 _ADDED_COLUMNS = (("authorisations", "reason", "TEXT NOT NULL DEFAULT ''"),
                   ("authorisations", "arqc", "TEXT NOT NULL DEFAULT ''"),
                   ("authorisations", "kind", "TEXT NOT NULL DEFAULT 'sale'"),
-                  ("authorisations", "repeats", "INTEGER NOT NULL DEFAULT 0"))
+                  ("authorisations", "repeats", "INTEGER NOT NULL DEFAULT 0"),
+                  ("authorisations", "money", "TEXT NOT NULL DEFAULT 'debit'"),
+                  ("authorisations", "original_id", "INTEGER"),
+                  ("authorisations", "counter_key", "TEXT"))
 _AUTH_COLUMNS = ("tid, stan, date, batch, pan_masked, amount, rc, rrn, auth_code, reversed,"
-                 " reason, arqc, kind, repeats")
+                 " reason, arqc, kind, repeats, id, pan_key, money, original_id, counter_key")
+# What approved, unreversed credits acting on authorisation `a` gave back (voids, refunds).
+_RETURNED = ("(SELECT COALESCE(SUM(d.amount), 0) FROM authorisations d WHERE d.original_id = a.id"
+             " AND d.rc = '00' AND d.reversed = 0 AND d.money = 'credit')")
 
 
 class LedgerError(RuntimeError):
@@ -89,14 +107,29 @@ class Authorisation:
     reversed: bool
     reason: str = ""  # why, short and log-safe ("ARQC failed", "insufficient funds")
     arqc: str = ""  # "verified", "failed", or "" = not checked (no chip data / not reached)
-    kind: str = SALE  # SALE (0200) or ADVICE (0220/0221)
+    kind: str = SALE  # SALE (0200), ADVICE (0220/0221), or a message family's kind
     repeats: int = 0  # advice repeats answered from this decision
+    id: int = 0  # the row, for original_id links
+    pan_key: str = ""  # pan_key() of the card, to compare cards without a clear PAN
+    money: str = DEBIT  # MONEY: what the approval did to the card's account
+    original_id: int | None = None  # the authorisation this one acts on
+    counter_key: str | None = None  # the account moved the other way (repayment)
 
 
 @dataclass(frozen=True)
 class ReversalResult:
-    found: bool  # an original sale with that tid/stan/date exists
-    credited: bool  # this reversal gave money back (approved and not yet reversed)
+    found: bool  # a decision with that tid/stan/date exists
+    credited: bool  # this reversal undid an approval (for a sale: credited it back)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The amount a pre-authorisation holds on a card until completed or cancelled."""
+
+    auth_id: int  # the pre-auth's authorisation row
+    auth_code: str
+    amount: int  # minor units
+    held: bool  # False once completed, cancelled or reversed
 
 
 def pan_key(pan: str) -> str:
@@ -111,7 +144,8 @@ def _now() -> str:
 def _authorisation(row: tuple) -> Authorisation:
     """An Authorisation from a row selected as _AUTH_COLUMNS."""
     return Authorisation(*row[:9], reversed=bool(row[9]), reason=row[10], arqc=row[11],
-                         kind=row[12], repeats=row[13])
+                         kind=row[12], repeats=row[13], id=row[14], pan_key=row[15],
+                         money=row[16], original_id=row[17], counter_key=row[18])
 
 
 class Ledger:
@@ -174,8 +208,22 @@ class Ledger:
                                 (pan_key(pan),)).fetchone() is not None
 
     def balance(self, pan: str) -> int:
-        """Balance in minor units; LedgerError for an unknown card."""
-        return self._account(pan)[0]
+        """Available balance in minor units: the account's balance less what pre-auths
+        hold (held()). LedgerError for an unknown card."""
+        return self._account(pan)[0] - self.held(pan)
+
+    def held(self, pan: str) -> int:
+        """What pre-authorisations hold on the card (minor units)."""
+        return self._db.execute("SELECT COALESCE(SUM(amount), 0) FROM holds WHERE pan_key = ?"
+                                " AND held = 1", (pan_key(pan),)).fetchone()[0]
+
+    def find_hold(self, auth_code: str, pan: str) -> Hold | None:
+        """The hold of the pre-auth approved with `auth_code` on card `pan` (a held one
+        first, then the latest), or None."""
+        row = self._db.execute("SELECT auth_id, auth_code, amount, held FROM holds WHERE"
+                               " auth_code = ? AND pan_key = ? ORDER BY held DESC, auth_id DESC"
+                               " LIMIT 1", (auth_code, pan_key(pan))).fetchone()
+        return Hold(row[0], row[1], row[2], bool(row[3])) if row else None
 
     def pin_tries(self, pan: str) -> int:
         """Consecutive wrong PINs so far."""
@@ -244,53 +292,92 @@ class Ledger:
         return self._record(ADVICE, tid=tid, stan=stan, date=date, batch=batch, pan=pan,
                             amount=amount, rc=rc, reason=reason, arqc=arqc)
 
-    def repeat_advice(self, tid: str, stan: str, date: str) -> Authorisation | None:
-        """The advice decision recorded for tid + STAN + MMDD, with this repeat counted;
-        None (nothing written) when no advice with that key was recorded."""
-        row = self._db.execute(f"SELECT id, {_AUTH_COLUMNS} FROM authorisations WHERE tid = ?"
-                               " AND stan = ? AND date = ? AND kind = 'advice' ORDER BY id LIMIT 1",
-                               (tid, stan, date)).fetchone()
+    def repeat_advice(self, tid: str, stan: str, date: str, kind: str = ADVICE
+                      ) -> Authorisation | None:
+        """The advice decision (of `kind`) recorded for tid + STAN + MMDD, with this repeat
+        counted; None (nothing written) when no advice with that key was recorded."""
+        row = self._db.execute(f"SELECT {_AUTH_COLUMNS} FROM authorisations WHERE tid = ?"
+                               " AND stan = ? AND date = ? AND kind = ? ORDER BY id LIMIT 1",
+                               (tid, stan, date, kind)).fetchone()
         if row is None:  # the usual case: a first 0220, no write transaction for it
             return None
+        recorded = _authorisation(row)
         with self._tx() as db:  # one thread owns the ledger: the row cannot change meanwhile
-            db.execute("UPDATE authorisations SET repeats = repeats + 1 WHERE id = ?", (row[0],))
-        recorded = _authorisation(row[1:])
+            db.execute("UPDATE authorisations SET repeats = repeats + 1 WHERE id = ?",
+                       (recorded.id,))
         return replace(recorded, repeats=recorded.repeats + 1)
 
     def record(self, kind: str, *, tid: str, stan: str, date: str, batch: str, pan: str,
                amount: int, rc: str | None, reason: str = "", arqc: str = "",
-               money: str = "debit") -> Authorisation:
-        """Record a decision of any message family (`kind`: void, refund, preauth, ...): on
-        rc "00" the account is debited (`money` "debit"), credited ("credit") or left
-        alone ("none") in the same transaction. `pan` may be any token with an account
-        (a wallet's payment code has none: use money "none" and keep the wallet's own table)."""
-        if money not in ("debit", "credit", "none"):
-            raise LedgerError(f"money must be debit, credit or none: STAN {stan}")
+               money: str = DEBIT, original_id: int | None = None,
+               counter_pan: str | None = None, hold: str = "") -> Authorisation:
+        """Record a decision of any message family (`kind`: void, refund, preauth, ...) and,
+        on rc "00", what it does, all in one transaction: the account is debited (`money`
+        "debit"), credited ("credit") or left alone ("none"); `counter_pan`'s account
+        moves the other way (a repayment credits the card it pays); `hold` HOLD_PLACE
+        holds `amount` on the card under the new auth code (a pre-auth), HOLD_RELEASE
+        releases the hold of pre-auth `original_id` (a completion or cancel). `original_id`
+        links the authorisation this one acts on. `pan` may be any token with an account
+        (a wallet's payment code has none: use money "none" and keep the wallet's own table).
+        LedgerError, with nothing written, if an approval would overdraw, names an unknown
+        account or releases a hold that is not held."""
+        if money not in MONEY:
+            raise LedgerError(f"money must be one of {MONEY}: STAN {stan}")
+        if hold not in ("", HOLD_PLACE, HOLD_RELEASE):
+            raise LedgerError(f"hold must be place, release or empty: STAN {stan}")
         return self._record(kind, tid=tid, stan=stan, date=date, batch=batch, pan=pan,
-                            amount=amount, rc=rc, reason=reason, arqc=arqc, money=money)
+                            amount=amount, rc=rc, reason=reason, arqc=arqc, money=money,
+                            original_id=original_id, counter_pan=counter_pan, hold=hold)
 
     def _record(self, kind: str, *, tid: str, stan: str, date: str, batch: str, pan: str,
-                amount: int, rc: str | None, reason: str, arqc: str,
-                money: str = "debit") -> Authorisation:
+                amount: int, rc: str | None, reason: str, arqc: str, money: str = DEBIT,
+                original_id: int | None = None, counter_pan: str | None = None,
+                hold: str = "") -> Authorisation:
         if not isinstance(amount, int) or amount < 0:
             raise LedgerError(f"amount must be non-negative int minor units: STAN {stan}")
         approved = rc == RC_APPROVED
+        counter_key = pan_key(counter_pan) if counter_pan else None
         with self._tx() as db:
-            if approved and money == "debit":
-                self._debit(db, pan, amount, stan)
-            elif approved and money == "credit":
-                db.execute("UPDATE accounts SET balance = balance + ? WHERE pan_key = ?",
-                           (amount, pan_key(pan)))
+            if approved and hold == HOLD_RELEASE:
+                self._release(db, original_id, stan)
+            if approved:
+                self._move(db, pan, money, amount, stan)
+            if approved and counter_pan:
+                self._move(db, counter_pan, DEBIT if money == CREDIT else CREDIT, amount, stan)
             rrn = self._next_rrn(db)
             auth_code = f"{secrets.randbelow(10**6):06d}" if approved else None
-            db.execute(
+            row_id = db.execute(
                 "INSERT INTO authorisations (tid, stan, date, batch, pan_masked, pan_key, amount,"
-                " rc, rrn, auth_code, created_at, reason, arqc, kind)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " rc, rrn, auth_code, created_at, reason, arqc, kind, money, original_id,"
+                " counter_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (tid, stan, date, batch, mask_pan(pan), pan_key(pan), amount, rc, rrn,
-                 auth_code, _now(), reason, arqc, kind))
+                 auth_code, _now(), reason, arqc, kind, money, original_id, counter_key)
+            ).lastrowid
+            if approved and hold == HOLD_PLACE:
+                db.execute("INSERT INTO holds (auth_id, pan_key, auth_code, amount)"
+                           " VALUES (?, ?, ?, ?)", (row_id, pan_key(pan), auth_code, amount))
+            if approved and hold == HOLD_RELEASE:
+                db.execute("UPDATE holds SET released_by = ? WHERE auth_id = ?",
+                           (row_id, original_id))
         return Authorisation(tid, stan, date, batch, mask_pan(pan), amount, rc, rrn, auth_code,
-                             reversed=False, reason=reason, arqc=arqc, kind=kind)
+                             reversed=False, reason=reason, arqc=arqc, kind=kind, id=row_id,
+                             pan_key=pan_key(pan), money=money, original_id=original_id,
+                             counter_key=counter_key)
+
+    def _move(self, db: sqlite3.Connection, pan: str, money: str, amount: int,
+              stan: str) -> None:
+        """Debit (never below zero) or credit `pan`'s account; "none" moves nothing."""
+        if money == DEBIT:
+            self._debit(db, pan, amount, stan)
+        elif money == CREDIT:
+            self._account(pan)
+            _add(db, pan_key(pan), amount)
+
+    def _release(self, db: sqlite3.Connection, auth_id: int | None, stan: str) -> None:
+        released = db.execute("UPDATE holds SET held = 0 WHERE auth_id = ? AND held = 1",
+                              (auth_id,)).rowcount
+        if released != 1:
+            raise LedgerError(f"no hold to release for pre-auth row {auth_id}: STAN {stan}")
 
     def _debit(self, db: sqlite3.Connection, pan: str, amount: int, stan: str) -> None:
         balance = self._account(pan)[0]
@@ -303,22 +390,52 @@ class Ledger:
 
     def reverse(self, tid: str, stan: str, date: str, *, mti: str = "0400",
                 reason: str = "") -> ReversalResult:
-        """Reverse a sale: credit it back once if it was approved. Idempotent; always recorded."""
+        """Reverse the decision recorded for tid + STAN + MMDD, whatever its kind: if it was
+        approved and not yet reversed, undo what is left of it (_undo) and mark it
+        reversed. Idempotent; always recorded."""
         with self._tx() as db:
-            row = db.execute(
-                "SELECT id, pan_key, amount, rc, reversed FROM authorisations"
-                " WHERE tid = ? AND stan = ? AND date = ? AND rc IS NOT '94'"
-                " ORDER BY id LIMIT 1", (tid, stan, date)).fetchone()
-            credited = bool(row and row[3] == RC_APPROVED and not row[4])
+            original = self.find(tid, stan, date)
+            credited = bool(original and original.rc == RC_APPROVED and not original.reversed)
             if credited:
-                db.execute("UPDATE accounts SET balance = balance + ? WHERE pan_key = ?",
-                           (row[2], row[1]))
-                db.execute("UPDATE authorisations SET reversed = 1 WHERE id = ?", (row[0],))
+                self._undo(db, original)
+                db.execute("UPDATE authorisations SET reversed = 1 WHERE id = ?", (original.id,))
             db.execute(
                 "INSERT INTO reversals (tid, stan, date, mti, reason, found, credited, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (tid, stan, date, mti, reason, row is not None, credited, _now()))
-        return ReversalResult(found=row is not None, credited=credited)
+                (tid, stan, date, mti, reason, original is not None, credited, _now()))
+        return ReversalResult(found=original is not None, credited=credited)
+
+    def _undo(self, db: sqlite3.Connection, auth: Authorisation) -> None:
+        """Undo approved `auth`: its money (a debit less what voids and refunds of it gave
+        back already; nothing for a credit whose original is reversed, as that reversal
+        took the credit into account), its counter account, the hold it placed (released)
+        and the hold it released (held again, unless its pre-auth is reversed). Reversals
+        always apply: an account may go below zero."""
+        if auth.money == DEBIT:
+            back = db.execute(f"SELECT a.amount - {_RETURNED} FROM authorisations a"
+                              " WHERE a.id = ?", (auth.id,)).fetchone()[0]
+        elif auth.money == CREDIT:
+            back = 0 if self._reversed(db, auth.original_id) else -auth.amount
+        else:
+            back = 0
+        _add(db, auth.pan_key, back)
+        if auth.counter_key:
+            _add(db, auth.counter_key, -back)
+        db.execute("UPDATE holds SET held = 0 WHERE auth_id = ?", (auth.id,))
+        if not self._reversed(db, self._released_hold(db, auth.id)):
+            db.execute("UPDATE holds SET held = 1, released_by = NULL WHERE released_by = ?",
+                       (auth.id,))
+
+    @staticmethod
+    def _reversed(db: sqlite3.Connection, auth_id: int | None) -> bool:
+        row = db.execute("SELECT reversed FROM authorisations WHERE id = ?", (auth_id,)).fetchone()
+        return bool(row and row[0])
+
+    @staticmethod
+    def _released_hold(db: sqlite3.Connection, auth_id: int) -> int | None:
+        """The pre-auth whose hold authorisation `auth_id` released, if any."""
+        row = db.execute("SELECT auth_id FROM holds WHERE released_by = ?", (auth_id,)).fetchone()
+        return row[0] if row else None
 
     def reversal_count(self, tid: str, stan: str, date: str) -> int:
         """How many reversal messages were recorded for that sale (tests, reports)."""
@@ -339,12 +456,37 @@ class Ledger:
         return [_authorisation(r) for r in rows]
 
     def debits(self, tid: str) -> list[Authorisation]:
-        """What terminal `tid`'s customers were charged: approved sales and advices not
-        reversed, oldest first."""
-        return [r for r in self.records(tid) if r.rc == RC_APPROVED and not r.reversed]
+        """What terminal `tid`'s customers were charged: approved debits (sales, advices,
+        completions, repayments) not reversed and not wholly given back by voids or
+        refunds, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_AUTH_COLUMNS} FROM authorisations a WHERE tid = ? AND rc = '00'"
+            f" AND reversed = 0 AND money = 'debit' AND amount > {_RETURNED} ORDER BY id",
+            (tid,)).fetchall()
+        return [_authorisation(r) for r in rows]
+
+    def find_rrn(self, rrn: str) -> Authorisation | None:
+        """The decision that was given RRN `rrn` (any terminal, any batch), or None."""
+        row = self._db.execute(f"SELECT {_AUTH_COLUMNS} FROM authorisations WHERE rrn = ?",
+                               (rrn,)).fetchone()
+        return _authorisation(row) if row else None
+
+    def dependents(self, auth_id: int) -> list[Authorisation]:
+        """Approved, unreversed decisions acting on authorisation `auth_id` (its voids,
+        refunds, completions, cancels), oldest first."""
+        rows = self._db.execute(f"SELECT {_AUTH_COLUMNS} FROM authorisations WHERE"
+                                " original_id = ? AND rc = '00' AND reversed = 0 ORDER BY id",
+                                (auth_id,)).fetchall()
+        return [_authorisation(r) for r in rows]
 
     def decisions(self, tid: str, stan: str, date: str) -> list[str | None]:
         """Every response code recorded for tid + STAN + MMDD, oldest first (duplicates too)."""
         rows = self._db.execute("SELECT rc FROM authorisations WHERE tid = ? AND stan = ?"
                                 " AND date = ? ORDER BY id", (tid, stan, date)).fetchall()
         return [r[0] for r in rows]
+
+
+def _add(db: sqlite3.Connection, key: str, amount: int) -> None:
+    """Add `amount` (negative: subtract) to the account with pan_key `key`."""
+    if amount:
+        db.execute("UPDATE accounts SET balance = balance + ? WHERE pan_key = ?", (amount, key))

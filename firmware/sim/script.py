@@ -1,7 +1,10 @@
 """Scenario scripts for `kpos sim --script FILE`: drive the simulator with no person at it.
 
 One command per line; '#' starts a comment. Actions:
-    keys 1 2 5 0 ENTER          keys in order (digits may be grouped: `keys 1250 ENTER`)
+    keys 1 2 5 0 ENTER          keys in order (digits may be grouped: `keys 1250 ENTER`;
+                                names ENTER BACK CLEAR CANCEL MENU)
+    login NO PASSWORD           log operator NO in (keys NO ENTER PASSWORD ENTER)
+    scan CODE                   the QR scanner reads a customer's payment code
     insert CARD | tap CARD      present a catalog test card (chip / contactless)
     swipe CARD                  swipe a catalog test card's magnetic stripe
     remove                      take the card out
@@ -12,6 +15,8 @@ One command per line; '#' starts a comment. Actions:
                                 e.g. `fault drop times 1 mti 0220`
     acquirer down|up|restart    the acquirer's network switch: refuse connections and close
                                 the open ones | listen again | restart on the same port
+    acquirer unbalance N        the next N settlement requests (0500) are answered
+                                "out of balance" (forces a batch upload)
 Expectations ([within S] defaults to 10 s where they wait):
     expect screen "TEXT" [within S]   a screen containing TEXT appears after the last action
     expect receipts N                 N receipt copies printed so far in this run
@@ -23,6 +28,7 @@ Expectations ([within S] defaults to 10 s where they wait):
     expect queue N [within S]         the journal's pending reversals + pending advices are N
     expect ledger STAN CODE [within S]  the acquirer recorded CODE for that STAN (a sale or
                                       an advice of this terminal; STAN as 1..6 digits)
+    expect batch N                    the terminal's current batch number is N
 `queue` and `ledger` are re-checked after every new screen and every request the acquirer
 handles (no polling); a queue that drains without either shows up when the idle screen
 redraws its queue count. Runs on the loop; a failed expectation raises ScriptError naming
@@ -36,16 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from firmware.flows.types import Key
+from firmware.flows.types import CodeScanned, Key
 from firmware.sim.acquirer import Faults
 from firmware.sim.runner import SimSession
 
 __all__ = ["ScriptError", "Step", "parse_script", "run_script"]
 
-KEY_NAMES = {"ENTER", "BACK", "CLEAR", "CANCEL"}
+KEY_NAMES = {"ENTER", "BACK", "CLEAR", "CANCEL", "MENU"}
 DEFAULT_WITHIN = 10.0
 EXPECTATIONS = ("screen", "receipts", "receipt", "journal", "reversals", "balance", "queue",
-                "ledger")
+                "ledger", "batch")
 ACQUIRER_SWITCH = {"down": "go_down", "up": "go_up", "restart": "restart"}  # verb -> method
 
 
@@ -86,6 +92,12 @@ def _check(words: tuple[str, ...], where: str) -> None:
     elif verb in ("insert", "tap", "swipe") and len(words) == 2:
         return
     elif verb == "remove" and len(words) == 1:
+        return
+    elif verb == "login" and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
+        return
+    elif verb == "scan" and len(words) == 2 and words[1].isdigit():
+        return
+    elif verb == "acquirer" and len(words) == 3 and words[1] == "unbalance" and words[2].isdigit():
         return
     elif verb == "fault":
         try:
@@ -139,8 +151,15 @@ class _Runner:
             self.s.reader.swipe(args[0])
         elif verb == "remove":
             self.s.reader.remove()
+        elif verb == "login":
+            for key in [*args[0], "ENTER", *args[1], "ENTER"]:
+                self.s.terminal.post(Key(key))
+        elif verb == "scan":
+            self.s.terminal.post(CodeScanned(args[0]))
         elif verb == "fault":
             self.s.acquirer.faults.set_to(Faults.parse(args))
+        elif verb == "acquirer" and args[0] == "unbalance":
+            self.s.acquirer.settle_unbalanced = int(args[1])
         elif verb == "acquirer":
             await getattr(self.s.acquirer, ACQUIRER_SWITCH[args[0]])()
 
@@ -172,6 +191,9 @@ class _Runner:
             await self.until(lambda: self.queue_differs(int(args[0])), within)
         elif what == "ledger":
             await self.until(lambda: self.ledger_lacks(f"{int(args[0]):06d}", args[1]), within)
+        elif what == "batch":
+            batch = await self.s.terminal.journal_call(lambda j: j.batch_no())
+            assert batch == int(args[0]), f"current batch is {batch}, expected {args[0]}"
 
     async def until(self, check: Callable[[], Awaitable[str | None]], within: float) -> None:
         """Run `check` (None: it holds, else why not) now and again after every new screen

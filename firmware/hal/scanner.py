@@ -1,0 +1,147 @@
+"""QR / barcode scanner on a serial port (CDC-ACM or UART, pyserial): wallet payment codes.
+
+Input-device contract, as the magstripe reader (firmware/hal/swipe.py): `attach(post,
+on_quit)` (loop thread, once) starts a daemon thread "kpos-scanner" that posts one
+CodeScanned(code) per good scan and nothing else; `close()` (any thread) stops it within
+1 s. A good scan is one line ended by CR, LF or TAB holding 16..24 ASCII digits once an AIM
+symbology identifier ("]Q1", "]C0" ...: `aim` True strips any, a string strips only that
+one, "" none) is taken off. Anything else (letters, binary noise, an over-long or short
+line, a partial line left at close) is logged by its length only and dropped: the flow
+never sees it. A missing or unplugged scanner is not fatal: the thread logs a warning,
+sets `fault` (STARTING before the first try, OFFLINE, "" while working), calls
+`on_fault(fault)` on each change (on its thread: it should only post) and retries every
+second. Codes are never logged in clear: firmware.wallet.mask_code only.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Callable
+
+from firmware.flows.types import CodeScanned
+from firmware.hal import DeviceError
+from firmware.hal.swipe import POLL_S, RETRY_S, LineBuffer
+from firmware.wallet import CODE_LENGTHS, mask_code
+
+__all__ = ["SerialScanner", "CodeDecoder", "build_scanner", "OFFLINE", "STARTING", "LINE_MAX"]
+
+log = logging.getLogger("kpos.scanner")
+
+LINE_MAX = 64  # bytes: AIM identifier + the longest code, with room; longer is noise
+OFFLINE = "scanner offline"
+STARTING = "scanner starting"
+_AIM = re.compile(r"\][A-Za-z][0-9A-Za-z]")  # ISO/IEC 15424 symbology identifier
+_EOL = re.compile(rb"[\r\n]")
+
+
+class CodeDecoder:
+    """Bytes from a scanner -> payment codes. One thread, pure but for its log lines.
+
+    `feed(data)` returns the good codes completed by `data`; `pending` is the length of a
+    partial line waiting for its end."""
+
+    def __init__(self, aim: bool | str = True):
+        self._aim = aim
+        self._lines = LineBuffer(LINE_MAX)
+        self.pending = 0
+
+    def feed(self, data: bytes) -> list[str]:
+        data = data.replace(b"\t", b"\n")
+        tail = _EOL.split(data)[-1]
+        self.pending = len(tail) + (0 if _EOL.search(data) else self.pending)
+        return [code for line in self._lines.feed(data) if (code := self._code(line))]
+
+    def _code(self, line: bytes | None) -> str:
+        if line is None:
+            log.info("scanner: over-long line dropped (over %d bytes)", LINE_MAX)
+            return ""
+        text = line.decode("ascii", "replace").strip()
+        text = self._strip_aim(text)
+        low, high = CODE_LENGTHS
+        if not (text.isascii() and text.isdigit() and low <= len(text) <= high):
+            log.info("scanner: %d-byte line dropped: not a payment code", len(line))
+            return ""
+        log.info("scanner: code %s", mask_code(text))
+        return text
+
+    def _strip_aim(self, text: str) -> str:
+        if self._aim is True:
+            return _AIM.sub("", text, count=1) if _AIM.match(text) else text
+        return text.removeprefix(self._aim) if self._aim else text
+
+
+class SerialScanner:
+    """A scanner that sends each code as one line on a serial port. `url` is a device path
+    or any pyserial URL (loop://, a pty's path); `aim` as CodeDecoder's."""
+
+    def __init__(self, url: str, baudrate: int, *, aim: bool | str = True,
+                 on_fault: Callable[[str], None] | None = None):
+        try:
+            import serial
+        except ImportError as exc:
+            raise DeviceError("scanner backend \"serial\" needs the Python package pyserial "
+                              "(pip install pyserial)") from exc
+        self._serial = serial
+        try:  # a malformed URL is a config error, not a device that may come later
+            serial.serial_for_url(url, baudrate=baudrate, do_not_open=True)
+        except ValueError as exc:
+            raise DeviceError(f"[devices] scanner_port {url!r}: {exc}") from exc
+        self.device, self.baudrate, self.fault = url, baudrate, STARTING
+        self._aim = aim
+        self._on_fault = on_fault or (lambda fault: None)
+        self._post: Callable[[object], None] = lambda event: None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def attach(self, post: Callable[[object], None], on_quit: Callable[[], None]) -> None:
+        self._post = post
+        self._thread = threading.Thread(target=self._run, name="kpos-scanner", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+
+    def _open(self):
+        return self._serial.serial_for_url(self.device, baudrate=self.baudrate, timeout=POLL_S)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self._open() as port:
+                    self._set_fault("", "ready")
+                    self._pump(port)
+            except OSError as exc:  # serial.SerialException is an OSError
+                self._set_fault(OFFLINE, f"{exc}; retrying every {RETRY_S:g} s")
+                self._stop.wait(RETRY_S)
+
+    def _pump(self, port) -> None:
+        decoder = CodeDecoder(self._aim)
+        try:
+            while not self._stop.is_set():
+                for code in decoder.feed(port.read(max(1, port.in_waiting))):
+                    self._post(CodeScanned(code))
+        finally:
+            if decoder.pending:
+                log.info("scanner: partial %d-byte line dropped (no end of line)", decoder.pending)
+
+    def _set_fault(self, fault: str, detail: str) -> None:
+        if fault == self.fault:
+            return
+        self.fault = fault
+        (log.warning if fault else log.info)("scanner %s: %s", self.device, detail)
+        self._on_fault(fault)
+
+
+def build_scanner(devices_cfg, *, on_fault: Callable[[str], None] | None = None):
+    """The scanner config [devices] asks for, or None ("none"; "sim": the simulator console
+    posts CodeScanned itself). Loop thread, at start."""
+    kind = devices_cfg.scanner
+    if kind in ("none", "sim"):
+        return None
+    if kind == "serial":
+        return SerialScanner(devices_cfg.scanner_port, devices_cfg.scanner_baudrate,
+                             on_fault=on_fault)
+    raise DeviceError(f"scanner backend {kind!r} is not available in this release")

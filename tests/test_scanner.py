@@ -1,0 +1,178 @@
+"""QR scanner: the line decoder, the serial scanner over a pty and pyserial's loop://, the
+fault when unplugged, and the config choice. Waits are bounded queue reads, never sleeps."""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from firmware.flows.types import CodeScanned
+from firmware.hal import DeviceError
+from firmware.hal.scanner import OFFLINE, CodeDecoder, SerialScanner, build_scanner
+
+WECHAT = "134567890123456780"
+ALIPAY = "2812345678901234"
+UNIONPAY = "6212345678901234560"
+CODES = (WECHAT, ALIPAY, UNIONPAY)
+WAIT = 3.0  # seconds to wait for an event that must come
+
+
+@pytest.fixture(autouse=True)
+def no_code_in_logs(caplog):
+    caplog.set_level(logging.DEBUG)
+    yield
+    assert not [code for code in CODES if code in caplog.text]
+
+
+# ---- the decoder ----
+
+def test_good_codes_end_with_cr_lf_or_tab():
+    decoder = CodeDecoder()
+    assert decoder.feed(f"{WECHAT}\r{ALIPAY}\n{UNIONPAY}\t".encode()) == [WECHAT, ALIPAY, UNIONPAY]
+    assert decoder.feed(f"{WECHAT}\r\n".encode()) == [WECHAT]
+
+
+def test_a_code_may_come_in_pieces():
+    decoder = CodeDecoder()
+    assert decoder.feed(WECHAT[:5].encode()) == []
+    assert decoder.pending == 5
+    assert decoder.feed(WECHAT[5:].encode()) == []
+    assert decoder.feed(b"\r") == [WECHAT]
+    assert decoder.pending == 0
+
+
+@pytest.mark.parametrize("aim, line, codes", [
+    (True, f"]Q1{WECHAT}", [WECHAT]),
+    (True, f"]C0{ALIPAY}", [ALIPAY]),
+    (True, WECHAT, [WECHAT]),  # no identifier
+    ("]Q1", f"]Q1{WECHAT}", [WECHAT]),
+    ("]Q1", f"]C0{WECHAT}", []),  # only that identifier is taken off
+    ("", f"]Q1{WECHAT}", []),  # none is
+])
+def test_aim_symbology_identifier(aim, line, codes):
+    assert CodeDecoder(aim).feed(line.encode() + b"\r") == codes
+
+
+@pytest.mark.parametrize("garbage", [
+    b"hello world", b"\x00\x13\xff\xfe" + WECHAT.encode(), b"1" * 15, b"1" * 25,
+    b"9" * 300, b"]Q1", WECHAT.encode() + b"x", b"1234 5678 9012 3456",
+    "١٣٤٥٦٧٨٩٠١٢٣٤٥٦٧٨٠".encode(),
+])
+def test_garbage_is_dropped_and_logged_without_content(garbage, caplog):
+    decoder = CodeDecoder()
+    assert decoder.feed(garbage + b"\n" + WECHAT.encode() + b"\n") == [WECHAT]
+    assert "dropped" in caplog.text
+
+
+@given(st.binary(max_size=200))
+def test_decoder_only_ever_yields_16_to_24_ascii_digits(data):
+    for code in CodeDecoder().feed(data + b"\n"):
+        assert code.isascii() and code.isdigit() and 16 <= len(code) <= 24
+
+
+# ---- the serial scanner ----
+
+@pytest.fixture
+def pty():
+    """(master fd, slave path) of a pseudo-terminal: the test writes what a scanner sends."""
+    master, slave = os.openpty()
+    yield master, os.ttyname(slave)
+    for fd in (master, slave):
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # closed by the test to unplug the scanner
+
+
+def start(scanner: SerialScanner) -> tuple[queue.Queue, queue.Queue]:
+    events, faults = queue.Queue(), queue.Queue()
+    scanner._on_fault = faults.put
+    scanner.attach(events.put, lambda: None)
+    return events, faults
+
+
+def test_pty_scanner_posts_good_codes_only(pty, caplog):
+    master, slave = pty
+    scanner = SerialScanner(slave, 9600)
+    events, faults = start(scanner)
+    try:
+        assert faults.get(timeout=WAIT) == ""
+        os.write(master, f"]Q1{WECHAT}\r".encode())
+        assert events.get(timeout=WAIT) == CodeScanned(WECHAT)
+        os.write(master, b"\x00\xffnoise\n" + b"7" * 80 + b"\r" + b"12345\r")
+        os.write(master, f"{ALIPAY}\t".encode())
+        assert events.get(timeout=WAIT) == CodeScanned(ALIPAY)  # nothing came before it
+        os.write(master, UNIONPAY[:8].encode())  # a partial line, then the port closes
+    finally:
+        scanner.close()
+    assert not scanner._thread.is_alive()
+    assert events.empty()  # the partial line never reaches the flow
+    assert "134567********6780" in caplog.text  # good codes are logged masked
+
+
+def test_scanner_unplugged_is_a_fault_and_comes_back(pty, tmp_path, caplog):
+    master, slave = pty
+    link = tmp_path / "ttyQR"
+    scanner = SerialScanner(str(link), 9600)
+    events, faults = start(scanner)
+    try:
+        assert faults.get(timeout=WAIT) == OFFLINE
+        assert scanner.fault == OFFLINE
+        assert any(r.levelno == logging.WARNING and str(link) in r.getMessage()
+                   for r in caplog.records)
+        link.symlink_to(slave)  # plugged in
+        assert faults.get(timeout=WAIT) == ""
+        os.write(master, f"{WECHAT}\n".encode())
+        assert events.get(timeout=WAIT) == CodeScanned(WECHAT)
+        os.close(master)  # unplugged
+        assert faults.get(timeout=WAIT) == OFFLINE
+    finally:
+        scanner.close()
+    assert not scanner._thread.is_alive()
+
+
+class LoopScanner(SerialScanner):
+    """A loop:// scanner whose open port the test can write into (loopback)."""
+
+    opened: queue.Queue
+
+    def _open(self):
+        port = super()._open()
+        self.opened.put(port)
+        return port
+
+
+def test_loop_url_scanner():
+    scanner = LoopScanner("loop://", 115200)
+    scanner.opened = queue.Queue()
+    events, faults = start(scanner)
+    try:
+        assert faults.get(timeout=WAIT) == ""
+        port = scanner.opened.get(timeout=WAIT)
+        port.write(f"garbage\r{UNIONPAY}\r\n]Q1{ALIPAY}\r".encode())
+        assert [events.get(timeout=WAIT) for _ in range(2)] == [CodeScanned(UNIONPAY),
+                                                                CodeScanned(ALIPAY)]
+    finally:
+        scanner.close()
+    assert events.empty()
+
+
+def test_bad_url_is_a_config_error_and_close_before_attach():
+    SerialScanner("loop://", 9600).close()
+    with pytest.raises(DeviceError, match="scanner_port 'bogus://x'"):
+        SerialScanner("bogus://x", 9600)
+
+
+def test_build_scanner(sim_config):
+    devices = sim_config.devices
+    assert build_scanner(replace(devices, scanner="none")) is None
+    assert build_scanner(replace(devices, scanner="sim")) is None
+    scanner = build_scanner(replace(devices, scanner="serial", scanner_port="loop://",
+                                    scanner_baudrate=19200))
+    assert isinstance(scanner, SerialScanner)
+    assert (scanner.device, scanner.baudrate, scanner.fault) == ("loop://", 19200, "scanner starting")
