@@ -20,7 +20,6 @@ from firmware.acquirer.link import AcquirerLink
 from firmware.acquirer.messages import reversal_request
 from firmware.acquirer.txn_messages import parse_balance, txn_request
 from firmware.flows.types import OriginalRef
-from firmware.sim import acquirer as sim_acquirer
 from firmware.sim.acquirer import AcquirerSimulator
 from firmware.txnkinds import KINDS
 from test_acquirer_sim import CATALOG, CNY, IDS, NOW, TMK, UNKNOWN_PAN, chip_card, running
@@ -29,9 +28,6 @@ TIMEOUT = 2.0
 BATCH = 1
 DATE = NOW.strftime("%m%d")
 APPROVE, VISA, LOW = "approve", "visa", "low_balance"
-needs_balance_route = pytest.mark.skipif(
-    "4" in sim_acquirer.REQUIRED["0200"],
-    reason="sim/acquirer.py REQUIRED['0200'] demands field 4, which a balance inquiry lacks")
 
 
 @dataclass
@@ -286,7 +282,6 @@ async def test_completion_advice_is_idempotent(p):
 # --- balance inquiry, repayment ------------------------------------------------------------
 
 
-@needs_balance_route
 @run
 async def test_balance_is_the_catalog_balance_minus_approved_debits(p):
     await p.run("sale", APPROVE, 1234)
