@@ -85,6 +85,7 @@ def child_overrides(workdir: Path, port: int) -> dict:
         "saf": {"retry_first": 0.2, "retry_max": 1.0},
         "log": {"level": "INFO", "file": ""},
         "sim": {"ledger": str(workdir / "child-unused-ledger.db"), "acquirer_port": 0},
+        "operators": {"login": False},  # the configured operator sells; no login screen
     }
 
 
@@ -397,7 +398,7 @@ class _Instance:
         """One child from spawn to death; True when it died by SIGKILL."""
         point, crash, limit = "random", "", self.rng.uniform(*RANDOM_KILL_S)
         if self.rng.random() < 0.5:
-            point = self.rng.choice(crashpoint.POINTS)
+            point = self.rng.choice([p for p in crashpoint.POINTS if p in CRASH_N])  # sale points
             crash, limit = f"{point}:{self.rng.randint(1, CRASH_N[point])}", self.rng.uniform(*CRASH_LIMIT_S)
         proc, listener = await self._spawn(port, crash=crash)
         try:
@@ -510,7 +511,7 @@ async def _child(args) -> int:
             try:
                 outcome = await _sell(session, card, how, pin, amount)
             except TimeoutError:
-                _emit(event="stuck", phase=session.terminal.state.phase)
+                _emit(event="stuck", phase=session.terminal.sale_state.phase)
                 return 4
             _emit(event="result", outcome=outcome)
 
@@ -531,7 +532,7 @@ async def _sell(session, card: str, how: str, pin: bool, amount: int) -> str:
         remaining = deadline - asyncio.get_running_loop().time()
         await display.wait_for("", timeout=max(remaining, 0.001), since=mark)  # any new screen
         mark = len(display.history)
-        state = terminal.state
+        state = terminal.sale_state
         step = (state.phase, state.token)  # one answer per screen of a phase
         if state.phase == "IDLE":
             if left_idle:
