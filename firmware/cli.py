@@ -1,4 +1,4 @@
-"""kpos command line: run | sim | acquirer | doctor | queue.
+"""kpos command line: run | sim | acquirer | doctor | queue | operator | txn | settle | report.
 
 `kpos run`       the terminal on its configured devices (the systemd service's command)
 `kpos sim`       acquirer simulator on loopback + terminal with simulated peripherals
@@ -7,6 +7,12 @@
 `kpos queue`     what waits for the acquirer, and the operator alerts (declined or expired
                  advices and reversals); --ack acknowledges them, --retry queues expired
                  items again (works next to a running terminal: SQLite WAL)
+`kpos operator`  add | passwd | list | remove operators (salted scrypt hashes, roles
+                 cashier, supervisor, admin; firmware.operators)
+`kpos txn`       list | show | export --csv the journal's transactions (masked PANs only)
+`kpos settle`    settle the current batch (0500, batch upload when out of balance) and
+                 print the report: for a stopped or idle terminal; the menu is the usual way
+`kpos report`    print the X report (batch open) or a settled batch's report again
 Exit codes: 0 ok, 1 scenario or doctor check failed, 2 bad usage or config, 3 terminal
 fault at start.
 """

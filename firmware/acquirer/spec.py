@@ -19,7 +19,7 @@ __all__ = ["SPEC", "NUMERIC_FIELDS", "BINARY_FIELDS", "SENSITIVE_FIELDS"]
 _OVERRIDES: dict[str, dict] = {
     "55": {"max_len": 999, "desc": "ICC data (EMV TLV)"},
     "60": {"desc": "Reserved Private: 60.1 msg type (2), 60.2 batch (6), 60.3 mgmt code (3)"},
-    "61": {"desc": "Original data: batch (6) + STAN (6)"},
+    "61": {"desc": "Original data: batch (6) + STAN (6) [+ date MMDD (4)]"},
     "62": {"desc": "Working keys: hex PIK+KCV+MAK+KCV (0810)"},
     "63": {"desc": "Operator code"},
 }

@@ -33,9 +33,10 @@ def build_devices(cfg):
     else:
         raise DeviceError(f"keypad backend {d.keypad!r} is not available in this release")
     from firmware.hal.swipe import build_swipe_reader
-    swipe = build_swipe_reader(d)
-    if swipe is not None:
-        inputs.append(swipe)
+    from firmware.hal.scanner import build_scanner
+    for device in (build_swipe_reader(d), build_scanner(d)):
+        if device is not None:
+            inputs.append(device)
     return Devices(reader=reader, display=ConsoleDisplay(), printer=printer, inputs=inputs)
 
 
