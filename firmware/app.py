@@ -107,7 +107,7 @@ class Terminal(CardWork, MenuWork):
         self.operators_worker = Worker("operators")  # scrypt checks: slow on purpose
         self.operators: OperatorStore | None = None
         self.operator, self.role = self._default_operator()  # who is logged in
-        self._signon_task: asyncio.Task | None = None
+        self._daily_signon: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()  # housekeeping that never holds up a stop
         self._reversals_queued = 0  # pending reversals at the last link status
         self.pinpad = SoftPinPad()
@@ -181,8 +181,8 @@ class Terminal(CardWork, MenuWork):
         loop = asyncio.get_running_loop()
         self._saf_task = loop.create_task(self.saf.run(), name="saf")
         self._saf_task.add_done_callback(self._task_done)
-        self._signon_task = loop.create_task(self._sign_on_daily(), name="daily-sign-on")
-        self._signon_task.add_done_callback(self._task_done)
+        self._daily_signon = loop.create_task(self._sign_on_daily(), name="daily-sign-on")
+        self._daily_signon.add_done_callback(self._task_done)
         self.ready.set()
         log.info("terminal %s ready (acquirer %s:%d)", self.ids.terminal_id,
                  self.cfg.acquirer.host, self.cfg.acquirer.port)
@@ -203,7 +203,7 @@ class Terminal(CardWork, MenuWork):
             handle.cancel()
         self.pinpad.wipe()
         for task in [*self._tasks, *self._background,
-                     *(t for t in (self._saf_task, self._signon_task) if t)]:
+                     *(t for t in (self._saf_task, self._daily_signon) if t)]:
             task.cancel()
         await self.link.close()
         if self.journal is not None:

@@ -119,8 +119,9 @@ class Login:
 def login_screen(login: Login) -> Screen:
     who, title = ("Operator", "LOGIN") if login.purpose == "login" else ("Supervisor", "SUPERVISOR")
     if login.stage == "number":
-        note = (login.note,) if login.note else ()
-        return Screen(title, (*note, f"{who} no.", login.number, "ENTER to confirm"))
+        if login.note:  # why the last try failed, or what is confirmed: two lines at most
+            return Screen(title, (*wrap(login.note, 2), f"{who} no.", login.number))
+        return Screen(title, (f"{who} no.", login.number, "ENTER to confirm"))
     if login.stage == "password":
         stars = "*" * login.pin_length
         return Screen(title, (f"{who} no. {login.number}", "Password", stars, "ENTER to confirm"))
@@ -128,8 +129,8 @@ def login_screen(login: Login) -> Screen:
 
 
 def login_begin(purpose: str, note: str = "") -> tuple[Login, list[Action]]:
-    """A fresh number screen; `note` (cut to one line) says what is confirmed or what failed."""
-    login = Login(purpose, note=fit(note))
+    """A fresh number screen; `note` (two lines at most) says what is confirmed or what failed."""
+    login = Login(purpose, note=note)
     return login, [Show(login_screen(login))]
 
 
