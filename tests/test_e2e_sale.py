@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SIM_TOML, sim_overrides
 from firmware.acquirer.codes import describe_code
+from firmware.config import load_config
 from firmware.sim.runner import sim_session
 from firmware.sim.script import ScriptError, load_script, run_script
 from scenario import run_scenario as run, unanswered_sale
@@ -16,9 +18,13 @@ SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.kpos"))
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-def test_scenario_files(sim_config, path):
+def test_scenario_files(tmp_path, path):
+    over = sim_overrides(tmp_path)
+    over["operators"] = {"login": True}  # the files log in, as at a real terminal
+    cfg = load_config(SIM_TOML, overrides=over)
+
     async def go():
-        async with sim_session(sim_config) as session:
+        async with sim_session(cfg) as session:
             await run_script(session, load_script(path), log=lambda line: None)
     asyncio.run(go())
 

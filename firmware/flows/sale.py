@@ -46,7 +46,7 @@ from firmware.emv.card import (
     CardData, ENTRY_CHIP, ENTRY_CONTACTLESS, ENTRY_FALLBACK, ENTRY_MANUAL,
 )
 from firmware.flows.types import (
-    DIGITS, LCD_COLS, Action, AppChoice, AuthResult, Authorise, Beep, CancelTimers,
+    DIGITS, LCD_COLS, LCD_ROWS, Action, AppChoice, AuthResult, Authorise, Beep, CancelTimers,
     CardInserted, CardRead, CardReadFailed, CardRemoved, CardSwiped, CheckLogin, CheckRisk,
     Event, Idle, Key, LinkStatus, LoginResult, PinLength, PinVerified, Print, PrintDone, ReadCard,
     ReaderStatus, RiskResult, Screen, SelectApp, Show, Shutdown, StartPin, StartTimer, StopPin,
@@ -119,9 +119,9 @@ class Login:
 def login_screen(login: Login) -> Screen:
     who, title = ("Operator", "LOGIN") if login.purpose == "login" else ("Supervisor", "SUPERVISOR")
     if login.stage == "number":
-        if login.note:  # why the last try failed, or what is confirmed: two lines at most
-            return Screen(title, (*wrap(login.note, 2), f"{who} no.", login.number))
-        return Screen(title, (f"{who} no.", login.number, "ENTER to confirm"))
+        # why the last try failed, or what is confirmed (two lines at most), then the number
+        lines = (*wrap(login.note, 2), f"{who} no.", login.number, "ENTER to confirm")
+        return Screen(title, lines[:LCD_ROWS])
     if login.stage == "password":
         stars = "*" * login.pin_length
         return Screen(title, (f"{who} no. {login.number}", "Password", stars, "ENTER to confirm"))
