@@ -140,20 +140,32 @@ class MenuWork:
         return TaskDone(not failure, "X report", shown)
 
     async def _settle_task(self) -> TaskDone:
+        """Settle; a settlement a power cut left unfinished is finished first (its report
+        printed), then the current batch is settled."""
         settlement = Settlement(self.link, self.journal_call, self.ids, saf=self.saf,
                                 fees=self.cfg.fees, operator=self.operator or "00",
                                 now=self.clock.now, currency=self.cfg.terminal.currency)
+        resumed = await self.journal_call(lambda journal: journal.open_settlement())
         result = await settlement.run()
+        failure = await self._print_settlement(result) if result.settled else ""
+        if resumed is not None and result.settled:
+            log.info("unfinished settlement of batch %06d finished; now the current batch",
+                     result.batch)
+            result = await settlement.run()
+            failure = await self._print_settlement(result) if result.settled else failure
         if not result.settled:
             return TaskDone(False, "Settlement", wrap(result.summary() or "Not settled", 3))
+        shown = (f"Batch {result.batch:06d}", *wrap(result.summary(), 2),
+                 f"Printer: {failure}" if failure else "Report printed")
+        return TaskDone(True, "Settled", shown)
+
+    async def _print_settlement(self, result) -> str:
         lines = result.report_lines(self._report_header(result.batch),
                                     lang=self.cfg.terminal.language, width=self.cfg.printer.width)
         failure = await self._print_slip(lines, f"settle-{result.batch:06d}")
         if not failure:
             await self.journal_call(lambda journal: journal.mark_report_printed(result.batch))
-        shown = (f"Batch {result.batch:06d}", *wrap(result.summary(), 2),
-                 f"Printer: {failure}" if failure else "Report printed")
-        return TaskDone(True, "Settled", shown)
+        return failure
 
     def _report_header(self, batch: int):
         return report_header(self.cfg.terminal, batch=batch, operator=self.operator or "00",

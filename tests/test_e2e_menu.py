@@ -165,3 +165,47 @@ def test_sign_on_takes_the_hosts_batch_number_only_for_an_empty_batch(tmp_path):
         assert not journal.sync_batch(9) and journal.batch_no() == 7  # settlement reconciles
     finally:
         journal.close()
+
+
+def test_an_upload_cut_short_is_finished_first_then_the_current_batch_settles(tmp_path):
+    cfg = config(tmp_path)
+    settle = """
+        keys MENU 9 2
+        keys 00 ENTER 123456 ENTER
+        expect screen "Settle batch?"
+        keys ENTER
+    """
+
+    async def first_day():
+        async with sim_session(cfg) as s:
+            await play(s, 'login 01 0000\nexpect screen "op 01"\nexpect signon\n' + sale(300) + sale(400) + f"""
+                acquirer unbalance 1
+                fault drop times 1 mti 0320
+                {settle}
+                expect screen "Settlement" within 15
+                expect screen "batch upload"
+                expect batch 2
+                keys ENTER
+                expect screen "Key in amount"
+            """ + sale(500))
+            return await s.terminal.journal_call(lambda j: (j.settlement(1), j.pending_uploads(1)))
+
+    async def next_morning():
+        async with sim_session(cfg) as s:
+            await play(s, f"""
+                login 01 0000
+                expect screen "op 01"
+                expect signon
+                {settle}
+                expect screen "Settled" within 20
+                expect batch 3
+            """)
+            return await s.terminal.journal_call(lambda j: (j.settlement(1), j.settlement(2)))
+
+    cut, pending = asyncio.run(first_day())
+    assert cut["status"] == "UPLOADING" and len(pending) == 2
+    old, current = asyncio.run(next_morning())
+    assert old["status"] == current["status"] == "SETTLED"
+    assert (tmp_path / "data" / "receipts" / "settle-000001.txt").exists()
+    report = (tmp_path / "data" / "receipts" / "settle-000002.txt").read_text(encoding="utf-8")
+    assert "5.00" in report  # the sale made after the cut, in batch 2
