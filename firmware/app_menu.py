@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
-from firmware import limits
+from firmware import __version__, limits
 from firmware.acquirer import messages
 from firmware.acquirer.link import NoResponse, NotSent
 from firmware.flows.types import (
@@ -20,6 +20,7 @@ from firmware.flows.types import (
     wrap,
 )
 from firmware.journal import Journal, TxnRecord
+from firmware.keys import kcv
 from firmware.qrpay import QrPayment
 from firmware.reports import batch_totals, report_header, x_report_lines
 from firmware.receipts import lines_text, render_lines
@@ -97,7 +98,8 @@ class MenuWork:
 
     async def _run_task(self, name: str) -> None:
         task = {"echo": self._echo_task, "signon": self._signon_task,
-                "x_report": self._x_report_task, "settle": self._settle_task}.get(name)
+                "x_report": self._x_report_task, "settle": self._settle_task,
+                "info": self._info_task}.get(name)
         if task is None:
             self._bridge.post(TaskDone(False, "Error", (f"Unknown task {name}",)))
             return
@@ -127,6 +129,14 @@ class MenuWork:
         lines = {"ok": ("Signed on", "New working keys"), "unreachable": ("Host unreachable",),
                  "refused": ("Sign-on refused",)}[result]
         return TaskDone(result == "ok", "Sign-on", lines)
+
+    async def _info_task(self) -> TaskDone:
+        """Admin: the terminal's identity and the check values of its keys (never a key)."""
+        t, keys = self.cfg.terminal, self.session_keys
+        key_line = (f"PIK {kcv(keys.pik).hex().upper()[:4]} MAK {kcv(keys.mak).hex().upper()[:4]}"
+                    if keys else "Not signed on")
+        return TaskDone(True, "Terminal", (f"TID {t.terminal_id}", f"MID {t.merchant_id}",
+                                           key_line, f"KPOS {__version__}"))
 
     async def _x_report_task(self) -> TaskDone:
         batch, records = await self.journal_call(

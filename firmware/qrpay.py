@@ -163,9 +163,16 @@ class QrPayment:
 
     async def refund_paid_late(self) -> list[int]:
         """Refund the payments whose cancel store-and-forward delivered and the wallet
-        answered "already paid" (their RRN was not kept). The refund txn ids."""
-        late = await self._journal(lambda j: j.qr_paid_late(ALREADY_PAID))
-        return [await self._refund(payment.id, ALREADY_PAID, None, None) for payment in late]
+        answered "already paid" (their RRN was not kept). The refund txn ids. Finding and
+        recording them is one journal job, so callers at the same time (the app after the
+        queue drained, a new payment) refund each payment once and never fail on it."""
+        def refund_all(journal: Journal) -> list[int]:
+            return [self._record_refund(journal, payment.id, ALREADY_PAID, None, None)
+                    for payment in journal.qr_paid_late(ALREADY_PAID)]
+        refunds = await self._journal(refund_all)
+        if refunds:
+            self._saf.poke()
+        return refunds
 
     # ---- steps ----
 
@@ -242,18 +249,22 @@ class QrPayment:
 
     async def _refund(self, payment_id: int, code: str, rrn: str | None,
                       auth_code: str | None) -> int:
-        """Record the payment paid late and its refund (one commit), then have the queue
-        deliver the refund's 0220 now."""
-        def record(journal: Journal) -> int:
-            stan, batch = journal.next_stan(), journal.batch_no()
-            refund = refund_advice(self._ids, journal.get(payment_id), rrn=rrn, stan=stan,
-                                   batch=batch, now=self._now())
-            return journal.record_paid_late(payment_id, response_code=code, rrn=rrn,
-                                            auth_code=auth_code, stan=stan, batch=batch,
-                                            refund=refund, operator=self._operator)
-        refund_id = await self._journal(record)
+        """Record the payment paid late and its refund, then have the queue deliver the
+        refund's 0220 now."""
+        refund_id = await self._journal(
+            lambda j: self._record_refund(j, payment_id, code, rrn, auth_code))
         self._saf.poke()
         return refund_id
+
+    def _record_refund(self, journal: Journal, payment_id: int, code: str, rrn: str | None,
+                       auth_code: str | None) -> int:
+        """Journal worker: the payment paid late and its refund with its 0220 (one commit)."""
+        stan, batch = journal.next_stan(), journal.batch_no()
+        refund = refund_advice(self._ids, journal.get(payment_id), rrn=rrn, stan=stan,
+                               batch=batch, now=self._now())
+        return journal.record_paid_late(payment_id, response_code=code, rrn=rrn,
+                                        auth_code=auth_code, stan=stan, batch=batch,
+                                        refund=refund, operator=self._operator)
 
     async def _exchange(self, request: dict) -> dict:
         """One exchange; its outcome tells store-and-forward whether the link is up."""

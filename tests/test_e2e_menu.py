@@ -209,3 +209,28 @@ def test_an_upload_cut_short_is_finished_first_then_the_current_batch_settles(tm
     assert (tmp_path / "data" / "receipts" / "settle-000001.txt").exists()
     report = (tmp_path / "data" / "receipts" / "settle-000002.txt").read_text(encoding="utf-8")
     assert "5.00" in report  # the sale made after the cut, in batch 2
+
+
+def test_terminal_info_is_for_an_admin_and_shows_key_check_values_only(tmp_path):
+    async def go():
+        async with sim_session(config(tmp_path)) as s:
+            await play(s, """
+                login 01 0000
+                expect screen "op 01"
+                expect signon
+                keys MENU 9 ENTER
+                expect screen "MANAGER 2/2"
+                keys 6
+                expect screen "SUPERVISOR"
+                keys 00 ENTER 123456 ENTER
+                expect screen "Admin only"
+                keys ENTER
+                keys MENU 9 ENTER 6
+                keys 99 ENTER 12345678 ENTER
+                expect screen "TID 10000001"
+            """)
+            return s.display.current, s.terminal.session_keys
+
+    shown, keys = asyncio.run(go())
+    text = " ".join(shown.lines)
+    assert "PIK" in text and keys.pik.hex().upper() not in text

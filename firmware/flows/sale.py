@@ -175,11 +175,12 @@ def _login_number(login: Login, key: str) -> tuple[Login, list[Action]] | None:
     return changed, [edit_beep(login.number, number), Show(login_screen(changed))]
 
 
-def supervisor_refusal(result: LoginResult | None) -> str:
-    """"" when `result` is a supervisor (or admin) confirming, else the reason to show."""
+def supervisor_refusal(result: LoginResult | None, needed: str = "supervisor") -> str:
+    """"" when `result` is an operator with at least the `needed` role confirming, else the
+    reason to show ("Supervisor only", "Admin only", the login's own reason)."""
     if result is None or not result.ok:
         return (result.reason if result else "") or "Not confirmed"
-    return "" if role_allows(result.role, "supervisor") else "Supervisor only"
+    return "" if role_allows(result.role, needed) else f"{needed.title()} only"
 
 
 # ---- digit fields and keyed cards (shared with the menu shell) ----

@@ -87,7 +87,7 @@ def _role(task: str) -> str:
     kind = _kind(task)
     if kind in KINDS:
         return KINDS[kind].role
-    return "supervisor" if task == "settle" else "cashier"
+    return {"settle": "supervisor", "info": "admin"}.get(task, "cashier")
 
 
 def _kind(task: str) -> str:
@@ -110,7 +110,7 @@ MENUS: dict[str, tuple[str, tuple[Item, ...]]] = {
         Item("Reprint by STAN", "reprint_stan"))),
     "manager_menu": ("MANAGER", (
         Item("X report", "x_report"), Item("Settlement", "settle"), Item("Echo test", "echo"),
-        Item("Sign-on", "signon"), Item("Sign off", "signoff"))),
+        Item("Sign-on", "signon"), Item("Sign off", "signoff"), Item("Terminal info", "info"))),
 }
 
 # What each task asks for, in order: a field name (FIELDS, "amount", "pan", "code"), "find"
@@ -150,11 +150,11 @@ FIELDS = {
 
 _TITLES = {"find_stan": "FIND", "find_rrn": "FIND", "reprint_stan": "REPRINT",
            "reprint_last": "REPRINT", "last_txns": "TRANSACTIONS", "x_report": "X REPORT",
-           "settle": "SETTLEMENT", "echo": "ECHO TEST", "signon": "SIGN-ON",
+           "settle": "SETTLEMENT", "echo": "ECHO TEST", "signon": "SIGN-ON", "info": "TERMINAL",
            "completion_advice": "COMPLETION ADVICE"}
 _CARD_TASKS = frozenset({"void", "completion_void", "refund", "preauth", "preauth_cancel",
                          "completion", "completion_advice", "balance", "repayment"})
-_RUN_TASKS = frozenset({"x_report", "settle", "echo", "signon"})  # types.TASKS
+_RUN_TASKS = frozenset({"x_report", "settle", "echo", "signon", "info"})  # types.TASKS
 
 
 def _title(task: str) -> str:
@@ -518,7 +518,7 @@ def _on_confirm(cfg: ShellConfig, state: ShellState, event: Event) -> Step | Non
         return _to_menu(cfg, state, *actions)
     if login.stage != "done":
         return _login_moved(state, login, actions)
-    refusal = supervisor_refusal(login.result)
+    refusal = supervisor_refusal(login.result, _role(state.task))
     state = replace(state, login=None)
     if refusal:
         refused = Screen("Not allowed", wrap(refusal, 3), "error")

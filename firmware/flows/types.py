@@ -463,7 +463,7 @@ class Reprint:
     txn_id: int | None = None
 
 
-TASKS = ("echo", "signon", "settle", "x_report")
+TASKS = ("echo", "signon", "settle", "x_report", "info")  # info: admin, ids and key checks
 
 
 @dataclass(frozen=True)
