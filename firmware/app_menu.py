@@ -216,11 +216,26 @@ class MenuWork:
                 self._bridge.post(AuthResult("declined", message=verdict.reason))
                 return
         outcome = await self._qr_payment().pay(amount, code)
-        result = {"cancelled": "declined"}.get(outcome.outcome, outcome.outcome)
-        message = "Paid late: refunded" if outcome.refunded else outcome.message
-        self._bridge.post(AuthResult(result, code=outcome.code, message=message,
+        result, answer, message = outcome.outcome, outcome.code, outcome.message
+        if outcome.refunded:  # paid after the cancel: the customer gets a refund slip
+            result, answer, message = "declined", "", "Paid late: refunded"
+            await self._print_refund_slip(outcome.txn_id)
+        elif result == "cancelled":  # the 00 that closed the order is not an approval
+            result, answer = "declined", ""
+        elif result == "not_sent":
+            message = "No QR code offline"
+        self._bridge.post(AuthResult(result, code=answer, message=message,
                                      auth_code=outcome.auth_code, rrn=outcome.rrn,
                                      txn_id=outcome.txn_id))
+
+    async def _print_refund_slip(self, payment_id: int | None) -> None:
+        """Print the automatic refund of a QR payment paid after its cancel."""
+        if payment_id is None:
+            return
+        refunds = await self.journal_call(lambda journal: [
+            r for r in journal.dependents(payment_id) if r.kind == "qr_refund"])
+        for refund in refunds:
+            await self._print_copies(refund, self._copies())
 
 
     async def _refund_paid_late(self) -> None:
