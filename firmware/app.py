@@ -387,7 +387,8 @@ class Terminal(CardWork, MenuWork):
             extra = dict(original_stan=original.stan, original_rrn=original.rrn or record.original_rrn,
                          original_auth=original.auth_code, original_date=record.original_date)
         else:
-            extra = dict(original_rrn=record.original_rrn, original_date=record.original_date)
+            extra = dict(original_rrn=record.original_rrn, original_date=record.original_date,
+                         original_auth=record.original_auth)
         return ReceiptData(
             reprint=reprint, wallet=record.wallet, target_pan=record.target_pan,
             auto_refund=record.kind == "qr_refund", **extra,

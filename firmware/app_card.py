@@ -434,7 +434,8 @@ def txn_extra(spec: TxnSpec | None) -> TxnExtra:
     if original is None:
         return TxnExtra(target_pan=target)
     return TxnExtra(original_id=original.txn_id, original_rrn=original.rrn or None,
-                    original_date=original.date or None, target_pan=target)
+                    original_date=original.date or None, target_pan=target,
+                    original_auth=original.auth_code or None)
 
 
 def _balance(response: dict) -> int | None:

@@ -173,6 +173,9 @@ MIGRATIONS: list[list[str]] = [
     [  # 5: a card repayment's paid card, masked (the receipt's TO CARD line)
         "ALTER TABLE txn ADD COLUMN target_pan TEXT",
     ],
+    [  # 6: the original's auth code as keyed (pre-auth cancel / completion: 原授权码)
+        "ALTER TABLE txn ADD COLUMN original_auth TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -231,6 +234,7 @@ class TxnRecord:
     original_date: str | None = None  # MMDD
     wallet: str | None = None  # QR payments: wechat | alipay | unionpay_qr
     target_pan: str | None = None  # card repayment: the paid card, masked
+    original_auth: str | None = None  # the original's auth code as keyed (pre-auth family)
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,7 @@ class TxnExtra:
     original_date: str | None = None
     wallet: str | None = None
     target_pan: str | None = None  # card repayment: the card paid (stored masked)
+    original_auth: str | None = None  # the original's auth code (pre-auth cancel, completion)
 
 
 @dataclass(frozen=True)
@@ -406,13 +411,14 @@ class Journal:
                     """INSERT INTO txn (terminal_id, kind, stan, batch, amount, currency, status,
                            operator, masked_pan, entry_mode, aid, app_label, arqc, tvr, tsi, cvm,
                            cryptogram_type, response_code, offline_code, created_at, updated_at,
-                           original_id, original_rrn, original_date, wallet, target_pan)
+                           original_id, original_rrn, original_date, wallet, target_pan,
+                           original_auth)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                               ?, ?, ?, ?, ?)""",
+                               ?, ?, ?, ?, ?, ?)""",
                     (terminal_id, kind, stan, batch, amount, currency, status, operator,
                      *_card_columns(card), code, code, now, now, extra.original_id,
                      extra.original_rrn, extra.original_date, extra.wallet,
-                     _masked(extra.target_pan)),
+                     _masked(extra.target_pan), extra.original_auth),
                 ).lastrowid
                 then(db, txn_id, now)
         except sqlite3.IntegrityError as exc:
@@ -1031,7 +1037,7 @@ _SELECT_TXN = """SELECT t.id, t.terminal_id, t.kind, t.stan, t.batch, t.amount, 
        t.response_code, t.rrn, t.auth_code, t.failure, t.printed_merchant_at, t.printed_customer_at,
        t.tvr, t.tsi, t.cvm, t.cryptogram_type, t.offline_code, r.status AS reversal_status,
        a.status AS advice_status, t.original_id, t.original_rrn, t.original_date, t.wallet,
-       t.target_pan
+       t.target_pan, t.original_auth
     FROM txn t LEFT JOIN reversal r ON r.txn_id = t.id LEFT JOIN advice a ON a.txn_id = t.id"""
 
 

@@ -505,7 +505,7 @@ def _pick(cfg: ShellConfig, state: ShellState, item: Item) -> Step:
     if role_allows(state.role, _role(item.task)):
         return _run(cfg, state, item.task)
     login, _ = login_begin("confirm", item.label)
-    state = replace(state, phase="CONFIRM", task=item.task, login=login)
+    state = replace(state, phase="CONFIRM", task=item.task, login=login, at=0, found=None)
     return _enter(cfg, state, login_screen(login), Beep("key"))
 
 
@@ -523,6 +523,8 @@ def _on_confirm(cfg: ShellConfig, state: ShellState, event: Event) -> Step | Non
     if refusal:
         refused = Screen("Not allowed", wrap(refusal, 3), "error")
         return _to_result(cfg, replace(state, back="MENU"), refused)
+    if state.at:  # a void picked from the transaction list: on to its confirm screen
+        return _do(cfg, state)
     return _run(cfg, state, state.task)
 
 
@@ -761,12 +763,32 @@ def _on_list(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
 
 
 def _on_detail(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
+    if event == Key("MENU") and state.back == "LIST":
+        return _void_from_list(cfg, state)
     if event == Key("ENTER"):
         reprint = Reprint(state.found.txn_id)
         return _wait(state, "TASK", Screen("REPRINT", ("Printing...",)), reprint, Beep("key"))
     if event in (Key("CANCEL"), Key("BACK")):
         return _show_list(cfg, state, Beep("key")) if state.back == "LIST" else _rest(cfg, state)
     return None
+
+
+def _void_from_list(cfg: ShellConfig, state: ShellState) -> Step:
+    """MENU on a listed sale or completion: void it (its confirm screen, after a
+    supervisor's password when the operator is a cashier)."""
+    row = state.found
+    task = "completion_void" if row.kind == "completion" else "void"
+    refusal = _found_refusal(task, TxnFound(row))
+    if refusal:
+        return _to_result(cfg, replace(state, back="LIST"),
+                          Screen("Cannot void", wrap(refusal, 3), "error"))
+    ready = replace(state, task=task, values=(("stan", str(row.stan)),),
+                    at=STEPS[task].index("ask"))
+    if role_allows(state.role, _role(task)):
+        return _do(cfg, ready, Beep("key"))
+    login, _ = login_begin("confirm", kind_label(task))
+    return _enter(cfg, replace(ready, phase="CONFIRM", login=login), login_screen(login),
+                  Beep("key"))
 
 
 def _on_task(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:

@@ -750,7 +750,10 @@ def check_swipe(req: Mapping[str, object]) -> Decision:
 def pin_required(req: Mapping[str, object]) -> bool:
     """Online PIN (field 52) is required unless field 55's CVM results (9F34) name another
     CVM: offline PIN, signature, no CVM, or none performed. Without field 55 (a swipe or
-    fallback) or without 9F34 it is required."""
+    fallback) or without 9F34 it is required; a keyed card (22 = 01x, a supervisor keyed
+    the number in front of the merchant: signature) never needs it."""
+    if str(req.get("22", ""))[:2] == "01":
+        return False
     try:
         values = _icc_values(req)
     except tlv.TlvError:
