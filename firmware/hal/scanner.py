@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from typing import Callable
 
 from firmware.flows.types import CodeScanned
 from firmware.hal import DeviceError
-from firmware.hal.swipe import POLL_S, RETRY_S, LineBuffer
+from firmware.hal.devthread import POLL_S, DeviceThread
+from firmware.hal.swipe import LineBuffer
 from firmware.wallet import CODE_LENGTHS, mask_code
 
 __all__ = ["SerialScanner", "CodeDecoder", "build_scanner", "OFFLINE", "STARTING", "LINE_MAX"]
@@ -71,9 +71,11 @@ class CodeDecoder:
         return text.removeprefix(self._aim) if self._aim else text
 
 
-class SerialScanner:
+class SerialScanner(DeviceThread):
     """A scanner that sends each code as one line on a serial port. `url` is a device path
     or any pyserial URL (loop://, a pty's path); `aim` as CodeDecoder's."""
+
+    THREAD, WHAT, OFFLINE, STARTING = "kpos-scanner", "scanner", OFFLINE, STARTING
 
     def __init__(self, url: str, baudrate: int, *, aim: bool | str = True,
                  on_fault: Callable[[str], None] | None = None):
@@ -87,35 +89,12 @@ class SerialScanner:
             serial.serial_for_url(url, baudrate=baudrate, do_not_open=True)
         except ValueError as exc:
             raise DeviceError(f"[devices] scanner_port {url!r}: {exc}") from exc
-        self.device, self.baudrate, self.fault = url, baudrate, STARTING
+        super().__init__(url, on_fault, log)
+        self.baudrate = baudrate
         self._aim = aim
-        self._on_fault = on_fault or (lambda fault: None)
-        self._post: Callable[[object], None] = lambda event: None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def attach(self, post: Callable[[object], None], on_quit: Callable[[], None]) -> None:
-        self._post = post
-        self._thread = threading.Thread(target=self._run, name="kpos-scanner", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
 
     def _open(self):
         return self._serial.serial_for_url(self.device, baudrate=self.baudrate, timeout=POLL_S)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with self._open() as port:
-                    self._set_fault("", "ready")
-                    self._pump(port)
-            except OSError as exc:  # serial.SerialException is an OSError
-                self._set_fault(OFFLINE, f"{exc}; retrying every {RETRY_S:g} s")
-                self._stop.wait(RETRY_S)
 
     def _pump(self, port) -> None:
         decoder = CodeDecoder(self._aim)
@@ -126,13 +105,6 @@ class SerialScanner:
         finally:
             if decoder.pending:
                 log.info("scanner: partial %d-byte line dropped (no end of line)", decoder.pending)
-
-    def _set_fault(self, fault: str, detail: str) -> None:
-        if fault == self.fault:
-            return
-        self.fault = fault
-        (log.warning if fault else log.info)("scanner %s: %s", self.device, detail)
-        self._on_fault(fault)
 
 
 def build_scanner(devices_cfg, *, on_fault: Callable[[str], None] | None = None):

@@ -17,13 +17,13 @@ import logging
 import re
 import select
 import string
-import threading
 import time
 from datetime import date
 from typing import Callable
 
 from firmware.flows.types import CardSwiped, SwipeFailed
 from firmware.hal import DeviceError
+from firmware.hal.devthread import POLL_S, DeviceThread
 from firmware.magstripe import UNREADABLE, swipe_event
 
 __all__ = ["SerialSwipeReader", "EvdevSwipeReader", "WedgeDecoder", "LineBuffer", "key_char",
@@ -32,8 +32,6 @@ __all__ = ["SerialSwipeReader", "EvdevSwipeReader", "WedgeDecoder", "LineBuffer"
 log = logging.getLogger("kpos.swipe")
 
 LINE_MAX = 512  # bytes (or keystrokes): a longer line is noise, not a swipe
-RETRY_S = 1.0  # seconds between attempts to open a missing device
-POLL_S = 0.1  # read timeout: how soon the thread notices close()
 WEDGE_GAP_S = 0.2  # seconds between two keystrokes of one swipe, at most
 OFFLINE = "swipe reader offline"
 STARTING = "swipe reader starting"  # `fault` until the first attempt to open the device
@@ -50,48 +48,15 @@ def _require(module: str, backend: str):
                           f"(pip install {module})") from exc
 
 
-class _SwipeThread:
-    """The reader thread: open the device, read it until it fails or closes, retry each second.
+class _SwipeThread(DeviceThread):
+    """The reader thread (firmware.hal.devthread); subclasses give `_open()` and `_pump()`."""
 
-    Subclasses give `_open()` (a context manager; OSError when the device is missing) and
-    `_pump(device)` (reads until `_stop` is set, raises OSError when the device goes)."""
+    THREAD, WHAT, OFFLINE, STARTING = "kpos-swipe", "swipe reader", OFFLINE, STARTING
 
     def __init__(self, device: str, today: Callable[[], date],
                  on_fault: Callable[[str], None] | None):
-        self.device = device
-        self.fault = STARTING
+        super().__init__(device, on_fault, log)
         self._today = today
-        self._on_fault = on_fault or (lambda fault: None)
-        self._post: Callable[[object], None] = lambda event: None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def attach(self, post: Callable[[object], None], on_quit: Callable[[], None]) -> None:
-        self._post = post
-        self._thread = threading.Thread(target=self._run, name="kpos-swipe", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with self._open() as device:
-                    self._set_fault("", "ready")
-                    self._pump(device)
-            except OSError as exc:
-                self._set_fault(OFFLINE, f"{exc}; retrying every {RETRY_S:g} s")
-                self._stop.wait(RETRY_S)
-
-    def _set_fault(self, fault: str, detail: str) -> None:
-        if fault == self.fault:
-            return
-        self.fault = fault
-        (log.warning if fault else log.info)("swipe reader %s: %s", self.device, detail)
-        self._on_fault(fault)
 
     def _swipe(self, raw: bytes | str | None) -> None:
         """Post the event for one reader output (None: an over-long line, unreadable)."""
@@ -101,13 +66,6 @@ class _SwipeThread:
         else:
             log.info("swipe failed: %s", event.reason)
         self._post(event)
-
-    def _open(self) -> contextlib.AbstractContextManager:
-        raise NotImplementedError
-
-    def _pump(self, device) -> None:
-        raise NotImplementedError
-
 
 class LineBuffer:
     """Bytes from a serial reader -> lines ended by CR or LF (empty lines skipped).
