@@ -294,16 +294,13 @@ def _cmd_queue(args) -> int:
     if cfg is None:
         return 2
     _setup_logging("ERROR")
-    from firmware.journal import JOURNAL_NAME, Journal, JournalError
+    from firmware.journal import JournalError, open_existing
     from firmware.money import currency_alpha, format_amount
-    from firmware.vault import Vault
-    path, key = cfg.terminal.data_dir / JOURNAL_NAME, cfg.security.vault_key_file
-    for needed in (path, key):
-        if not needed.exists():  # never create a journal or a key here
-            print(f"kpos queue: {needed} not found", file=sys.stderr)
-            return 2
     try:
-        journal = Journal(path, Vault.open(key))
+        journal = open_existing(cfg.terminal.data_dir, cfg.security.vault_key_file)
+    except FileNotFoundError as exc:
+        print(f"kpos queue: {exc}", file=sys.stderr)
+        return 2
     except JournalError as exc:
         print(f"kpos queue: {exc}", file=sys.stderr)
         return 3

@@ -52,6 +52,7 @@ __all__ = [
     "ALERT_KINDS",
     "STAN_MAX",
     "JOURNAL_NAME",
+    "open_existing",
 ]
 
 log = logging.getLogger("kpos.journal")
@@ -1042,6 +1043,21 @@ _SELECT_TXN = """SELECT t.id, t.terminal_id, t.kind, t.stan, t.batch, t.amount, 
 
 
 # -- opening -------------------------------------------------------------------------------
+
+
+def open_existing(data_dir: Path, vault_key_file: Path) -> "Journal":
+    """A terminal's journal for a tool (kpos queue, txn, settle, report) on this thread:
+    never creates a journal or a vault key by looking. FileNotFoundError naming the
+    missing file; JournalError when the key or the journal does not open."""
+    path = Path(data_dir) / JOURNAL_NAME
+    for needed in (path, Path(vault_key_file)):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} not found")
+    try:
+        vault = Vault.open(vault_key_file)
+    except (VaultError, OSError) as exc:
+        raise JournalError(f"vault key {vault_key_file}: {exc}") from exc
+    return Journal(path, vault)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

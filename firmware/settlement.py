@@ -40,7 +40,7 @@ from firmware.acquirer import messages
 from firmware.acquirer.link import NoResponse, NotSent
 from firmware.acquirer.txn_messages import WIRE
 from firmware.config import FeesConfig
-from firmware.journal import Journal, JournalError, TxnRecord
+from firmware.journal import Journal, JournalError, TxnRecord, open_existing
 from firmware.receipts import Line, lines_text, render_lines
 from firmware.reports import (
     BatchTotals, ReportHeader, batch_totals, in_totals, report_header, settlement_lines,
@@ -373,16 +373,9 @@ def report_command(cfg, *, which: str, batch: int | None, operator: str) -> int:
 
 def _open_journal(cfg) -> Journal | None:
     """The terminal's existing journal (None, said on stderr, when it or its key is missing)."""
-    from firmware.journal import JOURNAL_NAME
-    from firmware.vault import Vault
-    path, key = cfg.terminal.data_dir / JOURNAL_NAME, cfg.security.vault_key_file
-    for needed in (path, key):
-        if not needed.exists():  # never create a journal or a key here
-            print(f"kpos: {needed} not found", file=sys.stderr)
-            return None
     try:
-        return Journal(path, Vault.open(key))
-    except JournalError as exc:
+        return open_existing(cfg.terminal.data_dir, cfg.security.vault_key_file)
+    except (FileNotFoundError, JournalError) as exc:
         print(f"kpos: {exc}", file=sys.stderr)
         return None
 

@@ -17,9 +17,8 @@ import dataclasses
 import sys
 from typing import Callable, TextIO
 
-from firmware.journal import JOURNAL_NAME, Journal, JournalError, TxnRecord
+from firmware.journal import Journal, JournalError, TxnRecord, open_existing
 from firmware.money import currency_alpha, format_amount
-from firmware.vault import Vault, VaultError
 
 __all__ = ["TxnQueryError", "open_journal", "select", "money", "clear_columns", "table", "details",
            "write_csv", "CSV_COLUMNS", "main"]
@@ -35,16 +34,8 @@ def open_journal(cfg) -> Journal:
     """The terminal's journal, opened on this thread (close it on this thread too).
     FileNotFoundError when the journal or the vault key is missing; TxnQueryError when
     either does not open."""
-    path, key = cfg.terminal.data_dir / JOURNAL_NAME, cfg.security.vault_key_file
-    for needed in (path, key):
-        if not needed.exists():  # never create a journal or a key by looking
-            raise FileNotFoundError(f"{needed} not found")
     try:
-        vault = Vault.open(key)
-    except (VaultError, OSError) as exc:
-        raise TxnQueryError(f"vault key {key}: {exc}") from exc
-    try:
-        return Journal(path, vault)
+        return open_existing(cfg.terminal.data_dir, cfg.security.vault_key_file)
     except JournalError as exc:  # its message names the file
         raise TxnQueryError(str(exc)) from exc
 
