@@ -1,6 +1,8 @@
 """Shared fixtures: a simulator config under tmp_path, and catalog test PANs to hunt for."""
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,19 @@ def sim_config(tmp_path):
 def test_pans() -> list[str]:
     from firmware.sim.catalog import load_catalog
     return [card.pan for card in load_catalog().cards.values()]
+
+
+def run_bounded(coro, seconds: float = 60) -> None:
+    """asyncio.run(coro), failing the test when it takes longer than `seconds`."""
+    async def bounded():
+        async with asyncio.timeout(seconds):
+            await coro
+    asyncio.run(bounded())
+
+
+@pytest.fixture
+def no_card_data_in_logs(caplog, test_pans):
+    """Every log line of the test, DEBUG included, is free of catalog PANs."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    assert not [pan for pan in test_pans if pan in caplog.text]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from conftest import run_bounded
 from firmware.acquirer import messages
 from firmware.acquirer.link import AcquirerLink
 from firmware.bridge import Worker
@@ -197,18 +198,8 @@ async def env(tmp_path, *, cfg: SafConfig = CFG, echo_interval: float = 60.0, va
         worker.shutdown()
 
 
-def run(coro):
-    async def bounded():
-        async with asyncio.timeout(60):
-            await coro
-    asyncio.run(bounded())
-
-
-@pytest.fixture(autouse=True)
-def no_card_data_in_logs(caplog, test_pans):
-    caplog.set_level(logging.DEBUG)
-    yield
-    assert not [pan for pan in test_pans if pan in caplog.text]
+run = run_bounded
+pytestmark = pytest.mark.usefixtures("no_card_data_in_logs")
 
 
 # --- the backoff schedule ---------------------------------------------------------------------

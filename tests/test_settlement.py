@@ -10,7 +10,6 @@ bounded (WAIT, the link's timeouts, the subprocess timeout); nothing sleeps.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sqlite3
 import sys
@@ -36,7 +35,7 @@ from firmware.settlement import (
 from firmware.sim.acquirer import AcquirerSimulator, Faults
 from firmware.sim.host_settle import host_totals
 from firmware.vault import Vault
-from conftest import REPO
+from conftest import REPO, run_bounded
 from test_acquirer_sim import CATALOG, IDS, NOW, TID, Terminal, chip_card
 from test_doctor import write_config
 
@@ -152,18 +151,8 @@ async def env(tmp_path, *, journal_path=None, vault_path=None):
         worker.shutdown()
 
 
-def run(coro):
-    async def bounded():
-        async with asyncio.timeout(60):
-            await coro
-    asyncio.run(bounded())
-
-
-@pytest.fixture(autouse=True)
-def no_card_data_in_logs(caplog, test_pans):
-    caplog.set_level(logging.DEBUG)
-    yield
-    assert not [pan for pan in test_pans if pan in caplog.text]
+run = run_bounded
+pytestmark = pytest.mark.usefixtures("no_card_data_in_logs")
 
 
 # --- the wire format (pure) ------------------------------------------------------------------
