@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flowkit import flat, make_drive, shows
 from firmware.emv.card import (
     CVMS, ENTRY_CHIP, ENTRY_CONTACTLESS, ENTRY_FALLBACK, ENTRY_MAGSTRIPE, CardData,
 )
@@ -57,26 +58,7 @@ def check_screen(screen: Screen) -> None:
         assert not re.search("[0-9]{13}", line), screen  # no keyed card number in clear
 
 
-def drive(events, state: SaleState | None = None, cfg: SaleConfig = CFG):
-    """Feed events; return the final state and the action list of each step."""
-    if state is None:
-        state, _ = start(cfg)
-    per_step = []
-    for event in events:
-        state, actions = step(cfg, state, event)
-        for action in actions:
-            if isinstance(action, Show):
-                check_screen(action.screen)
-        per_step.append(actions)
-    return state, per_step
-
-
-def flat(per_step) -> list:
-    return [a for actions in per_step for a in actions]
-
-
-def shows(per_step) -> list[Screen]:
-    return [a.screen for a in flat(per_step) if isinstance(a, Show)]
+drive = make_drive(start, step, check_screen, CFG)
 
 
 # Prefixes: how far into a sale of CNY 12.50

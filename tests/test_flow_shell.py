@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flowkit import flat, make_drive, shows
 from firmware.emv.card import ENTRY_CHIP, ENTRY_MAGSTRIPE, CardData
 from firmware.flows.sale import SaleConfig, keyed_card
 from firmware.flows.shell import (
-    BUSY_PHASES, PHASES, ShellConfig, ShellState, busy, resting, start, step,
+    BUSY_PHASES, PHASES, ShellConfig, busy, resting, start, step,
 )
 from firmware.flows.types import (
     KEYS, LCD_COLS, LCD_ROWS, AuthResult, Authorise, Beep, CancelTimers, CardInserted, CardRead,
@@ -56,25 +57,7 @@ def check_screen(screen: Screen) -> None:
         assert not re.search("[0-9]{13}", line), screen
 
 
-def drive(events, state: ShellState | None = None, cfg: ShellConfig = CFG):
-    if state is None:
-        state, actions = start(cfg)
-    per_step = []
-    for event in events:
-        state, actions = step(cfg, state, event)
-        for action in actions:
-            if isinstance(action, Show):
-                check_screen(action.screen)
-        per_step.append(actions)
-    return state, per_step
-
-
-def flat(per_step) -> list:
-    return [a for actions in per_step for a in actions]
-
-
-def shows(per_step) -> list[Screen]:
-    return [a.screen for a in flat(per_step) if isinstance(a, Show)]
+drive = make_drive(start, step, check_screen, CFG)
 
 
 def login(number: str, role: str) -> list:
