@@ -205,6 +205,33 @@ class PrinterConfig:
 @dataclass(frozen=True)
 class ReceiptConfig:
     footer: str  # "" for none; may hold "\n"
+    drawer: bool  # kick the cash drawer (ESC/POS pulse through the printer) on a cash payment
+
+
+@dataclass(frozen=True)
+class BasketConfig:
+    """The checkout basket (firmware/basket.py)."""
+
+    products: Path | None  # product catalog (TOML), None = no catalog: plain amounts only
+    discount_percent: int  # a discount above this percent needs a supervisor (0..100)
+    discount_amount: int  # minor units: a discount above this amount needs a supervisor
+
+
+@dataclass(frozen=True)
+class SettlementConfig:
+    """How the acquirer credits the merchant (firmware/reports.py)."""
+
+    mode: str  # "T+1" (next day, [fees] rates) | "D0" (real time, d0_rate + d0_fixed)
+    d0_rate: int  # basis points charged per D0 transaction (replaces the [fees] rate)
+    d0_fixed: int  # minor units charged per D0 transaction on top
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """`kpos backup` / `kpos restore` (firmware/backup.py)."""
+
+    dir: Path | None  # where copies go (e.g. a USB stick's mount point); None = not set
+    keep: int  # copies kept; older ones are deleted after a good copy
 
 
 @dataclass(frozen=True)
@@ -243,6 +270,9 @@ class Config:
     risk: RiskConfig
     printer: PrinterConfig
     receipt: ReceiptConfig
+    basket: BasketConfig
+    settlement: SettlementConfig
+    backup: BackupConfig
     security: SecurityConfig
     log: LogConfig
     sim: SimConfig | None = None  # None when the file has no [sim] section
@@ -254,7 +284,8 @@ _SECTIONS: dict[str, type] = {
     "timeouts": TimeoutsConfig, "devices": DevicesConfig, "emv": EmvConfig, "offline": OfflineConfig, "saf": SafConfig,
     "operators": OperatorsConfig, "wallet": WalletConfig, "fees": FeesConfig, "risk": RiskConfig,
     "printer": PrinterConfig,
-    "receipt": ReceiptConfig, "security": SecurityConfig, "log": LogConfig, "sim": SimConfig,
+    "receipt": ReceiptConfig, "basket": BasketConfig, "settlement": SettlementConfig,
+    "backup": BackupConfig, "security": SecurityConfig, "log": LogConfig, "sim": SimConfig,
 }
 _REQUIRED: Any = object()  # default meaning "the key must be present"
 _HOST = r"[A-Za-z0-9._:-]{1,253}"
@@ -565,7 +596,28 @@ def _printer(s: _Section, devices: DevicesConfig) -> PrinterConfig:
 
 
 def _receipt(s: _Section) -> ReceiptConfig:
-    return ReceiptConfig(footer=s.str_("footer", "", maxlen=200, multiline=True))
+    return ReceiptConfig(footer=s.str_("footer", "", maxlen=200, multiline=True),
+                         drawer=s.bool_("drawer", False))
+
+
+def _basket(s: _Section) -> BasketConfig:
+    return BasketConfig(
+        products=s.path("products", ""),
+        discount_percent=s.int_("discount_percent", 10, 0, 100),
+        discount_amount=s.int_("discount_amount", 5_000, 0, 999_999_999_999),
+    )
+
+
+def _settlement(s: _Section) -> SettlementConfig:
+    return SettlementConfig(
+        mode=s.str_("mode", "T+1", choices=("T+1", "D0")),
+        d0_rate=s.int_("d0_rate", 70, 0, 10_000),
+        d0_fixed=s.int_("d0_fixed", 0, 0, 100_000),
+    )
+
+
+def _backup(s: _Section) -> BackupConfig:
+    return BackupConfig(dir=s.path("dir", ""), keep=s.int_("keep", 7, 1, 365))
 
 
 def _security(s: _Section, terminal: TerminalConfig) -> SecurityConfig:
@@ -641,7 +693,9 @@ def load_config(path: str | Path, *, overrides: dict | None = None) -> Config:
         saf=_saf(section("saf")), operators=_operators(section("operators")),
         wallet=_wallet(section("wallet")), fees=_fees(section("fees")), risk=_risk(section("risk")),
         printer=_printer(section("printer"), devices),
-        receipt=_receipt(section("receipt")), security=_security(section("security"), terminal),
+        receipt=_receipt(section("receipt")), basket=_basket(section("basket")),
+        settlement=_settlement(section("settlement")), backup=_backup(section("backup")),
+        security=_security(section("security"), terminal),
         log=_log(section("log")),
         sim=_sim(section("sim"), terminal) if "sim" in raw else None,
     )

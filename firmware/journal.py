@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -177,6 +177,19 @@ MIGRATIONS: list[list[str]] = [
     [  # 6: the original's auth code as keyed (pre-auth cancel / completion: 原授权码)
         "ALTER TABLE txn ADD COLUMN original_auth TEXT",
     ],
+    [  # 7: the checkout basket (itemised goods, discount) its payments point at
+        """CREATE TABLE basket (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            lines      TEXT NOT NULL,              -- JSON: [{code, name, qty, unit, amount}]
+            subtotal   INTEGER NOT NULL CHECK (subtotal >= 0),
+            discount   INTEGER NOT NULL CHECK (discount >= 0),
+            total      INTEGER NOT NULL CHECK (total >= 0),
+            operator   TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        "ALTER TABLE txn ADD COLUMN basket_id INTEGER REFERENCES basket (id)",
+        "ALTER TABLE txn ADD COLUMN tendered INTEGER",  # cash: the amount the customer gave
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -236,6 +249,8 @@ class TxnRecord:
     wallet: str | None = None  # QR payments: wechat | alipay | unionpay_qr
     target_pan: str | None = None  # card repayment: the paid card, masked
     original_auth: str | None = None  # the original's auth code as keyed (pre-auth family)
+    basket_id: int | None = None  # the basket this payment pays (part of)
+    tendered: int | None = None  # cash: minor units the customer handed over
 
 
 @dataclass(frozen=True)
@@ -250,6 +265,8 @@ class TxnExtra:
     wallet: str | None = None
     target_pan: str | None = None  # card repayment: the card paid (stored masked)
     original_auth: str | None = None  # the original's auth code (pre-auth cancel, completion)
+    basket_id: int | None = None  # the basket this payment pays (part of)
+    tendered: int | None = None  # cash: minor units the customer handed over
 
 
 @dataclass(frozen=True)
@@ -364,6 +381,46 @@ class Journal:
         log.info("batch number %06d taken from the host (was %06d)", host_batch, batch)
         return True
 
+    # -- the basket and cash ----------------------------------------------------------------
+
+    def save_basket(self, lines: list[dict], *, subtotal: int, discount: int, total: int,
+                    operator: str) -> int:
+        """Keep a basket (its lines as JSON: code, name, qty, unit, amount) before it is
+        paid; its id goes on every payment row (TxnExtra.basket_id)."""
+        if not (subtotal >= 0 and 0 <= discount <= subtotal and total == subtotal - discount):
+            raise ValueError(f"basket totals do not add up: {subtotal} - {discount} != {total}")
+        with self._write() as db:
+            basket_id = db.execute(
+                "INSERT INTO basket (lines, subtotal, discount, total, operator, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (json.dumps(lines, ensure_ascii=False), subtotal, discount, total, operator,
+                 self._stamp())).lastrowid
+        log.info("basket %d kept: %d line(s), total %d", basket_id, len(lines), total)
+        return basket_id
+
+    def basket(self, basket_id: int) -> dict | None:
+        """A kept basket: id, lines (list of dicts), subtotal, discount, total, operator,
+        created_at; None when unknown."""
+        row = self._db.execute("SELECT * FROM basket WHERE id = ?", (basket_id,)).fetchone()
+        if row is None:
+            return None
+        return {**dict(row), "lines": json.loads(row["lines"])}
+
+    def record_cash(self, *, amount: int, tendered: int, currency: int, operator: str,
+                    terminal_id: str, extra: TxnExtra | None = None) -> int:
+        """A cash payment (现金): APPROVED at once, a receipt number (STAN) from the counter,
+        nothing sealed, nothing queued: cash never reaches the acquirer. One commit."""
+        if tendered < amount:
+            raise ValueError(f"cash: {tendered} tendered is less than {amount} due")
+        extra = replace(extra or TxnExtra(), tendered=tendered)
+        stan = self.next_stan()
+        txn_id = self._insert_txn(kind="cash", stan=stan, batch=self.batch_no(), amount=amount,
+                                  currency=currency, card=None, request={"41": terminal_id},
+                                  operator=operator, status="APPROVED", code=None,
+                                  then=lambda db, txn_id, now: None, extra=extra)
+        log.info("txn %d cash STAN %06d amount %d (tendered %d)", txn_id, stan, amount, tendered)
+        return txn_id
+
     # -- the online request lifecycle -------------------------------------------------------
 
     def record_request(
@@ -413,13 +470,14 @@ class Journal:
                            operator, masked_pan, entry_mode, aid, app_label, arqc, tvr, tsi, cvm,
                            cryptogram_type, response_code, offline_code, created_at, updated_at,
                            original_id, original_rrn, original_date, wallet, target_pan,
-                           original_auth)
+                           original_auth, basket_id, tendered)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                               ?, ?, ?, ?, ?, ?)""",
+                               ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (terminal_id, kind, stan, batch, amount, currency, status, operator,
                      *_card_columns(card), code, code, now, now, extra.original_id,
                      extra.original_rrn, extra.original_date, extra.wallet,
-                     _masked(extra.target_pan), extra.original_auth),
+                     _masked(extra.target_pan), extra.original_auth, extra.basket_id,
+                     extra.tendered),
                 ).lastrowid
                 then(db, txn_id, now)
         except sqlite3.IntegrityError as exc:
@@ -1038,7 +1096,7 @@ _SELECT_TXN = """SELECT t.id, t.terminal_id, t.kind, t.stan, t.batch, t.amount, 
        t.response_code, t.rrn, t.auth_code, t.failure, t.printed_merchant_at, t.printed_customer_at,
        t.tvr, t.tsi, t.cvm, t.cryptogram_type, t.offline_code, r.status AS reversal_status,
        a.status AS advice_status, t.original_id, t.original_rrn, t.original_date, t.wallet,
-       t.target_pan, t.original_auth
+       t.target_pan, t.original_auth, t.basket_id, t.tendered
     FROM txn t LEFT JOIN reversal r ON r.txn_id = t.id LEFT JOIN advice a ON a.txn_id = t.id"""
 
 

@@ -10,15 +10,17 @@ completion, repayment, QR sale) add to the debit count and amount unless voided 
 `credit` kinds (refund, QR refund) add to the credit totals; a void (or completion void)
 takes its original out of the debit totals and is itself counted only as a void; a
 pre-auth, its cancel and a balance inquiry move no money and are not in the totals.
+Cash (CASH) never reaches the acquirer: reports show it on its own line, outside the
+acquirer's totals.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Kind", "KINDS", "ROLES", "role_allows", "DEBIT", "CREDIT", "VOID", "NONE"]
+__all__ = ["Kind", "KINDS", "ROLES", "role_allows", "DEBIT", "CREDIT", "VOID", "NONE", "CASH"]
 
 ROLES = ("cashier", "supervisor", "admin")  # each role may do what the ones before it may
-DEBIT, CREDIT, VOID, NONE = "debit", "credit", "void", "none"
+DEBIT, CREDIT, VOID, NONE, CASH = "debit", "credit", "void", "none", "cash"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("repayment", "REPAYMENT", "信用卡还款", "cashier", "pin", False, True, DEBIT, False),
     Kind("qr_sale", "QR SALE", "扫码支付", "cashier", "none", False, True, DEBIT, False),
     Kind("qr_refund", "QR REFUND", "扫码退款", "supervisor", "none", True, False, CREDIT, False),
+    Kind("cash", "CASH", "现金", "cashier", "none", False, False, CASH, False),
 )}
 
 

@@ -21,10 +21,12 @@ __all__ = [
     "AppChoice", "PinVerified", "CardSwiped", "SwipeFailed", "ReaderStatus", "LinkStatus",
     "AuthResult", "PrintDone", "Timeout", "Shutdown", "Event",
     "OriginalRef", "TxnSpec", "TxnSummary", "LoginResult", "TxnFound", "TxnPage", "CodeScanned",
-    "QrProgress", "RiskResult", "TaskDone", "RISK_ACTIONS", "TASKS",
+    "QrProgress", "RiskResult", "TaskDone", "RISK_ACTIONS", "TASKS", "BarcodeScanned",
+    "BasketLine", "BasketSaved", "CashDone", "TrainingSet",
     "Show", "Beep", "StartTimer", "CancelTimers", "ReadCard", "SelectApp", "StartPin", "StopPin",
     "VerifyPin", "Authorise", "Print", "Idle", "CheckLogin", "Logout", "FindTxn", "ListTxns",
-    "Reprint", "RunTask", "QrPay", "CheckRisk", "Action", "CVMS", "READ_NEXT",
+    "Reprint", "RunTask", "QrPay", "CheckRisk", "SaveBasket", "PayCash", "OpenDrawer",
+    "SetTraining", "Action", "CVMS", "READ_NEXT",
 ]
 
 LCD_COLS = 20
@@ -100,6 +102,7 @@ class TxnSpec:
     original: OriginalRef | None = None
     target: CardData | None = None
     advice: bool = False  # a pre-auth completion sent as an advice (0220, store-and-forward)
+    basket_id: int | None = None  # the kept basket this payment pays (all or part of)
 
     def __repr__(self) -> str:
         target = f", target={self.target.masked_pan}" if self.target else ""
@@ -322,6 +325,50 @@ class QrProgress:
     text: str
 
 
+@dataclass(frozen=True)
+class BarcodeScanned:
+    """A product barcode from the scanner (8, 12 or 13 digits; the check digit is the
+    basket's to judge, so a bad one is refused with its reason on screen)."""
+
+    code: str
+
+
+@dataclass(frozen=True)
+class BasketLine:
+    """One line of a basket: a product, how many, its unit price and the line amount."""
+
+    code: str  # product code
+    name: str
+    qty: int
+    unit: int  # minor units
+    amount: int  # minor units: qty * unit
+
+
+@dataclass(frozen=True)
+class BasketSaved:
+    """Answer to SaveBasket: the basket's journal id (None and `reason` when it failed)."""
+
+    basket_id: int | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CashDone:
+    """Answer to PayCash: the cash row (printed by a later Print) and the change due."""
+
+    txn_id: int | None
+    change: int = 0  # minor units
+    reason: str = ""  # why it was not recorded (txn_id None)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Answer to SetTraining: the terminal is (or is not) in training mode now."""
+
+    on: bool
+    reason: str = ""  # why the switch was refused (e.g. the host for training failed)
+
+
 RISK_ACTIONS = ("ok", "confirm", "refuse")
 
 
@@ -345,7 +392,7 @@ class TaskDone:
 Event = Union[Key, PinLength, CardInserted, CardRemoved, CardRead, CardReadFailed, AppChoice,
               PinVerified, CardSwiped, SwipeFailed, ReaderStatus, LinkStatus, AuthResult, PrintDone,
               Timeout, Shutdown, LoginResult, TxnFound, TxnPage, CodeScanned, QrProgress, RiskResult,
-              TaskDone]
+              TaskDone, BarcodeScanned, BasketSaved, CashDone, TrainingSet]
 
 
 # ---- actions (outputs the app executes, in order) ----
@@ -494,6 +541,38 @@ class CheckRisk:
     wallet: str = ""  # QR: wechat | alipay | unionpay_qr
 
 
+@dataclass(frozen=True)
+class SaveBasket:
+    """Keep the basket in the journal before it is paid -> BasketSaved."""
+
+    lines: tuple[BasketLine, ...]
+    subtotal: int  # minor units
+    discount: int  # minor units
+    total: int  # minor units: subtotal - discount
+
+
+@dataclass(frozen=True)
+class PayCash:
+    """Record a cash payment of `amount` (the customer gave `tendered`) -> CashDone; with
+    [receipt] drawer the cash drawer is kicked open."""
+
+    amount: int  # minor units
+    tendered: int  # minor units, >= amount
+    basket_id: int | None = None
+
+
+@dataclass(frozen=True)
+class OpenDrawer:
+    """Kick the cash drawer open (no sale: a supervisor's no-sale)."""
+
+
+@dataclass(frozen=True)
+class SetTraining:
+    """Switch training mode on or off (the terminal is idle) -> TrainingSet."""
+
+    on: bool
+
+
 Action = Union[Show, Beep, StartTimer, CancelTimers, ReadCard, SelectApp, StartPin, StopPin,
                VerifyPin, Authorise, Print, Idle, CheckLogin, Logout, FindTxn, ListTxns, Reprint,
-               RunTask, QrPay, CheckRisk]
+               RunTask, QrPay, CheckRisk, SaveBasket, PayCash, OpenDrawer, SetTraining]
