@@ -30,6 +30,7 @@ from firmware import crashpoint
 from firmware.acquirer.link import AcquirerLink
 from firmware.acquirer import messages
 from firmware.app_card import CardWork
+from firmware.app_checkout import CheckoutWork
 from firmware.app_menu import MenuWork
 from firmware.bridge import EventBridge, Worker, WorkerTimeout
 from firmware.clock import SystemClock
@@ -39,8 +40,9 @@ from firmware.emv.oda import load_capks
 from firmware.flows import sale, shell
 from firmware.flows.types import (
     Authorise, Beep, CancelTimers, CheckLogin, CheckRisk, FindTxn, Idle, Key, ListTxns, Logout,
-    PinLength, Print, PrintDone, QrPay, ReadCard, Reprint, RunTask, Screen, SelectApp, Show,
-    Shutdown, StartPin, StartTimer, StopPin, Timeout, VerifyPin, wrap,
+    OpenDrawer, PayCash, PinLength, Print, PrintDone, QrPay, ReadCard, Reprint, RunTask,
+    SaveBasket, Screen, SelectApp, Show, Shutdown, StartPin, StartTimer, StopPin, Timeout,
+    VerifyPin, wrap,
 )
 from firmware.hal.pinpad import PIN_KEYS, SoftPinPad
 from firmware.hal.printer import PrinterError
@@ -78,7 +80,7 @@ class _Stop:
     """Sentinel event: stop when the flow is idle."""
 
 
-class Terminal(CardWork, MenuWork):
+class Terminal(CardWork, MenuWork, CheckoutWork):
     def __init__(self, cfg: Config, devices: Devices, *, clock=None):
         self.cfg = cfg
         self.devices = devices
@@ -322,6 +324,12 @@ class Terminal(CardWork, MenuWork):
                 self._spawn(self._qr_pay(amount, code), "qr-pay")
             case CheckRisk(kind=kind, amount=amount, entry_mode=entry_mode, wallet=wallet):
                 self._spawn(self._check_risk(kind, amount, entry_mode, wallet), "check-risk")
+            case SaveBasket():
+                self._spawn(self._save_basket(action), "save-basket")
+            case PayCash(amount=amount, tendered=tendered, basket_id=basket_id):
+                self._spawn(self._pay_cash(amount, tendered, basket_id), "pay-cash")
+            case OpenDrawer():
+                self._spawn(self._open_drawer(), "open-drawer")
             case Idle():
                 self._emv, self._apps = None, []
             case _:

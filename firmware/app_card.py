@@ -431,11 +431,12 @@ def txn_extra(spec: TxnSpec | None) -> TxnExtra:
     """The journal columns naming `spec`'s original (and nothing else for a plain sale)."""
     original = spec.original if spec else None
     target = spec.target.pan if spec and spec.target else None
+    basket_id = spec.basket_id if spec else None
     if original is None:
-        return TxnExtra(target_pan=target)
+        return TxnExtra(target_pan=target, basket_id=basket_id)
     return TxnExtra(original_id=original.txn_id, original_rrn=original.rrn or None,
                     original_date=original.date or None, target_pan=target,
-                    original_auth=original.auth_code or None)
+                    original_auth=original.auth_code or None, basket_id=basket_id)
 
 
 def _balance(response: dict) -> int | None:

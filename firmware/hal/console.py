@@ -10,9 +10,9 @@ import sys
 import threading
 from typing import Callable, TextIO
 
-from firmware.flows.types import KEYS, CodeScanned, Key, Screen
+from firmware.flows.types import KEYS, BarcodeScanned, CodeScanned, Key, Screen
 
-__all__ = ["ConsoleDisplay", "ConsolePanel", "parse_console_line", "HELP"]
+__all__ = ["ConsoleDisplay", "ConsolePanel", "parse_console_line", "scanned", "HELP"]
 
 WIDTH = 22
 
@@ -20,7 +20,8 @@ HELP = """\
 Keys:   a line of digits = those digits then ENTER (e.g. 1250 -> CNY 12.50, 1234 -> PIN)
         (empty line) ENTER  b BACK  c CLEAR  x CANCEL  m MENU  k <keys...> raw keys, no ENTER
 Cards:  insert <card>   tap <card>   swipe <card>   remove   cards (list test cards)
-Wallet: scan <payment code>  (the QR scanner reads a customer's payment code)
+Scanner: scan <code>  (a customer's payment code, 16..24 digits, or a product barcode,
+        8/12/13 digits)
 Other:  help   quit"""
 
 
@@ -63,11 +64,20 @@ def parse_console_line(line: str) -> tuple[str, list[str]]:
         return head, [words[1]]
     if head == "scan" and len(words) == 2:
         code = words[1]
-        ok = code.isdigit() and code.isascii() and 16 <= len(code) <= 24
-        return ("scan", [code]) if ok else ("error", ["a payment code is 16..24 digits"])
+        ok = code.isdigit() and code.isascii() and scanned(code) is not None
+        return ("scan", [code]) if ok else ("error", ["scan a payment code (16..24 digits) "
+                                                      "or a barcode (8, 12 or 13 digits)"])
     if head in ("remove", "cards", "help", "quit") and len(words) == 1:
         return head, []
     return "error", [f"not understood: {line.strip()!r} (type help)"]
+
+
+def scanned(code: str) -> CodeScanned | BarcodeScanned | None:
+    """What a scanner reading `code` posts: a product barcode (8, 12, 13 digits) or a
+    wallet payment code (16..24 digits); None for anything else."""
+    if len(code) in (8, 12, 13):
+        return BarcodeScanned(code)
+    return CodeScanned(code) if 16 <= len(code) <= 24 else None
 
 
 class ConsolePanel:
@@ -103,7 +113,7 @@ class ConsolePanel:
             except (KeyError, ValueError, RuntimeError) as exc:  # unknown card, no chip, slot full
                 self._say(f"cannot {kind}: {exc}")
         elif kind == "scan":
-            self._post(CodeScanned(args[0]))
+            self._post(scanned(args[0]))
         elif kind == "remove":
             self._reader.remove()
         elif kind == "cards":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Printer", "PrinterError", "STATUS_OK", "PAPER_OUT", "OFFLINE", "COVER_OPEN"]
+__all__ = ["Printer", "PrinterError", "STATUS_OK", "PAPER_OUT", "OFFLINE", "COVER_OPEN", "drawer_pulse"]
 
 STATUS_OK = "ok"
 PAPER_OUT = "paper out"
@@ -42,6 +42,21 @@ class Printer(Protocol):
         """
         ...
 
+    def kick_drawer(self, raw: bytes) -> None:
+        """Send the cash drawer pulse `raw` (ESC p, drawer_pulse()) to the drawer
+        port. Blocking; printer worker thread only. Raises PrinterError."""
+        ...
+
     def status(self) -> str:
         """STATUS_OK or a PrinterError reason. Blocking; printer worker thread only."""
         ...
+
+
+def drawer_pulse(pin: int = 2) -> bytes:
+    """The ESC/POS cash drawer kick (ESC p m t1 t2) for drawer connector pin 2 or 5, as
+    python-escpos builds it."""
+    from escpos.printer import Dummy
+
+    printer = Dummy(profile="default")
+    printer.cashdraw(pin)
+    return printer.output

@@ -26,6 +26,7 @@ class SimPrinter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.paper = paper
         self.printed: list[str] = []  # names printed, in order
+        self.drawer_kicks = 0  # cash drawer pulses sent
 
     def __repr__(self) -> str:
         return f"SimPrinter({str(self.out_dir)!r})"
@@ -41,6 +42,15 @@ class SimPrinter:
             raise PrinterError(f"write failed: {err.strerror or err}", device=repr(self)) from err
         self.printed.append(name)
         log.info("printed receipt %s (%d bytes) to %s", name, len(raw), self.out_dir)
+
+    def kick_drawer(self, raw: bytes) -> None:
+        """Send the drawer pulse (ESC p) `raw`: counted in `drawer_kicks`, kept as the
+        latest drawer.bin. PrinterError when out of paper (a real printer is offline then)."""
+        if not self.paper:
+            raise PrinterError(PAPER_OUT, device=repr(self))
+        _write_atomic(self.out_dir / "drawer.bin", raw)
+        self.drawer_kicks += 1
+        log.info("cash drawer kicked (%d so far)", self.drawer_kicks)
 
     def status(self) -> str:
         return STATUS_OK if self.paper else PAPER_OUT

@@ -4,7 +4,8 @@ One command per line; '#' starts a comment. Actions:
     keys 1 2 5 0 ENTER          keys in order (digits may be grouped: `keys 1250 ENTER`;
                                 names ENTER BACK CLEAR CANCEL MENU)
     login NO PASSWORD           log operator NO in (keys NO ENTER PASSWORD ENTER)
-    scan CODE                   the QR scanner reads a customer's payment code
+    scan CODE                   the scanner reads a customer's payment code (16..24 digits)
+                                or a product barcode (8, 12 or 13 digits)
     insert CARD | tap CARD      present a catalog test card (chip / contactless)
     swipe CARD                  swipe a catalog test card's magnetic stripe
     remove                      take the card out
@@ -42,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from firmware.flows.types import CodeScanned, Key
+from firmware.flows.types import Key
+from firmware.hal.console import scanned
 from firmware.sim.acquirer import Faults
 from firmware.sim.runner import SimSession
 
@@ -95,7 +97,7 @@ def _check(words: tuple[str, ...], where: str) -> None:
         return
     elif verb == "login" and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
         return
-    elif verb == "scan" and len(words) == 2 and words[1].isdigit():
+    elif verb == "scan" and len(words) == 2 and words[1].isdigit() and scanned(words[1]):
         return
     elif verb == "acquirer" and len(words) == 3 and words[1] == "unbalance" and words[2].isdigit():
         return
@@ -155,7 +157,7 @@ class _Runner:
             for key in [*args[0], "ENTER", *args[1], "ENTER"]:
                 self.s.terminal.post(Key(key))
         elif verb == "scan":
-            self.s.terminal.post(CodeScanned(args[0]))
+            self.s.terminal.post(scanned(args[0]))
         elif verb == "fault":
             self.s.acquirer.faults.set_to(Faults.parse(args))
         elif verb == "acquirer" and args[0] == "unbalance":
