@@ -112,6 +112,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork):
         self._daily_signon: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()  # housekeeping that never holds up a stop
         self._reversals_queued = 0  # pending reversals at the last link status
+        self.training = False  # training mode: practice against a local host (app_training)
         self.pinpad = SoftPinPad()
         self.journal: Journal | None = None
         self.session_keys: SessionKeys | None = None
@@ -365,10 +366,12 @@ class Terminal(CardWork, MenuWork, CheckoutWork):
         """Print `copies` of `record`, marking each in the journal after it printed (a
         reprint, marked REPRINT on the paper, keeps the first print's time); "" when all
         printed, else why not (logged)."""
-        original = None
+        original = basket = None
         if record.original_id is not None:
             original = await self.journal_worker.run(self.journal.get, record.original_id)
-        data = self.receipt_data(record, original, reprint=reprint)
+        if record.basket_id is not None:
+            basket = await self.journal_worker.run(self.journal.basket, record.basket_id)
+        data = self.receipt_data(record, original, basket, reprint=reprint)
         pcfg = self.cfg.printer
         lang = self.cfg.terminal.language
         try:
@@ -386,9 +389,11 @@ class Terminal(CardWork, MenuWork, CheckoutWork):
             return reason or "printer error"
         return ""
 
-    def receipt_data(self, record, original=None, *, reprint: bool = False) -> ReceiptData:
+    def receipt_data(self, record, original=None, basket: dict | None = None, *,
+                     reprint: bool = False) -> ReceiptData:
         """What the receipt of journal row `record` prints; `original`: the row it names
-        (void, refund, completion ...) when it is in this journal."""
+        (void, refund, completion ...) when it is in this journal; `basket`: the kept
+        basket it pays (Journal.basket), itemised on the customer copy."""
         t = self.cfg.terminal
         merchant_name = t.merchant_name_zh if t.language == "zh" and t.merchant_name_zh else t.merchant_name
         if original is not None:
@@ -397,12 +402,21 @@ class Terminal(CardWork, MenuWork, CheckoutWork):
         else:
             extra = dict(original_rrn=record.original_rrn, original_date=record.original_date,
                          original_auth=record.original_auth)
+        if basket is not None:
+            extra.update(basket_lines=tuple((line["name"], line["qty"], line["unit"],
+                                             line["amount"]) for line in basket["lines"]),
+                         subtotal=basket["subtotal"], discount=basket["discount"])
+        if record.kind == "cash":
+            extra.update(tendered=record.tendered, change=record.tendered - record.amount)
         return ReceiptData(
             reprint=reprint, wallet=record.wallet, target_pan=record.target_pan,
-            auto_refund=record.kind == "qr_refund", **extra,
+            auto_refund=record.kind == "qr_refund", training=self.training, **extra,
             merchant_name=merchant_name, merchant_id=t.merchant_id, terminal_id=t.terminal_id,
-            operator=record.operator, txn_type=record.kind.upper(), masked_pan=record.masked_pan,
-            entry_mode=ENTRY_MODE_NAMES.get(record.entry_mode, "CHIP"), amount=record.amount,
+            operator=record.operator, txn_type=record.kind.upper(),
+            masked_pan=None if record.kind == "cash" else record.masked_pan,
+            entry_mode="CASH" if record.kind == "cash" else ENTRY_MODE_NAMES.get(record.entry_mode,
+                                                                                 "CHIP"),
+            amount=record.amount,
             currency=record.currency, when=datetime.fromisoformat(record.created_at), batch=record.batch, stan=record.stan,
             rrn=record.rrn, auth_code=record.auth_code or _offline_auth(record.offline_code),
             aid=record.aid, app_label=record.app_label,

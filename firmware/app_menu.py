@@ -141,7 +141,7 @@ class MenuWork:
     async def _x_report_task(self) -> TaskDone:
         batch, records = await self.journal_call(
             lambda journal: (journal.batch_no(), journal.batch_records()))
-        totals = batch_totals(records, self.cfg.fees)
+        totals = batch_totals(records, self.cfg.fees, self.cfg.settlement)
         lines = x_report_lines(totals, self._report_header(batch), lang=self.cfg.terminal.language,
                                width=self.cfg.printer.width)
         failure = await self._print_slip(lines, f"x-report-{batch:06d}")
@@ -154,7 +154,8 @@ class MenuWork:
         printed), then the current batch is settled."""
         settlement = Settlement(self.link, self.journal_call, self.ids, saf=self.saf,
                                 fees=self.cfg.fees, operator=self.operator or "00",
-                                now=self.clock.now, currency=self.cfg.terminal.currency)
+                                now=self.clock.now, currency=self.cfg.terminal.currency,
+                                settlement=self.cfg.settlement)
         resumed = await self.journal_call(lambda journal: journal.open_settlement())
         result = await settlement.run()
         failure = await self._print_settlement(result) if result.settled else ""

@@ -23,6 +23,15 @@ journal's non-negative minor units. A QR payment prints the masked payment code 
 like a PAN, entry mode "QR") as "PAY CODE" and its wallet, without a cardholder block.
 A reprint differs from the first print only by its "*** REPRINT ***" line, on both copies.
 A balance inquiry is shown on the screen, never printed.
+
+Checkout (issue 11): a payment of a basket prints its items on the CUSTOMER copy only, each
+as its name, then "qty x unit" and the line amount, then SUBTOTAL, DISCOUNT (when there is
+one, with a "-") and TOTAL (only when this payment pays part of the basket: split tender),
+before the AMOUNT line. A cash payment (txn type CASH, entry mode CASH, no masked PAN)
+prints "PAYMENT CASH" instead of a card, CASH TENDERED and CHANGE under the amount, and no
+cardholder block. A training receipt prints "*** TRAINING ***" under the copy name and
+"NOT A PAYMENT" under the amount, on both copies. Receipts without these fields are
+unchanged.
 """
 from __future__ import annotations
 
@@ -93,6 +102,14 @@ LABELS: dict[str, tuple[str, str]] = {
     "offline": ("*** OFFLINE ***", "*** 离线交易 ***"),
     "auto_refund": ("AUTO REFUND (PAID LATE)", "自动退款(超时支付)"),
     "reprint": ("*** REPRINT ***", "*** 重打印 ***"),
+    "training": ("*** TRAINING ***", "*** 培训模式 ***"),
+    "not_payment": ("NOT A PAYMENT", "非真实交易"),
+    "payment": ("PAYMENT", "付款方式"),  # cash: instead of the card and entry mode lines
+    "subtotal": ("SUBTOTAL", "小计"),
+    "discount": ("DISCOUNT", "折扣"),
+    "total": ("TOTAL", "合计"),
+    "tendered": ("CASH TENDERED", "实收"),
+    "change": ("CHANGE", "找零"),
     "pin_verified": ("PIN VERIFIED", "密码验证"),
     "signature": ("CARDHOLDER SIGNATURE:", "持卡人签名:"),
     "no_cvm": ("NO PIN, NO SIGNATURE", "免密免签"),
@@ -118,6 +135,7 @@ ENTRY_MODES: dict[str, tuple[str, str]] = {
     "FALLBACK": ("FALLBACK SWIPE", "降级刷卡"),
     "MANUAL": ("MANUAL", "手输"),
     "QR": ("QR", "扫码"),
+    "CASH": ("CASH", "现金"),  # txn type CASH only: printed as the PAYMENT line, no card
 }
 
 CURRENCY_SHOWN_ZH = {156: "RMB"}  # Chinese receipts print RMB for CNY
@@ -126,6 +144,7 @@ SIGNATURE_BLANK_LINES = 2
 MAX_VISIBLE_PAN_DIGITS = 10  # first 6 + last 4 (PCI DSS 3.4.1)
 
 Line = tuple[str, str]  # (style, text already laid out to the paper width)
+BasketItem = tuple[str, int, int, int]  # (name, qty, unit price, line amount), minor units
 
 
 @dataclass(frozen=True)
@@ -137,7 +156,7 @@ class ReceiptData:
     terminal_id: str
     operator: str
     txn_type: str  # key of TXN_TYPES
-    masked_pan: str  # mask_pan() output: first 6 / last 4
+    masked_pan: str | None  # mask_pan() output: first 6 / last 4; None only for CASH
     entry_mode: str  # key of ENTRY_MODES
     amount: int  # minor units
     currency: int  # ISO 4217 numeric
@@ -163,9 +182,19 @@ class ReceiptData:
     wallet: str | None = None  # QR: key of WALLETS (the journal's txn.wallet)
     target_pan: str | None = None  # repayment: the credit card paid, masked
     auto_refund: bool = False  # QR paid after the terminal gave up: refunded automatically
+    basket_lines: tuple[BasketItem, ...] = ()  # the basket this payment pays (customer copy)
+    subtotal: int | None = None  # the basket's: the sum of its line amounts
+    discount: int = 0  # the basket's discount (minor units, >= 0)
+    tendered: int | None = None  # cash: what the customer handed over
+    change: int | None = None  # cash: tendered - amount
+    training: bool = False  # training mode: not a payment
 
     def __post_init__(self) -> None:
-        _check_masked_pan(self.masked_pan)
+        cash = self.txn_type == "CASH"
+        if cash != (self.entry_mode == "CASH") or cash != (self.masked_pan is None):
+            raise ValueError("receipt txn_type CASH goes with entry_mode CASH and no masked_pan")
+        if not cash:
+            _check_masked_pan(self.masked_pan)
         if self.target_pan is not None:
             _check_masked_pan(self.target_pan, "target_pan")
         if self.wallet is not None:
@@ -184,6 +213,42 @@ class ReceiptData:
                 raise ValueError(f"receipt {name} must be an int 0..999999, got {value!r}")
         if self.original_date is not None and not _is_mmdd(self.original_date):
             raise ValueError(f"receipt original_date must be MMDD, got {self.original_date!r}")
+        _check_basket(self)
+        _check_cash(self)
+
+
+def _check_basket(data: ReceiptData) -> None:
+    for number, item in enumerate(data.basket_lines, start=1):
+        if not (isinstance(item, tuple) and len(item) == 4 and isinstance(item[0], str)
+                and item[0] and all(_is_money(v) for v in item[1:]) and item[1] > 0):
+            raise ValueError(f"receipt basket_lines {number}: expected (name, qty > 0, unit, "
+                             f"amount) with int minor units, got {item!r}")
+    if not data.basket_lines:
+        if data.subtotal is not None or data.discount:
+            raise ValueError("receipt subtotal and discount need basket_lines")
+        return
+    if data.subtotal != sum(item[3] for item in data.basket_lines):
+        raise ValueError(f"receipt subtotal {data.subtotal!r} is not the sum of the basket lines")
+    if not (_is_money(data.discount) and data.discount <= data.subtotal):
+        raise ValueError(f"receipt discount must be int 0..subtotal, got {data.discount!r}")
+    if data.amount > data.subtotal - data.discount:
+        raise ValueError(f"receipt amount {data.amount} is more than the basket's total")
+
+
+def _check_cash(data: ReceiptData) -> None:
+    if data.tendered is None and data.change is None:
+        return
+    if data.txn_type != "CASH":
+        raise ValueError("receipt tendered and change are for txn_type CASH only")
+    if not (_is_money(data.tendered) and data.tendered >= data.amount):
+        raise ValueError(f"receipt tendered must be int >= amount, got {data.tendered!r}")
+    if data.change != data.tendered - data.amount:
+        raise ValueError(f"receipt change must be tendered - amount, got {data.change!r}")
+
+
+def _is_money(value: object) -> bool:
+    """A non-negative int (not a bool): minor units or a count."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _check_masked_pan(masked_pan: str, name: str = "masked_pan") -> None:
@@ -293,6 +358,8 @@ def layout(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) -
     lines += styled("normal", _center(label(copy), width))
     if data.reprint:
         lines += styled("bold", _center(label("reprint"), width))
+    if data.training:
+        lines += styled("bold", _center(label("training"), width))
     lines += rule
     lines += pair("merchant_id", data.merchant_id)
     lines += pair("terminal_id", data.terminal_id)
@@ -301,7 +368,8 @@ def layout(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) -
     lines += pair("pay_code" if data.entry_mode == "QR" else "card", data.masked_pan)
     lines += pair("target_card", data.target_pan)
     lines += pair("wallet", data.wallet and WALLETS[data.wallet][i])
-    lines += pair("entry_mode", ENTRY_MODES[data.entry_mode][i])
+    lines += pair("payment" if data.entry_mode == "CASH" else "entry_mode",
+                  ENTRY_MODES[data.entry_mode][i])
     lines += pair("txn_type", TXN_TYPES[data.txn_type][i])
     lines += pair("batch", f"{data.batch:06d}")
     lines += pair("stan", f"{data.stan:06d}")
@@ -319,14 +387,40 @@ def layout(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) -
         lines += pair("tvr", data.tvr)
         lines += pair("tsi", data.tsi)
     lines += rule
+    if copy == "customer" and data.basket_lines:
+        lines += _basket_block(data, label, width) + rule
     lines += styled("big", _pair(label("amount"), _amount_text(data, lang), width))
+    lines += pair("tendered", _money(data, data.tendered))
+    lines += pair("change", _money(data, data.change))
     if data.auto_refund:
         lines += styled("bold", _center(label("auto_refund"), width))
     if data.offline:
         lines += styled("bold", _center(label("offline"), width))
+    if data.training:
+        lines += styled("bold", _center(label("not_payment"), width))
     lines += rule
     lines += _cardholder_block(data, copy, label, width)
     return lines
+
+
+def _basket_block(data: ReceiptData, label, width: int) -> list[Line]:
+    """Each item: its name, then "qty x unit" and the line amount; then SUBTOTAL, DISCOUNT
+    (if any) and TOTAL (if this payment pays part of the basket)."""
+    lines: list[str] = []
+    for name, qty, unit, amount in data.basket_lines:
+        lines += _wrap(name, width)
+        lines += _pair(f"  {qty} x {_money(data, unit)}", _money(data, amount), width)
+    total = data.subtotal - data.discount
+    lines += _pair(label("subtotal"), _money(data, data.subtotal), width)
+    if data.discount:
+        lines += _pair(label("discount"), _money(data, -data.discount), width)
+    if total != data.amount:
+        lines += _pair(label("total"), _money(data, total), width)
+    return [("normal", text) for text in lines]
+
+
+def _money(data: ReceiptData, minor: int | None) -> str | None:
+    return None if minor is None else format_amount(minor, data.currency)
 
 
 def _month_day(mmdd: str | None) -> str | None:
@@ -343,8 +437,8 @@ def _amount_text(data: ReceiptData, lang: str) -> str:
 
 def _cardholder_block(data: ReceiptData, copy: str, label, width: int) -> list[Line]:
     """'PIN VERIFIED' on both copies, else a signature area on the merchant copy only;
-    nothing for a QR payment (the customer confirmed it in the wallet app)."""
-    if data.entry_mode == "QR":
+    nothing for a QR payment (the customer confirmed it in the wallet app) nor for cash."""
+    if data.entry_mode in ("QR", "CASH"):
         return []
     if data.pin_verified:
         return [("bold", label("pin_verified"))]

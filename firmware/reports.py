@@ -10,29 +10,42 @@ approvals whose advice the host declined (no money moved; listed apart). A debit
 (sale, completion, repayment, QR sale) adds to the debit count and amount unless an
 approved void or completion void names it (`original_id`): then it is out of the debit
 totals and the void is counted under voids. Credit kinds (refund, QR refund) add to the
-credit totals and to refunds. Pre-auths, their cancels and balance inquiries count nowhere.
+credit totals and to refunds. Cash (现金) is counted apart (`cash`, and its own line in
+`by_kind`): never in the debit or credit totals, so never in the 0500 nor uploaded, no fee,
+not in the net. Pre-auths, their cancels and balance inquiries count nowhere.
 REVERSED, DECLINED, FAILED and UNKNOWN rows count nowhere.
 
-Fees (merchant discount): each debit or credit item's fee is amount * rate / 10000 with
-the rate in basis points (cfg.fees: card_rate for cards, <wallet>_rate for QR payments),
-rounded half up to the minor unit, i.e. (amount * rate + 5000) // 10000. A credit gives its
-fee back: its fee is negative. Net to the merchant = debit amount - credit amount - fees.
+Fees (merchant discount), by the settlement mode (cfg.settlement; None means "T+1"), each
+percent part rounded half up to the minor unit once per item, (amount * rate + 5000) // 10000,
+with rates in basis points:
+- "T+1" (credited the next business day): amount * the [fees] rate (card_rate for cards,
+  <wallet>_rate for QR payments). A credit gives its fee back: its fee is negative.
+- "D0" (实时到账, credited in real time): amount * d0_rate for every card and QR item, plus
+  d0_fixed per debit item. A credit gives back its percent part only (-amount * d0_rate);
+  the fixed fee charged on the original is not refunded and a credit is charged none.
+Net credited by the acquirer = debit amount - credit amount - fees (cash excluded).
 Money is int minor units throughout, never float.
+
+Crediting date (T+1): the next business day, Monday to Friday (a Friday, Saturday or Sunday
+settlement is credited on Monday); public holidays are not known here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Iterable
 
-from firmware.config import FeesConfig, TerminalConfig
+from firmware.config import FeesConfig, SettlementConfig, TerminalConfig
 from firmware.journal import TxnRecord
 from firmware.money import currency_alpha, format_amount
 from firmware.receipts import WALLETS, Line, center, pair, text_width
-from firmware.txnkinds import CREDIT, DEBIT, KINDS, NONE, VOID
+from firmware.txnkinds import CASH, CREDIT, DEBIT, KINDS, NONE, VOID
 
 __all__ = ["Tally", "BatchTotals", "ReportHeader", "report_header", "batch_totals", "counted", "in_totals",
-           "fee", "card_scheme", "SCHEMES", "settlement_lines", "x_report_lines", "VERDICTS"]
+           "fee", "card_scheme", "SCHEMES", "settlement_lines", "x_report_lines", "VERDICTS",
+           "credit_date", "T1", "D0"]
+
+T1, D0 = "T+1", "D0"  # settlement modes (cfg.settlement.mode)
 
 # Card schemes in report order: (name, English, Chinese).
 SCHEMES = (("unionpay", "UnionPay", "银联"), ("visa", "Visa", "VISA"),
@@ -57,9 +70,10 @@ class Tally:
 
 @dataclass(frozen=True)
 class BatchTotals:
-    """One batch's totals. `by_kind` holds every item in the debit or credit totals and the
-    voids, each kind with its own (positive) amount; `by_scheme` (cards) and `by_wallet` (QR)
-    hold the debit and credit items with their net amount: debits minus credits."""
+    """One batch's totals. `by_kind` holds every item in the debit or credit totals, the
+    voids and the cash payments, each kind with its own (positive) amount; `by_scheme`
+    (cards) and `by_wallet` (QR) hold the debit and credit items with their net amount:
+    debits minus credits."""
 
     debit: Tally = Tally()
     credit: Tally = Tally()
@@ -71,9 +85,12 @@ class BatchTotals:
     by_scheme: dict[str, Tally] = field(default_factory=dict)  # SCHEMES name, cards only
     by_wallet: dict[str, Tally] = field(default_factory=dict)  # wallet name, QR only
     fees: int = 0  # minor units, credits' fees negative
+    cash: Tally = Tally()  # cash payments: counted here only, never settled with the acquirer
+    mode: str = T1  # the settlement mode the fees were computed for
 
     @property
     def net(self) -> int:
+        """What the acquirer credits: debits - credits - fees (cash is not in it)."""
         return self.debit.amount - self.credit.amount - self.fees
 
 
@@ -105,17 +122,32 @@ def counted(record: TxnRecord) -> bool:
 
 
 def in_totals(record: TxnRecord) -> bool:
-    """True for a counted row of a kind that moves money (debit, credit or void): the rows
-    a batch upload sends."""
+    """True for a counted row of a kind that moves money at the acquirer (debit, credit or
+    void; never cash): the rows a batch upload sends."""
     kind = KINDS.get(record.kind)
-    return counted(record) and kind is not None and kind.totals != NONE
+    return counted(record) and kind is not None and kind.totals not in (NONE, CASH)
 
 
-def fee(record: TxnRecord, fees: FeesConfig) -> int:
-    """The item's fee, rounded half up to the minor unit; negative for a credit."""
-    rate = fees.card_rate if record.wallet is None else _wallet_rate(record, fees)
-    value = (record.amount * rate + 5000) // 10000
-    return -value if KINDS[record.kind].totals == CREDIT else value
+def fee(record: TxnRecord, fees: FeesConfig, settlement: SettlementConfig | None = None) -> int:
+    """A debit or credit item's fee in the settlement mode (None: T+1), see the module
+    docstring; negative for a credit."""
+    d0 = _mode(settlement) == D0
+    rate = settlement.d0_rate if d0 else (
+        fees.card_rate if record.wallet is None else _wallet_rate(record, fees))
+    percent = (record.amount * rate + 5000) // 10000
+    if KINDS[record.kind].totals == CREDIT:
+        return -percent
+    return percent + (settlement.d0_fixed if d0 else 0)
+
+
+def _mode(settlement: SettlementConfig | None) -> str:
+    return T1 if settlement is None else settlement.mode
+
+
+def credit_date(settled: date) -> date:
+    """T+1: the business day (Mon-Fri) after `settled`; Fri, Sat and Sun go to Monday."""
+    ahead = {4: 3, 5: 2}.get(settled.weekday(), 1)
+    return settled + timedelta(days=ahead)
 
 
 def _wallet_rate(record: TxnRecord, fees: FeesConfig) -> int:
@@ -147,17 +179,22 @@ def card_scheme(record: TxnRecord) -> str:
     return "other"
 
 
-def batch_totals(records: Iterable[TxnRecord], fees: FeesConfig) -> BatchTotals:
-    """The totals of one batch's rows (see the module docstring for what counts)."""
+def batch_totals(records: Iterable[TxnRecord], fees: FeesConfig,
+                 settlement: SettlementConfig | None = None) -> BatchTotals:
+    """The totals of one batch's rows, fees in the settlement mode (None: T+1); see the
+    module docstring for what counts."""
     records = list(records)
     voided = {r.original_id for r in records if counted(r) and KINDS[r.kind].totals == VOID}
     t = _Sums()
     for r in records:
         if r.status == "APPROVED" and r.advice_status == "DECLINED":
             t.declined_advices = t.declined_advices.plus(r.amount)
+        if counted(r) and KINDS[r.kind].totals == CASH:
+            t.add_cash(r)
         if not in_totals(r) or r.id in voided:
             continue
-        t.add(r, KINDS[r.kind].totals, fee(r, fees) if KINDS[r.kind].totals != VOID else 0)
+        totals = KINDS[r.kind].totals
+        t.add(r, totals, fee(r, fees, settlement) if totals != VOID else 0)
     order = list(KINDS)
     return BatchTotals(
         debit=t.debit, credit=t.credit, voids=t.voids, refunds=t.credit, offline=t.offline,
@@ -165,7 +202,7 @@ def batch_totals(records: Iterable[TxnRecord], fees: FeesConfig) -> BatchTotals:
         by_kind=dict(sorted(t.by_kind.items(), key=lambda kv: order.index(kv[0]))),
         by_scheme={name: t.by_scheme[name] for name, *_ in SCHEMES if name in t.by_scheme},
         by_wallet={name: t.by_wallet[name] for name in WALLETS if name in t.by_wallet},
-        fees=t.fees)
+        fees=t.fees, cash=t.cash, mode=_mode(settlement))
 
 
 class _Sums:
@@ -173,6 +210,7 @@ class _Sums:
 
     def __init__(self) -> None:
         self.debit = self.credit = self.voids = self.offline = self.declined_advices = Tally()
+        self.cash = Tally()
         self.by_kind: dict[str, Tally] = {}
         self.by_scheme: dict[str, Tally] = {}
         self.by_wallet: dict[str, Tally] = {}
@@ -193,6 +231,10 @@ class _Sums:
         if totals != VOID:
             group = self.by_wallet if r.wallet is not None else self.by_scheme
             _bump(group, r.wallet or card_scheme(r), signed)
+
+    def add_cash(self, r: TxnRecord) -> None:
+        self.cash = self.cash.plus(r.amount)
+        _bump(self.by_kind, r.kind, r.amount)
 
 
 def _bump(group: dict[str, Tally], key: str, amount: int) -> None:
@@ -227,6 +269,10 @@ LABELS: dict[str, tuple[str, str]] = {
     "declined_advices": ("ADVICE DECLINED", "离线被拒"),
     "fees": ("FEES", "手续费"),
     "net": ("NET", "净额"),
+    "cash": ("CASH (NOT SETTLED)", "现金(不结算)"),
+    "mode": ("SETTLEMENT MODE", "结算方式"),
+    "credited": ("CREDITED", "到账时间"),
+    "real_time": ("IN REAL TIME", "实时到账"),
     "items": ("ITEMS", "笔"),
 }
 COUNT_COLUMNS, AMOUNT_COLUMNS = 5, 10  # right-aligned count, a space, amount; label before
@@ -236,13 +282,18 @@ def settlement_lines(totals: BatchTotals, header: ReportHeader, *, result: str,
                      uploaded: int = 0, final: str = "", lang: str = "en",
                      width: int = 32) -> list[Line]:
     """The settlement report: header, the host's verdict (`result` on the first 0510, a
-    VERDICTS key; out of balance: `uploaded` items then the `final` verdict), the totals."""
+    VERDICTS key; out of balance: `uploaded` items then the `final` verdict), the totals,
+    then the settlement mode and when the net is credited (T+1: credit_date of the
+    header's date; D0: in real time)."""
     text = _Text(lang, width, header.currency)
     verdict = [*text.pair("host", text.verdict(result))]
     if result != "balanced":
         verdict += text.pair("uploaded", f"{uploaded} {text.label('items')}")
         verdict += text.pair("after_upload", text.verdict(final or result))
-    return _report(totals, header, text, "settlement", verdict)
+    credited = (text.label("real_time") if totals.mode == D0
+                else credit_date(header.when.date()).strftime("%Y/%m/%d"))
+    return (_report(totals, header, text, "settlement", verdict)
+            + text.pair("mode", totals.mode) + text.pair("credited", credited))
 
 
 def x_report_lines(totals: BatchTotals, header: ReportHeader, *, lang: str = "en",
@@ -265,7 +316,9 @@ def _report(totals: BatchTotals, h: ReportHeader, text: "_Text", title: str,
     lines += text.columns(text.label("type"), text.label("count"), text.label("amount"))
     lines += [row for kind, tally in totals.by_kind.items() for row in text.row(text.kind(kind), tally)]
     lines += text.row(text.label("debit"), totals.debit, "bold")
-    lines += text.row(text.label("credit"), totals.credit, "bold") + rule
+    lines += text.row(text.label("credit"), totals.credit, "bold")
+    lines += text.pair("cash", text.money(totals.cash.amount)) if totals.cash.count else []
+    lines += rule
     lines += _breakdown(text, "by_scheme", totals.by_scheme, text.scheme)
     lines += _breakdown(text, "by_wallet", totals.by_wallet, text.wallet)
     for key in ("refunds", "voids", "offline", "declined_advices"):

@@ -5,7 +5,9 @@ Contract: one Settlement per run, created and awaited on the terminal's asyncio 
 never blocks the loop. Journal work goes through `journal_call(fn)` (fn(journal) on the
 journal worker: Terminal.journal_call), exchanges through the terminal's AcquirerLink,
 one at a time; pending reversals and advices through `saf.flush()` (StoreAndForward).
-`now()` is the terminal's local time (fields 12/13). Amounts are int minor units.
+`now()` is the terminal's local time (fields 12/13). Amounts are int minor units. The
+totals and fees are firmware.reports' (cfg.settlement picks T+1 or D0 fees): cash payments
+are never in the 0500 totals and never uploaded.
 
 run() (docs/acquirer-protocol.md §13):
 1. Resume the settlement a cut or a failure left open (journal: STARTED or UPLOADING);
@@ -39,7 +41,7 @@ from firmware import crashpoint
 from firmware.acquirer import messages
 from firmware.acquirer.link import NoResponse, NotSent
 from firmware.acquirer.txn_messages import WIRE
-from firmware.config import FeesConfig
+from firmware.config import FeesConfig, SettlementConfig
 from firmware.journal import Journal, JournalError, TxnRecord, open_existing
 from firmware.receipts import Line, lines_text, render_lines
 from firmware.reports import (
@@ -181,12 +183,14 @@ class Settlement:
     """One settlement run (see the module docstring)."""
 
     def __init__(self, link, journal_call: JournalCall, ids: messages.TerminalIds, *, saf,
-                 fees: FeesConfig, operator: str, now: Callable[[], datetime], currency: int):
+                 fees: FeesConfig, operator: str, now: Callable[[], datetime], currency: int,
+                 settlement: SettlementConfig | None = None):
         self._link = link  # firmware.acquirer.link.AcquirerLink
         self._journal = journal_call
         self._ids = ids
         self._saf = saf  # firmware.saf.StoreAndForward
         self._fees = fees
+        self._settlement = settlement  # cfg.settlement: T+1 or D0 fees; None means T+1
         self._operator = operator
         self._now = now
         self._currency = currency
@@ -215,15 +219,16 @@ class Settlement:
         row, records = await self._journal(lambda j: (j.settlement(batch), j.batch_records(batch)))
         return SettlementResult(
             batch=batch, result=row["result"] or "", uploaded=row["uploaded"],
-            totals=batch_totals(records, self._fees), host_code=row["host_code"],
-            detail=row["detail"] or "", settled=row["status"] == "SETTLED")
+            totals=batch_totals(records, self._fees, self._settlement),
+            host_code=row["host_code"], detail=row["detail"] or "",
+            settled=row["status"] == "SETTLED")
 
     async def _reconcile(self, batch: int) -> str:
         """Flush, then the first 0500; the new status (SETTLED or UPLOADING)."""
         if not await self._saf.flush():
             raise _Stop("reversals or advices still pending (acquirer unreachable?)")
         records = await self._journal(lambda j: j.batch_records(batch))
-        totals = batch_totals(records, self._fees)
+        totals = batch_totals(records, self._fees, self._settlement)
         response = await self._settle(batch, totals, after_upload=False)
         found, code = verdict(response), response.get("39")
         sums = (totals.debit.count, totals.debit.amount, totals.credit.count, totals.credit.amount)
@@ -253,7 +258,8 @@ class Settlement:
         done = upload_done_request(self._ids, stan=await self._stan(), batch=batch,
                                    count=row["uploaded"], now=self._now())
         await self._answered(done, "end of batch upload")
-        response = await self._settle(batch, batch_totals(records, self._fees), after_upload=True)
+        totals = batch_totals(records, self._fees, self._settlement)
+        response = await self._settle(batch, totals, after_upload=True)
         final, code = verdict(response), response.get("39")
         if final == "error":
             raise _Stop("settlement after upload: the host answered an error")
@@ -316,7 +322,8 @@ async def settle_command(cfg, *, operator: str) -> int:
         await call(lambda j: j.recover())
         try:
             result = await Settlement(link, call, ids, saf=saf, fees=cfg.fees, operator=operator,
-                                      now=clock.now, currency=cfg.terminal.currency).run()
+                                      now=clock.now, currency=cfg.terminal.currency,
+                                      settlement=cfg.settlement).run()
         except (JournalError, messages.MessageError) as exc:
             print(f"kpos settle: not settled: {exc}", file=sys.stderr)
             return 1
@@ -349,7 +356,7 @@ def report_command(cfg, *, which: str, batch: int | None, operator: str) -> int:
         if which == "x":
             batch = journal.batch_no()
             lines = x_report_lines(
-                batch_totals(journal.batch_records(batch), cfg.fees),
+                batch_totals(journal.batch_records(batch), cfg.fees, cfg.settlement),
                 report_header(cfg.terminal, batch=batch, operator=operator, when=datetime.now()),
                 lang=cfg.terminal.language, width=cfg.printer.width)
             _print_report(cfg, lines, f"xreport-{batch:06d}")
@@ -360,7 +367,7 @@ def report_command(cfg, *, which: str, batch: int | None, operator: str) -> int:
                   file=sys.stderr)
             return 1
         lines = settlement_lines(
-            batch_totals(journal.batch_records(row["batch"]), cfg.fees),
+            batch_totals(journal.batch_records(row["batch"]), cfg.fees, cfg.settlement),
             report_header(cfg.terminal, batch=row["batch"], operator=operator,
                           when=datetime.fromisoformat(row["updated_at"])),
             result=row["result"], uploaded=row["uploaded"], final=row["detail"],

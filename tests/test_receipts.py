@@ -294,6 +294,9 @@ def receipt_for(kind: str) -> ReceiptData:
     if kind.startswith("qr_"):
         extra.update(wallet="wechat", masked_pan=mask_code(QR_CODE), entry_mode="QR", aid=None,
                      app_label=None, tc=None, pin_verified=False)
+    if kind == "cash":
+        extra.update(masked_pan=None, entry_mode="CASH", rrn=None, auth_code=None, aid=None,
+                     app_label=None, tc=None, pin_verified=False)
     if kind == "repayment":
         extra.update(target_pan=mask_pan(TARGET_PAN))
     if KINDS[kind].card == "nopin":  # card read, no PIN and no cryptogram (no field 55)
@@ -456,6 +459,158 @@ def test_clear_target_pan_refused_without_repeating_it():
     with pytest.raises(ValueError, match="target_pan") as info:
         dataclasses.replace(SALE, txn_type="REPAYMENT", target_pan=TARGET_PAN)
     assert TARGET_PAN not in str(info.value)
+
+
+# ---------------------------------------------------------------- checkout: basket, cash, training
+
+BASKET = dict(basket_lines=(("Green tea 500ml", 2, 350, 700), ("Coffee beans 250g", 1, 6800, 6800),
+                            ("绿茶", 3, 150, 450)),
+              subtotal=7950, discount=795)  # 10% off
+CASH_SALE = dataclasses.replace(receipt_for("cash"), amount=7155, tendered=10000, change=2845,
+                                **BASKET)
+BASKET_SALE = dataclasses.replace(SALE, amount=7155, **BASKET)
+
+
+def lines_between(lines: list[str], first: str, last: str) -> list[str]:
+    start = next(n for n, line in enumerate(lines) if line.startswith(first))
+    end = next(n for n, line in enumerate(lines) if n > start and line.startswith(last))
+    return lines[start:end + 1]
+
+
+@pytest.mark.parametrize("lang, expected", [
+    ("en", ["Green tea 500ml", "  2 x 3.50                  7.00", "Coffee beans 250g",
+            "  1 x 68.00                68.00", "绿茶", "  3 x 1.50                  4.50",
+            "SUBTOTAL                   79.50", "DISCOUNT                   -7.95",
+            "--------------------------------", "AMOUNT:                CNY 71.55"]),
+    ("zh", ["Green tea 500ml", "  2 x 3.50                  7.00", "Coffee beans 250g",
+            "  1 x 68.00                68.00", "绿茶", "  3 x 1.50                  4.50",
+            "小计                       79.50", "折扣                       -7.95",
+            "--------------------------------", "金额:                  RMB 71.55"]),
+])
+def test_the_basket_is_itemised_on_the_customer_copy_before_the_amount(lang, expected):
+    customer = preview(BASKET_SALE, "customer", lang=lang).splitlines()
+    assert lines_between(customer, "Green tea", ("AMOUNT:", "金额:")) == expected
+    merchant = preview(BASKET_SALE, "merchant", lang=lang)
+    assert "Green tea" not in merchant and ("SUBTOTAL", "小计")[lang == "zh"] not in merchant
+    assert merchant == preview(dataclasses.replace(SALE, amount=7155), "merchant", lang=lang)
+
+
+@pytest.mark.parametrize("lang, label", [("en", "TOTAL"), ("zh", "合计")])
+def test_a_split_tender_part_shows_the_basket_total_above_its_amount(lang, label):
+    card_part = dataclasses.replace(BASKET_SALE, amount=5000)  # the rest was paid in cash
+    lines = preview(card_part, "customer", lang=lang).splitlines()
+    total = next(n for n, line in enumerate(lines) if line.startswith(label + " "))
+    assert lines[total].endswith(" 71.55") and lines[total + 2].endswith(" 50.00")
+    assert not [line for line in preview(BASKET_SALE, "customer", lang=lang).splitlines()
+                if line.startswith(label + " ")]  # paid in full: the amount is the total
+    no_discount = dataclasses.replace(BASKET_SALE, discount=0, amount=7950)
+    assert ("DISCOUNT", "折扣")[lang == "zh"] not in preview(no_discount, "customer", lang=lang)
+
+
+@pytest.mark.parametrize("lang, expected", [
+    ("en", ["PAYMENT                     CASH", "TXN TYPE                    CASH",
+            "AMOUNT:                CNY 71.55", "CASH TENDERED             100.00",
+            "CHANGE                     28.45"]),
+    ("zh", ["付款方式                    现金", "交易类型                    现金",
+            "金额:                  RMB 71.55", "实收                      100.00",
+            "找零                       28.45"]),
+])
+@pytest.mark.parametrize("copy", ["merchant", "customer"])
+def test_cash_prints_tendered_and_change_and_no_card(copy, lang, expected):
+    lines = preview(CASH_SALE, copy, lang=lang).splitlines()
+    assert [line for line in expected if line in lines] == expected
+    amount = lines.index(expected[2])
+    assert lines[amount + 1:amount + 3] == expected[3:]
+    text = "\n".join(lines)
+    for absent in ("CARD NO.", "卡号", "ENTRY MODE", "输入方式", "SIGNATURE", "签名", "PIN", "密码",
+                   "REF NO.", "参考号"):
+        assert absent not in text
+    assert ("Green tea" in text) == (copy == "customer")
+
+
+def test_a_cash_payment_without_a_basket():
+    data = dataclasses.replace(receipt_for("cash"), amount=1200, tendered=1200, change=0)
+    lines = preview(data, "customer").splitlines()
+    assert lines[-4:] == ["AMOUNT:                CNY 12.00", "CASH TENDERED              12.00",
+                          "CHANGE                      0.00", "-" * 32]
+    assert "CASH TENDERED" not in preview(receipt_for("cash"), "customer")  # not given: not shown
+
+
+@pytest.mark.parametrize("lang, mark, note", [("en", "*** TRAINING ***", "NOT A PAYMENT"),
+                                              ("zh", "*** 培训模式 ***", "非真实交易")])
+@pytest.mark.parametrize("kind", ["sale", "cash", "qr_sale", "refund"])
+@pytest.mark.parametrize("copy", ["merchant", "customer"])
+def test_training_differs_only_by_its_two_bold_lines(copy, kind, lang, mark, note):
+    real = receipt_for(kind)
+    training = dataclasses.replace(real, training=True)
+    real_lines, lines = layout(real, copy, lang=lang), layout(training, copy, lang=lang)
+    assert lines[2] == ("bold", " " * ((32 - text_width(mark)) // 2) + mark)  # under the copy name
+    amount = next(n for n, (_s, text) in enumerate(lines)
+                  if text.startswith(("AMOUNT:", "金额:")))
+    assert lines[amount + 1] == ("bold", " " * ((32 - text_width(note)) // 2) + note)
+    assert lines[:2] + lines[3:amount + 1] + lines[amount + 2:] == real_lines
+    raw = render(training, copy, lang=lang)
+    assert mark.encode("gb18030") in raw and note.encode("gb18030") in raw
+    assert mark.encode("gb18030") not in render(real, copy, lang=lang)
+
+
+@pytest.mark.parametrize("width", [32, 48])
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_checkout_receipts_fit_the_paper(lang, width):
+    long_item = (("特级铁观音乌龙茶 礼盒装 五百克 Tieguanyin Oolong Gift Box", 12, 99_999, 1_199_988),)
+    big = dataclasses.replace(CASH_SALE, basket_lines=long_item, subtotal=1_199_988, discount=0,
+                              amount=1_199_988, tendered=1_200_000, change=12, training=True)
+    for data in (CASH_SALE, BASKET_SALE, big):
+        for copy in ("merchant", "customer"):
+            lines = preview(data, copy, lang=lang, width=width).splitlines()
+            assert all(text_width(line) <= width for line in lines), lines
+            render(data, copy, lang=lang, width=width)  # every character prints in GB18030
+    lines = preview(big, "customer", lang=lang, width=width).splitlines()
+    text = "".join(line.strip() for line in lines)
+    assert "Tieguanyin" in text and "12 x 999.99" in text and "11999.88" in text  # nothing cut off
+
+
+@pytest.mark.parametrize("name, data, lang, copy", [
+    ("cash_basket_en_customer", CASH_SALE, "en", "customer"),
+    ("cash_basket_zh_merchant", CASH_SALE, "zh", "merchant"),
+    ("sale_basket_zh_customer", BASKET_SALE, "zh", "customer"),
+    ("sale_training_en_customer", dataclasses.replace(SALE, training=True), "en", "customer"),
+])
+def test_golden_checkout_receipts(name, data, lang, copy):
+    raw, text = render(data, copy, lang=lang), preview(data, copy, lang=lang)
+    assert raw == golden(f"{name}.bin", raw)
+    assert text == golden(f"{name}.txt", text.encode()).decode()
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(masked_pan="622609******0014"), "CASH"),  # cash with a card
+    (dict(entry_mode="CHIP"), "CASH"),
+    (dict(tendered=7000, change=-155), "tendered"),  # less than the amount
+    (dict(change=2844), "change"),
+    (dict(change=None), "change"),
+    (dict(subtotal=7949), "subtotal"),  # not the sum of the lines
+    (dict(discount=7951), "discount"),
+    (dict(discount=-1), "discount"),
+    (dict(amount=7156), "amount"),  # more than the basket's total
+    (dict(basket_lines=(("Tea", 0, 350, 0),), subtotal=0, discount=0, amount=0, tendered=0,
+          change=0), "basket_lines 1"),
+    (dict(basket_lines=(("", 1, 350, 350),)), "basket_lines 1"),
+    (dict(basket_lines=(("Tea", 1, 3.5, 350),)), "basket_lines 1"),
+    (dict(basket_lines=(("Tea", 1, 350),)), "basket_lines 1"),
+    (dict(basket_lines=(), subtotal=None), "discount"),  # a discount without a basket
+])
+def test_bad_checkout_fields_refused(changes, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(CASH_SALE, **changes)
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(masked_pan=None), "CASH"), (dict(entry_mode="CASH"), "CASH"),
+    (dict(tendered=20000, change=7655), "CASH only"), (dict(subtotal=100), "basket_lines"),
+])
+def test_card_receipts_refuse_cash_fields(changes, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(BASKET_SALE if "tendered" in changes else SALE, **changes)
 
 
 # ---------------------------------------------------------------- simulated printer

@@ -1,22 +1,24 @@
-"""Batch totals (what counts, voids, refunds, offline items, fees rounded half up, card
-schemes, wallets) and the settlement and X report layouts (en and zh, 32 and 48 columns),
-over journal-shaped TxnRecord values. Pure: no I/O."""
+"""Batch totals (what counts, voids, refunds, offline items, cash apart, fees rounded half
+up in T+1 and D0 modes, card schemes, wallets), the crediting date, and the settlement and X
+report layouts (en and zh, 32 and 48 columns), over journal-shaped TxnRecord values. Pure:
+no I/O."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware.config import FeesConfig
+from firmware.config import FeesConfig, SettlementConfig
 from firmware.journal import TxnRecord
 from firmware.money import format_amount
 from firmware.receipts import lines_text, render_lines, text_width
 from firmware.reports import (
-    BatchTotals, ReportHeader, Tally, batch_totals, card_scheme, fee, settlement_lines,
-    x_report_lines,
+    BatchTotals, ReportHeader, Tally, batch_totals, card_scheme, credit_date, fee, in_totals,
+    settlement_lines, x_report_lines,
 )
 
 FEES = FeesConfig(card_rate=60, wechat_rate=38, alipay_rate=30, unionpay_qr_rate=25)
@@ -28,7 +30,7 @@ UNIONPAY, VISA = "622609******0014", "476173******0011"
 def rec(id: int, kind: str = "sale", amount: int = 1000, *, status: str = "APPROVED",
         pan: str | None = UNIONPAY, aid: str | None = None, wallet: str | None = None,
         original_id: int | None = None, offline: str | None = None,
-        advice: str | None = None) -> TxnRecord:
+        advice: str | None = None, tendered: int | None = None) -> TxnRecord:
     return TxnRecord(
         id=id, terminal_id="10000001", kind=kind, stan=id, batch=12, amount=amount, currency=156,
         status=status, operator="01", masked_pan=None if wallet else pan, entry_mode="051",
@@ -36,7 +38,7 @@ def rec(id: int, kind: str = "sale", amount: int = 1000, *, status: str = "APPRO
         updated_at="2026-05-14T10:00:00", response_code="00", rrn=f"{id:012d}", auth_code="123456",
         failure=None, printed_merchant_at=None, printed_customer_at=None, tvr=None, tsi=None,
         cvm=None, cryptogram_type=None, offline_code=offline, reversal_status=None,
-        advice_status=advice, original_id=original_id, wallet=wallet)
+        advice_status=advice, original_id=original_id, wallet=wallet, tendered=tendered)
 
 
 # A batch with one of everything.
@@ -112,25 +114,87 @@ def test_an_empty_batch_has_zero_totals():
     assert batch_totals([], FEES).net == 0
 
 
+CASH_ROWS = [rec(40, "cash", 1200, pan=None, tendered=2000), rec(41, "cash", 5000, pan=None,
+                                                                tendered=5000)]
+
+
+def test_cash_is_counted_apart_and_never_in_the_acquirers_totals():
+    t = batch_totals(BATCH + CASH_ROWS, FEES)
+    assert t.cash == Tally(2, 6200)
+    assert t.by_kind["cash"] == Tally(2, 6200) and list(t.by_kind)[-1] == "cash"  # KINDS order
+    without = batch_totals(BATCH, FEES)
+    assert (t.debit, t.credit, t.fees, t.net) == (without.debit, without.credit, without.fees,
+                                                 without.net)  # no fee, not credited
+    assert (t.by_scheme, t.by_wallet, t.voids, t.offline) == (
+        without.by_scheme, without.by_wallet, without.voids, without.offline)
+    assert not [r for r in CASH_ROWS if in_totals(r)]  # never uploaded either
+    assert in_totals(BATCH[0])
+    assert batch_totals([replace(CASH_ROWS[0], status="FAILED")], FEES).cash == Tally()
+    assert batch_totals(CASH_ROWS, FEES).net == 0
+
+
+D0 = SettlementConfig(mode="D0", d0_rate=55, d0_fixed=30)
+T1 = SettlementConfig(mode="T+1", d0_rate=55, d0_fixed=30)
+
+
+def half_up(amount: int, bp: int) -> int:
+    """amount * bp / 10000 rounded half up, worked out in decimal (not the firmware's way)."""
+    return int((Decimal(amount) * bp / 10000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def test_d0_fees_are_the_d0_rate_plus_a_fixed_fee_and_refunds_return_only_the_percent():
+    t = batch_totals(BATCH + CASH_ROWS, FEES, D0)
+    # in the totals: debits 12345, 2500 (QR), 300 (offline), 20000; credits 1000, 500 (QR)
+    debits, credits = (12345, 2500, 300, 20000), (1000, 500)
+    expected = (sum(half_up(a, 55) + 30 for a in debits) - sum(half_up(a, 55) for a in credits))
+    assert t.fees == expected == 68 + 30 + 14 + 30 + 2 + 30 + 110 + 30 - 6 - 3
+    assert t.net == 35145 - 1500 - expected and t.mode == "D0"
+    assert (t.debit, t.credit, t.cash) == (batch_totals(BATCH, FEES).debit,
+                                          batch_totals(BATCH, FEES).credit, Tally(2, 6200))
+    assert fee(rec(1, amount=10000), FEES, D0) == 55 + 30
+    assert fee(rec(1, amount=10000), FEES, T1) == fee(rec(1, amount=10000), FEES) == 60
+    assert fee(rec(1, "refund", 10000), FEES, D0) == -55  # the fixed fee stays charged
+    assert fee(rec(1, "qr_sale", 10000, wallet="alipay"), FEES, D0) == 85  # wallets alike
+    half = replace(D0, d0_rate=50, d0_fixed=0)
+    assert [fee(rec(1, amount=a), FEES, half) for a in (99, 100, 101)] == [0, 1, 1]  # 0.495, 0.5
+    assert batch_totals(BATCH, FEES, T1) == batch_totals(BATCH, FEES)
+
+
+@pytest.mark.parametrize("settled, credited", [
+    (date(2026, 5, 11), date(2026, 5, 12)),  # Monday -> Tuesday
+    (date(2026, 5, 14), date(2026, 5, 15)),  # Thursday -> Friday
+    (date(2026, 5, 15), date(2026, 5, 18)),  # Friday -> Monday
+    (date(2026, 5, 16), date(2026, 5, 18)),  # Saturday -> Monday
+    (date(2026, 5, 17), date(2026, 5, 18)),  # Sunday -> Monday
+    (date(2026, 12, 31), date(2027, 1, 1)),  # Thursday, across the year
+])
+def test_t1_credits_the_next_business_day(settled, credited):
+    assert credit_date(settled) == credited and credited.weekday() < 5
+
+
 records = st.builds(
     lambda i, kind, amount, status, wallet, advice: rec(
         i, kind, amount, status=status, wallet=wallet if kind.startswith("qr") else None,
-        offline="Y1" if advice else None, advice=advice),
+        offline="Y1" if advice and kind != "cash" else None,
+        advice=None if kind == "cash" else advice),  # cash: no advice, never offline
     st.integers(1, 10**6), st.sampled_from(["sale", "refund", "completion", "repayment",
-                                            "qr_sale", "qr_refund", "preauth", "balance"]),
+                                            "qr_sale", "qr_refund", "preauth", "balance",
+                                            "cash"]),
     st.integers(0, 10**9), st.sampled_from(["APPROVED", "DECLINED", "REVERSED", "UNKNOWN"]),
     st.sampled_from(["wechat", "alipay", "unionpay_qr"]),
     st.sampled_from([None, "ACKED", "DECLINED", "PENDING"]))
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(records, max_size=30, unique_by=lambda r: r.id))
-def test_breakdowns_add_up_to_the_totals(batch):
-    t = batch_totals(batch, FEES)
+@given(st.lists(records, max_size=30, unique_by=lambda r: r.id), st.sampled_from([None, D0]))
+def test_breakdowns_add_up_to_the_totals(batch, mode):
+    t = batch_totals(batch, FEES, mode)
     groups = list(t.by_scheme.values()) + list(t.by_wallet.values())
     assert sum(g.amount for g in groups) == t.debit.amount - t.credit.amount
     assert sum(g.count for g in groups) == t.debit.count + t.credit.count
-    assert sum(k.count for k in t.by_kind.values()) == t.debit.count + t.credit.count
+    assert sum(k.count for k in t.by_kind.values()) == t.debit.count + t.credit.count + t.cash.count
+    cash = [r.amount for r in batch if r.kind == "cash" and r.status == "APPROVED"]
+    assert t.cash == Tally(len(cash), sum(cash))
     assert t.net == t.debit.amount - t.credit.amount - t.fees
     assert all(isinstance(v, int) for v in (t.fees, t.net, t.debit.amount, t.credit.amount))
 
@@ -177,6 +241,8 @@ ADVICE DECLINED     1       7.00
 --------------------------------
 FEES                        1.98
 NET                       334.47
+SETTLEMENT MODE              T+1
+CREDITED              2026/05/15
 """
 
 
@@ -185,7 +251,7 @@ def test_settlement_report_golden_text_en_32():
                              uploaded=14, final="balanced")
     assert lines_text(lines) == SETTLEMENT_EN_32
     assert lines[0] == ("big", "        KPOS DEMO STORE")
-    assert lines[-1] == ("bold", "NET                       334.47")
+    assert lines[-3] == ("bold", "NET                       334.47")
     raw = render_lines(lines, "GB18030")
     assert raw.startswith(b"\x1b@") and b"334.47\n" in raw and raw.endswith(b"\x1dV\x00")
 
@@ -197,7 +263,8 @@ def test_a_balanced_settlement_shows_no_upload_and_the_x_report_no_host_result()
     assert "BATCH UPLOAD" not in balanced and "AFTER UPLOAD" not in balanced
     x = lines_text(x_report_lines(totals, HEADER))
     assert "X REPORT - BATCH OPEN" in x and "HOST RESULT" not in x
-    assert x.split("TYPE")[1] == SETTLEMENT_EN_32.split("TYPE")[1]  # the same totals
+    assert x.split("TYPE")[1] == SETTLEMENT_EN_32.split("TYPE")[1].split("SETTLEMENT MODE")[0]
+    assert x.endswith("NET                       334.47\n")  # no mode, no crediting date
     still = lines_text(settlement_lines(totals, HEADER, result="out_of_balance", uploaded=3,
                                         final="out_of_balance"))
     assert "AFTER UPLOAD      OUT OF BALANCE\n" in still
@@ -212,7 +279,8 @@ def test_every_line_fits_the_paper_in_both_languages(lang, width):
                                    final="balanced", lang=lang, width=width),
                   x_report_lines(totals, HEADER, lang=lang, width=width)):
         assert all(text_width(text) <= width for _, text in lines)
-        assert lines[-1][1].endswith(" " + format_amount(totals.net))
+        net = next(text for style, text in lines if text.startswith(("NET", "净额")))
+        assert net.endswith(" " + format_amount(totals.net))
         render_lines(lines, "GB18030")  # every character prints in GB18030
 
 
@@ -227,6 +295,47 @@ def test_chinese_report_labels():
     assert text.splitlines()[0] == " " * 18 + "KPOS演示商店"
     x = lines_text(x_report_lines(batch_totals(BATCH, FEES), header, lang="zh"))
     assert "交易汇总(批次未结)" in x and "对账结果" not in x
+
+
+CASH_LINES = {"en": ["CASH                2      62.00", "DEBIT TOTAL         4     351.45",
+                      "CREDIT TOTAL        2      15.00", "CASH (NOT SETTLED)         62.00"],
+              "zh": ["现金                2      62.00", "借记总计            4     351.45",
+                     "贷记总计            2      15.00", "现金(不结算)               62.00"]}
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_reports_show_cash_on_its_own_lines_outside_the_net(lang):
+    totals = batch_totals(BATCH + CASH_ROWS, FEES)
+    for lines in (settlement_lines(totals, HEADER, result="balanced", lang=lang),
+                  x_report_lines(totals, HEADER, lang=lang)):
+        text = lines_text(lines).splitlines()
+        start = text.index(CASH_LINES[lang][0])
+        assert text[start:start + 4] == CASH_LINES[lang]
+        assert text[start + 4] == "-" * 32
+        net = next(line for line in text if line.startswith(("NET", "净额")))
+        assert net.endswith(" 334.47")  # as without the cash
+    plain = lines_text(settlement_lines(batch_totals(BATCH, FEES), HEADER, result="balanced",
+                                        lang=lang))
+    assert "CASH" not in plain and "现金" not in plain  # no cash, no cash lines
+
+
+@pytest.mark.parametrize("when, credited", [
+    (datetime(2026, 5, 15, 22, 0), "2026/05/18"), (datetime(2026, 5, 16, 9, 0), "2026/05/18"),
+    (datetime(2026, 5, 17, 9, 0), "2026/05/18"), (datetime(2026, 5, 18, 9, 0), "2026/05/19"),
+])
+def test_the_settlement_report_says_when_the_net_is_credited(when, credited):
+    header = replace(HEADER, when=when)
+    t1 = lines_text(settlement_lines(batch_totals(BATCH, FEES, T1), header, result="balanced"))
+    assert t1.endswith(f"SETTLEMENT MODE              T+1\nCREDITED              {credited}\n")
+    d0 = batch_totals(BATCH, FEES, D0)
+    for width in (32, 48):
+        text = lines_text(settlement_lines(d0, header, result="balanced", width=width))
+        tail = [f"FEES{format_amount(d0.fees):>{width - 4}}",
+                f"NET{format_amount(d0.net):>{width - 3}}",
+                f"SETTLEMENT MODE{'D0':>{width - 15}}", f"CREDITED{'IN REAL TIME':>{width - 8}}"]
+        assert text.splitlines()[-4:] == tail
+    zh = lines_text(settlement_lines(d0, header, result="balanced", lang="zh"))
+    assert zh.endswith("结算方式                      D0\n到账时间                实时到账\n")
 
 
 def test_bad_layout_options_are_refused():

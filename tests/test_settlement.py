@@ -1,8 +1,9 @@
 """Settlement and batch upload over real TCP to the acquirer simulator on 127.0.0.1, with a
 real journal file on its worker thread, the terminal's AcquirerLink and StoreAndForward:
-balanced, forced and real out of balance, reversals and advices first, link failures and
-lost answers (resumable), power cuts of the real `kpos settle` process at its crash
-points, the wire format, the simulator's settlement host, the `kpos report` command.
+balanced, forced and real out of balance, reversals and advices first, cash kept out of the
+0500 and the upload, D0 fees, link failures and lost answers (resumable), power cuts of the
+real `kpos settle` process at its crash points, the wire format, the simulator's settlement
+host, the `kpos report` command.
 
 Sales are real: chip reads of catalog cards (no online PIN), sent and answered. Waits are
 bounded (WAIT, the link's timeouts, the subprocess timeout); nothing sleeps.
@@ -16,6 +17,7 @@ import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
@@ -24,9 +26,10 @@ from firmware.acquirer.link import AcquirerLink
 from firmware.bridge import Worker
 from firmware.clock import FixedClock
 from firmware.cli import main as kpos_main
-from firmware.config import FeesConfig, SafConfig, load_config
+from firmware.config import FeesConfig, SafConfig, SettlementConfig, load_config
 from firmware.journal import JOURNAL_NAME, Journal
-from firmware.reports import BatchTotals, Tally
+from firmware.receipts import lines_text
+from firmware.reports import BatchTotals, ReportHeader, Tally
 from firmware.saf import StoreAndForward
 from firmware.settlement import (
     Settlement, parse_totals_field, settlement_request, totals_field, upload_done_request,
@@ -83,9 +86,9 @@ class Env:
     async def j(self, fn):
         return await self.worker.run(fn, self.journal)
 
-    async def settle(self):
+    async def settle(self, settlement: SettlementConfig | None = None):
         return await Settlement(self.link, self.j, IDS, saf=self.saf, fees=FEES, operator="01",
-                                now=self.clock.now, currency=CNY).run()
+                                now=self.clock.now, currency=CNY, settlement=settlement).run()
 
     async def sale(self, amount: int, name: str = "no_cvm", *, answered: bool = True) -> int:
         """An online sale of catalog card `name`, sent and answered (or its answer lost:
@@ -281,6 +284,37 @@ def test_a_transaction_the_host_never_got_stays_out_of_balance_after_the_upload(
             assert result.totals.debit == Tally(2, 1250) != await e.ledger_debits()
             [first, after] = await e.host("SELECT mgmt, verdict FROM settlements WHERE mti = '0500'")
             assert (first, after) == (("201", "2"), ("207", "2"))
+    run(main())
+
+
+def test_cash_stays_out_of_the_0500_and_the_upload_and_d0_fees_apply(tmp_path):
+    async def main():
+        async with env(tmp_path) as e:
+            card_ids = [await e.sale(a) for a in (1500, 2345)]
+            cash_id = await e.j(lambda j: j.record_cash(amount=1234, tendered=2000, currency=CNY,
+                                                        operator="01", terminal_id=TID))
+            e.sim.settle_unbalanced = 1  # force the upload: it must not carry the cash row
+            result = await e.settle(SettlementConfig(mode="D0", d0_rate=55, d0_fixed=30))
+            assert (result.settled, result.uploaded, result.final) == (True, 2, "balanced")
+            assert result.totals.debit == await e.ledger_debits() == Tally(2, 3845)
+            assert result.totals.cash == Tally(1, 1234)
+            first = next(r for r in e.sim.requests if r["t"] == "0500")
+            assert parse_totals_field(first["48"]) == (2, 3845, 0, 0)
+            uploads = [r for r in e.sim.requests if r["t"] == "0320" and r["60"].endswith("201")]
+            stans = [(await e.j(lambda j: j.get(i))).stan for i in card_ids + [cash_id]]
+            assert [u["61"][6:12] for u in uploads] == [f"{s:06d}" for s in stans[:2]]
+            assert not [u for u in uploads if u["48"] == "cash"]
+            # D0: 0.55% of each item rounded half up, plus 0.30 each (worked out in decimal)
+            pct = [int((Decimal(a) * 55 / 10000).quantize(Decimal(1), ROUND_HALF_UP))
+                   for a in (1500, 2345)]
+            assert result.totals.fees == sum(pct) + 2 * 30 == 8 + 13 + 60
+            assert result.totals.net == 3845 - 81
+            header = ReportHeader("KPOS DEMO STORE", IDS.merchant_id, TID, "01", 1, NOW, CNY)
+            report = lines_text(result.report_lines(header))
+            for line in ("CASH (NOT SETTLED)         12.34", "FEES                        0.81",
+                         "NET                        37.64", "SETTLEMENT MODE               D0",
+                         "CREDITED            IN REAL TIME"):
+                assert line + "\n" in report, report
     run(main())
 
 
@@ -481,6 +515,7 @@ def test_kpos_report_prints_the_x_report_and_a_settlement_copy(tmp_path, capsys)
     copy = capsys.readouterr().out
     assert "SETTLEMENT REPORT" in copy and ["BATCH", "NO.", "000001"] in lines_of(copy)
     assert ["HOST", "RESULT", "BALANCED"] in lines_of(copy)
+    assert ["SETTLEMENT", "MODE", "T+1"] in lines_of(copy)  # [settlement] mode of the config
     assert kpos_main(["report", "x", "--config", str(config)]) == 0
     assert ["BATCH", "NO.", "000002"] in lines_of(capsys.readouterr().out)
     assert kpos_main(["report", "settlement", "--batch", "2", "--config", str(config)]) == 1
