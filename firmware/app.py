@@ -27,11 +27,11 @@ from datetime import datetime
 from typing import Any, Callable
 
 from firmware import crashpoint
-from firmware.acquirer.link import AcquirerLink
 from firmware.acquirer import messages
 from firmware.app_card import CardWork
 from firmware.app_checkout import CheckoutWork
 from firmware.app_menu import MenuWork
+from firmware.app_training import TrainingWork
 from firmware.bridge import EventBridge, Worker, WorkerTimeout
 from firmware.clock import SystemClock
 from firmware.config import Config, read_tmk
@@ -41,8 +41,8 @@ from firmware.flows import sale, shell
 from firmware.flows.types import (
     Authorise, Beep, CancelTimers, CheckLogin, CheckRisk, FindTxn, Idle, Key, ListTxns, Logout,
     OpenDrawer, PayCash, PinLength, Print, PrintDone, QrPay, ReadCard, Reprint, RunTask,
-    SaveBasket, Screen, SelectApp, Show, Shutdown, StartPin, StartTimer, StopPin, Timeout,
-    VerifyPin, wrap,
+    SaveBasket, Screen, SelectApp, SetTraining, Show, Shutdown, StartPin, StartTimer, StopPin,
+    Timeout, VerifyPin, wrap,
 )
 from firmware.hal.pinpad import PIN_KEYS, SoftPinPad
 from firmware.hal.printer import PrinterError
@@ -50,7 +50,6 @@ from firmware.journal import JOURNAL_NAME, Journal
 from firmware.operators import OPERATORS_NAME, OperatorStore
 from firmware.keys import SessionKeys
 from firmware.receipts import ReceiptData, preview, render
-from firmware.saf import StoreAndForward
 from firmware.vault import Vault
 from firmware.wallet import ENTRY_QR
 
@@ -80,7 +79,7 @@ class _Stop:
     """Sentinel event: stop when the flow is idle."""
 
 
-class Terminal(CardWork, MenuWork, CheckoutWork):
+class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
     def __init__(self, cfg: Config, devices: Devices, *, clock=None):
         self.cfg = cfg
         self.devices = devices
@@ -96,12 +95,8 @@ class Terminal(CardWork, MenuWork, CheckoutWork):
             require_login=cfg.operators.login, default_operator=cfg.terminal.operator,
             default_role="cashier")
         self.ids = messages.TerminalIds(cfg.terminal.terminal_id, cfg.terminal.merchant_id)
-        self.link = AcquirerLink(cfg.acquirer.host, cfg.acquirer.port,
-                                 connect_timeout=cfg.acquirer.connect_timeout,
-                                 response_timeout=cfg.acquirer.response_timeout)
-        self.saf = StoreAndForward(self.link, self.journal_call, self.ids, cfg.saf,
-                                   echo_interval=cfg.acquirer.echo_interval, now=self.clock.now,
-                                   on_status=self._link_status)
+        self.link = self._make_link(cfg.acquirer.host, cfg.acquirer.port)
+        self.saf = self._make_saf(self.link, self.journal_call)
         self._saf_task: asyncio.Task | None = None
         self.journal_worker = Worker("journal")
         self.reader_worker = Worker("reader")
@@ -112,7 +107,6 @@ class Terminal(CardWork, MenuWork, CheckoutWork):
         self._daily_signon: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()  # housekeeping that never holds up a stop
         self._reversals_queued = 0  # pending reversals at the last link status
-        self.training = False  # training mode: practice against a local host (app_training)
         self.pinpad = SoftPinPad()
         self.journal: Journal | None = None
         self.session_keys: SessionKeys | None = None
@@ -181,9 +175,8 @@ class Terminal(CardWork, MenuWork, CheckoutWork):
         self._execute_all(actions)
         self._spawn(self._connect(), "sign-on")
         self._spawn(self._print_backlog(), "print-backlog")
+        self._start_saf()
         loop = asyncio.get_running_loop()
-        self._saf_task = loop.create_task(self.saf.run(), name="saf")
-        self._saf_task.add_done_callback(self._task_done)
         self._daily_signon = loop.create_task(self._sign_on_daily(), name="daily-sign-on")
         self._daily_signon.add_done_callback(self._task_done)
         self.ready.set()
@@ -205,6 +198,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork):
         for handle in self._timers:
             handle.cancel()
         self.pinpad.wipe()
+        await self._close_training()  # the real journal, link and SAF are back for the close
         for task in [*self._tasks, *self._background,
                      *(t for t in (self._saf_task, self._daily_signon) if t)]:
             task.cancel()
@@ -331,6 +325,8 @@ class Terminal(CardWork, MenuWork, CheckoutWork):
                 self._spawn(self._pay_cash(amount, tendered, basket_id), "pay-cash")
             case OpenDrawer():
                 self._spawn(self._open_drawer(), "open-drawer")
+            case SetTraining(on=on):
+                self._spawn(self._set_training(on), "training")
             case Idle():
                 self._emv, self._apps = None, []
             case _:
@@ -378,7 +374,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork):
             for copy in copies:
                 raw = render(data, copy, lang=lang, encoding=pcfg.encoding, width=pcfg.width)
                 text = preview(data, copy, lang=lang, width=pcfg.width)
-                name = f"{record.batch:06d}-{record.stan:06d}-{copy}"
+                name = f"{'T-' if self.training else ''}{record.batch:06d}-{record.stan:06d}-{copy}"
                 await self.printer_worker.run(self.devices.printer.print_receipt, raw, text, name,
                                               timeout=PRINT_TIMEOUT)
                 crashpoint.hit("print.done")
