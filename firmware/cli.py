@@ -1,4 +1,5 @@
-"""kpos command line: run | sim | acquirer | doctor | queue | operator | txn | settle | report.
+"""kpos command line: run | sim | acquirer | doctor | queue | operator | txn | settle | report |
+backup | restore.
 
 `kpos run`       the terminal on its configured devices (the systemd service's command)
 `kpos sim`       acquirer simulator on loopback + terminal with simulated peripherals
@@ -13,6 +14,10 @@
 `kpos settle`    settle the current batch (0500, batch upload when out of balance) and
                  print the report: for a stopped or idle terminal; the menu is the usual way
 `kpos report`    print the X report (batch open) or a settled batch's report again
+`kpos backup`    checked, rotated copies of the journal and the operator store (SQLite
+                 online backup: works next to a running terminal); --list shows them
+`kpos restore`   a backup onto this device (stop the terminal first): refused over a
+                 journal with unsent items; --force replaces a journal without any
 Exit codes: 0 ok, 1 scenario or doctor check failed, 2 bad usage or config, 3 terminal
 fault at start.
 """
@@ -143,6 +148,24 @@ def _parser() -> argparse.ArgumentParser:
     rpt.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
     rpt.add_argument("--operator", help="operator number on the report (default [terminal] operator)")
     rpt.set_defaults(handler=_cmd_report)
+
+    bak = sub.add_parser("backup", help="a checked copy of the journal and the operator store "
+                                        "(works next to a running terminal), rotated")
+    bak.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
+    bak.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
+    bak.add_argument("--dir", type=Path, help="destination folder (default [backup] dir)")
+    bak.add_argument("--keep", type=int, help="backups kept (default [backup] keep)")
+    bak.add_argument("--list", action="store_true", help="list the backups in the destination")
+    bak.set_defaults(handler=_cmd_backup)
+
+    rst = sub.add_parser("restore", help="put a backup into the data dir (stop the terminal "
+                                         "first; refused over unsent items)")
+    rst.add_argument("backup", type=Path, help="a backup folder (kpos backup --list)")
+    rst.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
+    rst.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
+    rst.add_argument("--force", action="store_true",
+                     help="replace an existing journal and operator store (never one with unsent items)")
+    rst.set_defaults(handler=_cmd_restore)
     return p
 
 
@@ -402,3 +425,63 @@ def _cmd_report(args) -> int:
     from firmware.settlement import report_command
     return report_command(cfg, which=args.which, batch=args.batch,
                           operator=args.operator or cfg.terminal.operator)
+
+
+def _cmd_backup(args) -> int:
+    cfg = _load(args.config, _data_dir_override(args))
+    if cfg is None:
+        return 2
+    _setup_logging("WARNING")
+    dest = args.dir or cfg.backup.dir
+    keep = cfg.backup.keep if args.keep is None else args.keep
+    if dest is None or keep < 1:
+        print("kpos backup: " + ("--keep must be at least 1" if dest else
+                                 "no destination: set [backup] dir or pass --dir"), file=sys.stderr)
+        return 2
+    from firmware.backup import BackupError, backup
+    try:
+        if args.list:
+            _print_backups(dest)
+            return 0
+        result = backup(cfg.terminal.data_dir, dest, keep=keep)
+    except BackupError as exc:
+        print(f"kpos backup: {exc}", file=sys.stderr)
+        return 1
+    removed = f"; {len(result.removed)} old backup(s) removed" if result.removed else ""
+    print(f"backup {result.path}: {', '.join(result.files)}, {result.bytes} bytes, "
+          f"integrity_check ok{removed}")
+    return 0
+
+
+def _print_backups(dest: Path) -> None:
+    from firmware.backup import BackupError, backups, read_manifest
+    from firmware.journal import JOURNAL_NAME
+    for path in backups(dest):
+        try:
+            m = read_manifest(path)
+        except BackupError as exc:
+            print(f"{path}  {exc}")
+            continue
+        journal = m["files"][JOURNAL_NAME]
+        size = sum(f["bytes"] for f in m["files"].values())
+        print(f"{path}  {m['created_at']}  {journal['txns']} txn(s)  "
+              f"{journal['unsent']} unsent  {size} bytes")
+
+
+def _cmd_restore(args) -> int:
+    cfg = _load(args.config, _data_dir_override(args))
+    if cfg is None:
+        return 2
+    _setup_logging("WARNING")
+    from firmware.backup import BackupError, restore
+    try:
+        result = restore(args.backup, cfg.terminal.data_dir, force=args.force)
+    except BackupError as exc:
+        print(f"kpos restore: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored {', '.join(result.files)} into {cfg.terminal.data_dir}")
+    if result.unsent:
+        print(f"kpos restore: {result.unsent} unsent item(s) in this backup: their card data "
+              f"opens only with the old device's vault key; copy it to "
+              f"{cfg.security.vault_key_file} (0600) before the terminal starts", file=sys.stderr)
+    return 0
