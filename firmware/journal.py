@@ -954,7 +954,7 @@ class Journal:
 
     def record_qr_payment(self, *, stan: int, batch: int, amount: int, currency: int,
                           masked_code: str, wallet: str, entry_mode: str, request: dict,
-                          operator: str = "01") -> int:
+                          operator: str = "01", basket_id: int | None = None) -> int:
         """record_request for a QR payment (reversal ARMED), with the masked code and the
         entry mode in the card columns, in the same commit."""
         def seal_arm_and_mark(db: sqlite3.Connection, txn_id: int, now: str) -> None:
@@ -968,7 +968,7 @@ class Journal:
         txn_id = self._insert_txn(kind="qr_sale", stan=stan, batch=batch, amount=amount,
                                   currency=currency, card=None, request=request, operator=operator,
                                   status="SENDING", code=None, then=seal_arm_and_mark,
-                                  extra=TxnExtra(wallet=wallet))
+                                  extra=TxnExtra(wallet=wallet, basket_id=basket_id))
         log.info("txn %d qr_sale STAN %06d batch %d amount %d recorded (SENDING)", txn_id, stan,
                  batch, amount)
         return txn_id

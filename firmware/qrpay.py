@@ -135,8 +135,9 @@ class QrPayment:
         self._currency = currency
         self._on_progress = on_progress
 
-    async def pay(self, amount: int, code: str) -> QrOutcome:
-        """Take a QR payment of `amount` with the customer's payment `code`."""
+    async def pay(self, amount: int, code: str, basket_id: int | None = None) -> QrOutcome:
+        """Take a QR payment of `amount` with the customer's payment `code` (paying the
+        kept basket `basket_id`, if any)."""
         wallet = identify(code)
         if wallet is None:
             return QrOutcome("declined", message="Unknown QR code")
@@ -147,7 +148,8 @@ class QrPayment:
             return QrOutcome("not_sent", message="Host unreachable", wallet=wallet.name)
         await self.refund_paid_late()
         deadline = asyncio.get_running_loop().time() + self._cfg.timeout
-        txn_id, request = await self._journal(lambda j: self._record(j, amount, code, wallet.name))
+        txn_id, request = await self._journal(
+            lambda j: self._record(j, amount, code, wallet.name, basket_id))
         log.info("QR payment txn %d: %s %s amount %d", txn_id, wallet.name, mask_code(code), amount)
         try:
             response = await self._exchange(request)
@@ -176,7 +178,8 @@ class QrPayment:
 
     # ---- steps ----
 
-    def _record(self, journal: Journal, amount: int, code: str, wallet: str) -> tuple[int, dict]:
+    def _record(self, journal: Journal, amount: int, code: str, wallet: str,
+                basket_id: int | None = None) -> tuple[int, dict]:
         """Journal worker: a fresh STAN, the 0200, its row committed (reversal ARMED)."""
         stan, batch = journal.next_stan(), journal.batch_no()
         request = payment_request(self._ids, stan=stan, batch=batch, amount=amount,
@@ -184,7 +187,7 @@ class QrPayment:
         txn_id = journal.record_qr_payment(
             stan=stan, batch=batch, amount=amount, currency=self._currency,
             masked_code=mask_code(code), wallet=wallet, entry_mode=ENTRY_QR, request=request,
-            operator=self._operator)
+            operator=self._operator, basket_id=basket_id)
         return txn_id, request
 
     async def _poll(self, txn_id: int, payment: dict, response: dict | None, deadline: float,
