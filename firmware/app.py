@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable
 
@@ -32,6 +32,7 @@ from firmware.app_card import CardWork
 from firmware.app_checkout import CheckoutWork
 from firmware.app_menu import MenuWork
 from firmware.app_training import TrainingWork
+from firmware.basket import load_products
 from firmware.bridge import EventBridge, Worker, WorkerTimeout
 from firmware.clock import SystemClock
 from firmware.config import Config, read_tmk
@@ -93,7 +94,9 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
         self.flow_cfg = shell.ShellConfig(
             sale=sale_cfg, wallet_limit=min(cfg.wallet.limit, cfg.limits.max_amount),
             require_login=cfg.operators.login, default_operator=cfg.terminal.operator,
-            default_role="cashier")
+            default_role="cashier", catalog=None,  # the product catalog is read at start
+            discount_percent=cfg.basket.discount_percent,
+            discount_amount=cfg.basket.discount_amount)
         self.ids = messages.TerminalIds(cfg.terminal.terminal_id, cfg.terminal.merchant_id)
         self.link = self._make_link(cfg.acquirer.host, cfg.acquirer.port)
         self.saf = self._make_saf(self.link, self.journal_call)
@@ -164,6 +167,9 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
                 lambda: Journal(data_dir / JOURNAL_NAME, vault, now=self.clock.now))
             self.recovery = await self.journal_worker.run(self.journal.recover)
             await self._open_operators(data_dir)
+            if self.cfg.basket.products is not None:
+                catalog = load_products(self.cfg.basket.products)
+                self.flow_cfg = replace(self.flow_cfg, catalog=catalog)
         except Exception as exc:
             self.devices.display.show(Screen("TERMINAL FAULT", wrap(str(exc), 3), tone="error"))
             raise StartupFault(str(exc)) from exc
@@ -315,8 +321,8 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
                 self._spawn(self._reprint(txn_id), "reprint")
             case RunTask(name=name):
                 self._spawn(self._run_task(name), f"task-{name}")
-            case QrPay(amount=amount, code=code):
-                self._spawn(self._qr_pay(amount, code), "qr-pay")
+            case QrPay(amount=amount, code=code, basket_id=basket_id):
+                self._spawn(self._qr_pay(amount, code, basket_id), "qr-pay")
             case CheckRisk(kind=kind, amount=amount, entry_mode=entry_mode, wallet=wallet):
                 self._spawn(self._check_risk(kind, amount, entry_mode, wallet), "check-risk")
             case SaveBasket():

@@ -207,7 +207,7 @@ class MenuWork:
                             wallet=wallet, history=history, now=now,
                             currency=self.cfg.terminal.currency)  # logs what it refuses
 
-    async def _qr_pay(self, amount: int, code: str) -> None:
+    async def _qr_pay(self, amount: int, code: str, basket_id: int | None = None) -> None:
         """A wallet QR payment: the limits first (a velocity rule that wants a supervisor
         refuses here: there is no card step to confirm at), then firmware.qrpay."""
         wallet = identify(code)
@@ -216,7 +216,7 @@ class MenuWork:
             if verdict.action != "ok":
                 self._bridge.post(AuthResult("declined", message=verdict.reason))
                 return
-        outcome = await self._qr_payment().pay(amount, code)
+        outcome = await self._qr_payment().pay(amount, code, basket_id)
         result, answer, message = outcome.outcome, outcome.code, outcome.message
         if outcome.refunded:  # paid after the cancel: the customer gets a refund slip
             result, answer, message = "declined", "", "Paid late: refunded"

@@ -13,7 +13,8 @@ from firmware.emv.card import (
     CVMS, ENTRY_CHIP, ENTRY_CONTACTLESS, ENTRY_FALLBACK, ENTRY_MAGSTRIPE, CardData,
 )
 from firmware.flows.sale import (
-    BUSY_PHASES, PHASES, SaleConfig, SaleState, amount_key, begin, busy, start, step,
+    BUSY_PHASES, PHASES, SaleConfig, SaleState, amount_key, begin, busy, idle_screen, number_key,
+    start, step,
 )
 from firmware.flows.types import (
     KEYS, LCD_COLS, LCD_ROWS, READ_NEXT, AppChoice, AuthResult, Authorise, Beep, CancelTimers,
@@ -966,6 +967,30 @@ def test_link_status_during_a_sale_is_kept_for_the_idle_screen():
     assert actions == [] and state.phase == "PIN"
     state, per_step = drive([Key("CANCEL"), Key("ENTER"), CardRemoved()], state=state)
     assert state.phase == "IDLE" and Show(idle_with("OFFLINE  queued 5")) in per_step[-1]
+
+
+def test_training_mode_is_on_the_idle_title_and_survives_a_sale():
+    assert idle_screen(SaleState(training=True)).title == "TRAINING"
+    assert idle_screen(SaleState(training=True, operator="01")).title == "TRAINING  op 01"
+    assert idle_screen(SaleState(operator="01")).title == "KPOS     op 01"
+    state, per_step = drive(TO_PRESENT + [Key("CANCEL"), Key("ENTER")],
+                            state=SaleState(training=True, operator="01"))
+    assert state.phase == "IDLE" and state.training
+    assert shows(per_step)[-1].title == "TRAINING  op 01"
+
+
+@pytest.mark.parametrize("value, key, limit, moved", [
+    (12, "3", 999, (123, "key")),
+    (123, "4", 999, (123, "error")),  # past the limit: stays
+    (0, "0", 999, (0, "")),  # a leading zero: nothing happens
+    (123, "BACK", 999, (12, "key")),
+    (123, "CLEAR", 999, (0, "key")),
+    (0, "BACK", 999, (0, "key")),
+    (5, "ENTER", 999, None), (5, "MENU", 999, None),
+    (0, "7", 7, (7, "key")), (0, "8", 7, (0, "error")),
+])
+def test_number_key(value, key, limit, moved):
+    assert number_key(value, key, limit) == moved
 
 
 def test_offline_approval_says_so_on_the_result_screen():

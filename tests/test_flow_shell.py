@@ -9,17 +9,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowkit import flat, make_drive, shows
+from firmware.basket import Catalog, Product
 from firmware.emv.card import ENTRY_CHIP, ENTRY_MAGSTRIPE, CardData
 from firmware.flows.sale import SaleConfig, keyed_card
 from firmware.flows.shell import (
     BUSY_PHASES, PHASES, ShellConfig, busy, resting, start, step,
 )
 from firmware.flows.types import (
-    KEYS, LCD_COLS, LCD_ROWS, AuthResult, Authorise, Beep, CancelTimers, CardInserted, CardRead,
-    CardRemoved, CardSwiped, CheckLogin, CheckRisk, CodeScanned, FindTxn, Idle, Key, LinkStatus,
-    ListTxns, LoginResult, Logout, OriginalRef, PinLength, Print, PrintDone, QrPay, QrProgress,
-    ReaderStatus, Reprint, RiskResult, RunTask, Screen, Show, Shutdown, StartPin, StartTimer,
-    StopPin, TaskDone, Timeout, TxnFound, TxnPage, TxnSpec, TxnSummary, wrap,
+    KEYS, LCD_COLS, LCD_ROWS, AuthResult, Authorise, BarcodeScanned, BasketLine, BasketSaved,
+    Beep, CancelTimers, CardInserted, CardRead, CardRemoved, CardSwiped, CashDone, CheckLogin,
+    CheckRisk, CodeScanned, FindTxn, Idle, Key, LinkStatus, ListTxns, LoginResult, Logout,
+    OpenDrawer, OriginalRef, PayCash, PinLength, Print, PrintDone, QrPay, QrProgress, ReaderStatus,
+    Reprint, RiskResult, RunTask, SaveBasket, Screen, SetTraining, Show, Shutdown, StartPin,
+    StartTimer, StopPin, TaskDone, Timeout, TrainingSet, TxnFound, TxnPage, TxnSpec, TxnSummary,
+    wrap,
 )
 
 PAN = "6226090000000014"
@@ -29,7 +32,11 @@ CARD = CardData(pan=PAN, expiry="3012", pan_seq="01", track2=PAN + "=3012201",
                 aid="A000000333010101", app_label="UnionPay Debit", icc_data=b"\x9f\x26\x08")
 STRIPE = replace(CARD, entry_mode=ENTRY_MAGSTRIPE, icc_data=b"", pan=KEYED)
 SALE_CFG = SaleConfig(max_amount=9_999_999)
-CFG = ShellConfig(SALE_CFG, wallet_limit=500_000)
+TEA = Product("2", "Green tea 500ml", 350, "6920152400012")
+CATALOG = Catalog((Product("1", "Mineral water 550ml", 200, "6901234567892"), TEA,
+                   Product("10", "Coffee beans 250g", 6800, "4006381333931"),
+                   Product("5", "Rice 5kg", 3990)))
+CFG = ShellConfig(SALE_CFG, wallet_limit=500_000, catalog=CATALOG)
 OPEN = ShellConfig(SALE_CFG, wallet_limit=500_000, require_login=False)
 
 
@@ -199,8 +206,10 @@ def test_menu_times_out_to_idle():
     assert state.phase == "IDLE" and actions[-1] == Idle()
 
 
-def test_menu_sale_opens_the_amount_screen():
+def test_menu_sale_opens_the_sale_menu_and_its_amount_screen():
     state, per_step = drive([Key("MENU"), Key("1")], CASHIER)
+    assert shows(per_step)[-1] == menu_screen("SALE", "1 Amount", "2 Basket", "3 Cash")
+    state, per_step = drive([Key("1")], state)
     assert state.phase == "CARD" and state.sale.phase == "AMOUNT"
     assert per_step[-1] == [CancelTimers(), Beep("key"), Show(Screen("SALE", ("Amount", "CNY 0.00",
                                                                               "ENTER to confirm")))]
@@ -657,6 +666,397 @@ def test_config_checks():
         ShellConfig(SALE_CFG, wallet_limit=1, default_role="boss")
 
 
+# ---- the checkout: basket, tenders, cash, training, no sale ----
+
+TO_BASKET = [Key("MENU"), Key("1"), Key("2")]
+TEA_LINE = BasketLine("2", "Green tea 500ml", 3, 350, 1050)
+TEA3 = TO_BASKET + keys("2") + [Key("ENTER"), Key("MENU"), Key("1")] + keys("3") + [Key("ENTER")]
+TO_TENDER = TEA3 + [Key("MENU"), Key("5"), BasketSaved(7)]
+TENDER = Screen("PAY", ("CNY 10.50", "1 Card  2 QR", "3 Cash  4 Cash+card"))
+DECLINE = [CardInserted(), CardRead(CARD), RiskResult("ok"), PinLength(4), Key("ENTER"),
+           AuthResult("declined", "51", "Insufficient funds"), Key("ENTER"), CardRemoved()]
+EAN_UNKNOWN = "96385074"  # a good EAN-8 that is not in the catalog
+
+
+def basket(title: str, *lines: str, tone: str = "info") -> Screen:
+    return Screen(title, lines, tone)
+
+
+def test_basket_by_product_code_and_unknown_codes_refused():
+    state, per_step = drive(TO_BASKET, CASHIER)
+    empty = basket("BASKET", "No items", "Total CNY 0.00", "Key code or scan")
+    assert per_step[-1] == [Beep("key"), CancelTimers(), Show(empty)]
+    assert state.phase == "BASKET" and not state.timer  # a basket waits for the cashier
+    state, per_step = drive(keys("2") + [Key("ENTER")], state)
+    assert per_step[0] == [Beep("key"), Show(basket("BASKET", "No items", "Total CNY 0.00",
+                                                    "Code 2"))]
+    assert per_step[1] == [Beep("ok"), Show(basket("BASKET 1 item", "1 x Green tea 500ml",
+                                                   "Total CNY 3.50", "Key code or scan"))]
+    before = state.cart
+    state, per_step = drive(keys("99") + [Key("ENTER")], state)
+    assert per_step[-1] == [Show(basket("BASKET 1 item", "1 x Green tea 500ml", "Total CNY 3.50",
+                                        "Unknown product", tone="error")), Beep("error")]
+    assert state.cart == before
+    state, per_step = drive([Key("ENTER")], state)  # nothing keyed
+    assert per_step == [[Beep("error")]] and state.cart == before
+
+
+@pytest.mark.parametrize("code, reason", [
+    ("6920152400013", "Bad check digit"), (EAN_UNKNOWN, "Unknown product"),
+])
+def test_scanned_barcodes_add_or_are_refused_with_their_reason(code, reason):
+    state, per_step = drive([BarcodeScanned("6920152400012")], CASHIER)  # at idle
+    assert state.phase == "BASKET" and state.cart.lines == (replace(TEA_LINE, qty=1, amount=350),)
+    assert per_step[-1] == [Beep("ok"), Show(basket("BASKET 1 item", "1 x Green tea 500ml",
+                                                    "Total CNY 3.50", "Key code or scan"))]
+    state, per_step = drive([BarcodeScanned("4006381333931"), BarcodeScanned(code)], state)
+    assert shows(per_step)[-1] == basket("BASKET 2 items", "1 x Coffee beans ...",
+                                         "Total CNY 71.50", reason, tone="error")
+    assert per_step[-1][-1] == Beep("error") and state.cart.subtotal == 7150
+
+
+def test_a_bad_barcode_at_idle_opens_an_empty_basket_saying_why():
+    state, per_step = drive([BarcodeScanned("6920152400013")], CASHIER)
+    assert state.phase == "BASKET" and state.cart.lines == ()
+    assert shows(per_step)[-1].lines[-1] == "Bad check digit"
+
+
+def test_without_a_catalog_there_is_no_basket():
+    bare = replace(CFG, catalog=None)
+    state, actions = step(bare, CASHIER, BarcodeScanned("6920152400012"))
+    assert state == CASHIER and actions == [Beep("error")]
+    state, per_step = drive(TO_BASKET, CASHIER, bare)
+    assert shows(per_step)[-1] == Screen("BASKET", ("No product catalog",), "error")
+    state, per_step = drive([Key("ENTER")], state, bare)
+    assert state.phase == "IDLE"
+
+
+def test_quantity_of_the_last_line():
+    state, per_step = drive(TEA3[:-2], CASHIER)
+    assert shows(per_step)[-2] == Screen("BASKET OPTIONS", ("1 Quantity 2 Remove",
+                                                            "3 Discount amount",
+                                                            "4 Discount percent", "5 Pay"))
+    assert shows(per_step)[-1] == Screen("BASKET", ("Green tea 500ml", "Quantity", "",
+                                                    "ENTER to confirm"))
+    state, per_step = drive(keys("3") + [Key("ENTER")], state)
+    assert shows(per_step)[-1] == basket("BASKET 3 items", "3 x Green tea 500ml",
+                                         "Total CNY 10.50", "Key code or scan")
+    assert state.cart.lines == (TEA_LINE,)
+    state, per_step = drive([Key("MENU"), Key("1"), Key("ENTER")], state)
+    assert shows(per_step)[-1].lines[-1] == "Quantity 1-999" and per_step[-1][0] == Beep("error")
+    state, per_step = drive(keys("1000"), state)
+    assert per_step[-1] == [Beep("error"), Show(Screen("BASKET", ("Green tea 500ml", "Quantity",
+                                                                  "100", "Max 999"), "error"))]
+    state, per_step = drive([Key("CANCEL")], state)
+    assert state.phase == "BASKET" and state.cart.lines == (TEA_LINE,)
+
+
+def test_remove_a_line_by_its_number():
+    state, _ = drive(TEA3 + keys("1") + [Key("ENTER")], CASHIER)
+    state, per_step = drive([Key("MENU"), Key("2")] + keys("3"), state)
+    assert shows(per_step)[-2] == Screen("BASKET", ("Lines 1-2", "Remove line no.", "",
+                                                    "ENTER to confirm"))
+    assert shows(per_step)[-1].lines[-1] == "Max 2"
+    state, per_step = drive(keys("1") + [Key("ENTER")], state)
+    assert state.cart.lines == (BasketLine("1", "Mineral water 550ml", 1, 200, 200),)
+    assert shows(per_step)[-1].title == "BASKET 1 item"
+
+
+def test_options_of_an_empty_basket_are_refused():
+    state, per_step = drive(TO_BASKET + [Key("MENU"), Key("5")], CASHIER)
+    assert state.phase == "BASKET" and shows(per_step)[-1].lines[-1] == "Basket is empty"
+    assert not any(isinstance(a, SaveBasket) for a in flat(per_step))
+    state, per_step = drive([Key("MENU"), Key("9"), Key("BACK")], state)
+    assert per_step[1] == [Beep("error")] and state.phase == "BASKET"
+
+
+def test_a_discount_within_the_limits_needs_nobody():
+    state, per_step = drive(TEA3 + [Key("MENU"), Key("3")], CASHIER)
+    assert shows(per_step)[-1] == Screen("BASKET", ("Subtotal CNY 10.50", "Discount amount",
+                                                    "CNY 0.00", "ENTER to confirm"))
+    state, per_step = drive(keys("105") + [Key("ENTER")], state)
+    assert shows(per_step)[-1] == basket("BASKET 3 items", "3 x Green tea 500ml",
+                                         "Discount -1.05", "Total CNY 9.45", "Key code or scan")
+    assert state.cart.discount == 105 and state.phase == "BASKET"
+    state, _ = drive([Key("MENU"), Key("4")] + keys("10") + [Key("ENTER")], state)
+    assert state.cart.discount == 105 and state.cart.percent == 10
+
+
+def test_a_discount_amount_is_at_most_the_subtotal():
+    state, per_step = drive(TEA3 + [Key("MENU"), Key("3")] + keys("10501"), CASHIER)
+    assert shows(per_step)[-1].lines[-2:] == ("CNY 10.50", "Max CNY 10.50")
+
+
+TO_OVER = TEA3 + [Key("MENU"), Key("4")] + keys("20") + [Key("ENTER")]  # 20% = 2.10 > 10%
+
+
+def test_a_discount_over_the_limits_confirmed_by_a_supervisor():
+    state, per_step = drive(TO_OVER, CASHIER)
+    assert state.phase == "CONFIRM" and state.cart.discount == 0
+    assert shows(per_step)[-1] == sup("Discount CNY 2.10", "Supervisor no.", "", "ENTER to confirm")
+    state, per_step = drive(confirm(), state)
+    assert state.phase == "BASKET" and state.cart.discount == 210 and state.role == "cashier"
+    assert shows(per_step)[-1].lines[1:3] == ("Discount -2.10", "Total CNY 8.40")
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (confirm("cashier"), "Supervisor only"),
+    (confirm(ok=False, reason="Wrong password"), "Wrong password"),
+])
+def test_a_refused_discount_leaves_the_basket_unchanged(answer, reason):
+    state, _ = drive(TO_OVER, CASHIER)
+    before = state.cart
+    state, per_step = drive(answer, state)
+    assert shows(per_step)[-1] == Screen("Not allowed", (reason,), "error")
+    state, per_step = drive([Key("ENTER")], state)
+    assert state.phase == "BASKET" and state.cart == before and state.cart.discount == 0
+    assert shows(per_step)[-1].lines[-2] == "Total CNY 10.50"
+
+
+def test_discount_confirm_cancelled_or_timed_out_goes_back_to_the_basket():
+    state, _ = drive(TO_OVER + keys("07") + [Key("ENTER")], CASHIER)
+    after, actions = step(CFG, state, Key("CANCEL"))
+    assert after.phase == "BASKET" and after.cart.discount == 0 and actions[0] == StopPin()
+    after, actions = step(CFG, state, Timeout("shell", state.sale.token))
+    assert after.phase == "BASKET" and after.cart.discount == 0 and actions[0] == StopPin()
+
+
+def test_a_supervisor_gives_any_discount():
+    state, _ = drive(TO_OVER, SUPERVISOR)
+    assert state.phase == "BASKET" and state.cart.discount == 210
+
+
+def test_cancel_asks_before_clearing_the_basket():
+    state, per_step = drive(TEA3 + [Key("CANCEL")], CASHIER)
+    assert shows(per_step)[-1] == Screen("BASKET", ("Clear basket?", "ENTER to clear",
+                                                    "CANCEL to keep"))
+    kept, _ = drive([Key("CANCEL")], state)
+    assert kept.phase == "BASKET" and kept.cart.lines == (TEA_LINE,)
+    cleared, per_step = drive([Key("ENTER")], state)
+    assert cleared.phase == "IDLE" and cleared.cart is None and per_step[-1][-1] == Idle()
+    state, per_step = drive(TO_BASKET + [Key("CANCEL")], CASHIER)  # an empty one: at once
+    assert state.phase == "IDLE" and per_step[-1][-1] == Idle()
+
+
+def test_basket_screens_time_out_back_to_the_basket():
+    for prefix in (TEA3[:-2], TEA3 + [Key("MENU")], TEA3 + [Key("CANCEL")]):
+        state, _ = drive(prefix, CASHIER)
+        state, actions = step(CFG, state, Timeout("shell", state.sale.token))
+        assert state.phase == "BASKET" and state.cart.lines and CancelTimers() not in actions[1:]
+
+
+def test_pay_keeps_the_basket_then_offers_the_tenders():
+    state, per_step = drive(TEA3 + [Key("MENU"), Key("5")], CASHIER)
+    assert per_step[-1][-1] == SaveBasket((TEA_LINE,), 1050, 0, 1050)
+    assert state.phase == "SAVING" and busy(state)
+    state, per_step = drive([BasketSaved(7)], state)
+    assert per_step[-1] == [Show(TENDER)] and state.phase == "TENDER" and not state.timer
+    assert (state.basket_id, state.due) == (7, 1050)
+
+
+def test_a_basket_that_cannot_be_kept_stays_on_screen():
+    state, per_step = drive(TEA3 + [Key("MENU"), Key("5"), BasketSaved(None, "Journal error")],
+                            CASHIER)
+    assert state.phase == "BASKET" and state.cart.lines == (TEA_LINE,)
+    assert shows(per_step)[-1].lines[-1] == "Journal error"
+
+
+def test_a_basket_over_the_max_amount_or_free_is_not_paid():
+    small = replace(CFG, sale=replace(SALE_CFG, max_amount=1000))
+    state, per_step = drive(TEA3 + [Key("MENU"), Key("5")], CASHIER, small)
+    assert shows(per_step)[-1].lines[-1] == "Max CNY 10.00"
+    state, per_step = drive(TEA3 + [Key("MENU"), Key("4")] + keys("100")
+                            + [Key("ENTER"), Key("MENU"), Key("5")], SUPERVISOR)
+    assert shows(per_step)[-1].lines[-1] == "Nothing to pay"
+
+
+def test_card_tender_pays_the_whole_basket():
+    state, per_step = drive(TO_TENDER + [Key("1")], CASHIER)
+    assert state.phase == "CARD" and state.sale.spec == TxnSpec("sale", 1050, basket_id=7)
+    assert per_step[-1][:2] == [Beep("key"), Show(Screen("SALE CNY 10.50",
+                                                          ("Insert or swipe card",)))]
+    state, per_step = drive(DECLINE[:5] + [AuthResult("approved", "00", txn_id=8),
+                                           PrintDone(True), Key("ENTER"), CardRemoved()], state)
+    assert per_step[4][-1] == Authorise("sale", 1050, TxnSpec("sale", 1050, basket_id=7))
+    assert state.phase == "IDLE" and state.cart is None and per_step[-1][-1] == Idle()
+
+
+def test_a_declined_card_comes_back_to_the_tenders():
+    state, per_step = drive(TO_TENDER + [Key("1")] + DECLINE, CASHIER)
+    assert state.phase == "TENDER" and state.due == 1050 and state.basket_id == 7
+    assert per_step[-1] == [CancelTimers(), Show(Screen("PAY", (*TENDER.lines, "Card not paid"),
+                                                        "error"))]
+    assert Idle() not in per_step[-1] and state.sale.phase == "IDLE"
+    state, per_step = drive([Key("CANCEL")], state)  # the customer walks away
+    assert state.phase == "IDLE" and per_step[-1][-1] == Idle()
+
+
+def test_qr_tender_with_the_basket_id_and_back_to_the_tenders_when_declined():
+    state, per_step = drive(TO_TENDER + [Key("2")], CASHIER)
+    assert shows(per_step)[-1] == Screen("QR SALE", ("CNY 10.50", "Scan payment code", "",
+                                                     "ENTER to confirm"))
+    state, per_step = drive([CodeScanned(CODE)], state)
+    assert per_step[-1][-1] == QrPay(1250 - 200, CODE, 7)
+    declined, per_step = drive([AuthResult("declined", "51", "Insufficient funds"), Key("ENTER")],
+                               state)
+    assert declined.phase == "TENDER" and shows(per_step)[-1] == TENDER
+    paid, per_step = drive([AuthResult("approved", txn_id=9), PrintDone(True), Key("ENTER")], state)
+    assert paid.phase == "IDLE" and paid.cart is None and per_step[-1][-1] == Idle()
+
+
+def test_qr_tender_over_the_wallet_limit_and_cancelled():
+    state, per_step = drive(TO_TENDER + [Key("2")], CASHIER, replace(CFG, wallet_limit=1000))
+    assert per_step[-1] == [Beep("error"), Show(Screen("PAY", (*TENDER.lines, "Over QR limit"),
+                                                       "error"))]
+    state, per_step = drive(TO_TENDER + [Key("2"), Key("CANCEL")], CASHIER)
+    assert state.phase == "TENDER" and shows(per_step)[-1] == TENDER
+
+
+def cash_paid(paid: str, change: str, *tail: str) -> Screen:
+    return Screen("CASH PAID", (f"Paid CNY {paid}", f"Change CNY {change}", *tail), "ok")
+
+
+def test_cash_tender_with_change():
+    state, per_step = drive(TO_TENDER + [Key("3")], CASHIER)
+    assert shows(per_step)[-1] == Screen("CASH", ("Due CNY 10.50", "Tendered", "CNY 0.00",
+                                                  "ENTER to confirm"))
+    state, per_step = drive(keys("1000") + [Key("ENTER")], state)
+    assert per_step[-1] == [Beep("error"), Show(Screen("CASH", ("Due CNY 10.50", "Tendered",
+                                                                "CNY 10.00", "Not enough"),
+                                                       "error"))]
+    state, per_step = drive([Key("CLEAR")] + keys("2000") + [Key("ENTER")], state)
+    assert per_step[-1][-1] == PayCash(1050, 2000, 7) and busy(state)
+    state, per_step = drive([CashDone(11, 950)], state)
+    assert per_step[-1] == [Show(cash_paid("10.50", "9.50", "Printing...")), Beep("ok"), Print(11)]
+    state, per_step = drive([PrintDone(False, "paper out")], state)
+    assert shows(per_step)[-1] == cash_paid("10.50", "9.50", "Printer: paper out", "Receipt queued")
+    state, per_step = drive([Key("ENTER")], state)
+    assert state.phase == "IDLE" and per_step[-1][-1] == Idle()
+
+
+def test_cash_not_recorded_says_why_and_goes_back_to_the_tenders():
+    state, per_step = drive(TO_TENDER + [Key("3")] + keys("1050")
+                            + [Key("ENTER"), CashDone(None, 0, "Disk full")], CASHIER)
+    assert shows(per_step)[-1] == Screen("CASH", ("Not recorded", "Disk full"), "error")
+    assert not any(isinstance(a, Print) for a in flat(per_step))
+    state, _ = drive([Key("ENTER")], state)
+    assert state.phase == "TENDER" and state.due == 1050
+
+
+def test_split_tender_cash_then_card_declined_then_cash_for_the_rest():
+    state, per_step = drive(TO_TENDER + [Key("4"), Key("ENTER")], CASHIER)
+    assert shows(per_step)[-2] == Screen("CASH", ("Due CNY 10.50", "Cash part", "CNY 0.00",
+                                                  "ENTER to confirm"))
+    assert shows(per_step)[-1].lines[-1] == "Key the cash part"
+    state, per_step = drive(keys("1050"), state)  # the cash part leaves something for the card
+    assert shows(per_step)[-1].lines[-2:] == ("CNY 1.05", "Max CNY 10.49")
+    state, per_step = drive([Key("CLEAR")] + keys("500") + [Key("ENTER")] + keys("500")
+                            + [Key("ENTER")], state)
+    assert shows(per_step)[-2] == Screen("CASH", ("Due CNY 5.00", "Tendered", "CNY 5.00",
+                                                  "ENTER to confirm"))
+    assert per_step[-1][-1] == PayCash(500, 500, 7)
+    state, per_step = drive([CashDone(12, 0), PrintDone(True)], state)
+    assert per_step[0][-1] == Print(12)
+    assert state.phase == "CARD" and state.sale.spec == TxnSpec("sale", 550, basket_id=7)
+    state, per_step = drive(DECLINE, state)
+    assert state.phase == "TENDER" and state.due == 550
+    assert shows(per_step)[-1] == Screen("STILL DUE", ("CNY 5.50", "1 Card  2 QR",
+                                                       "3 Cash  4 Cash+card", "Card not paid"),
+                                         "error")
+    state, per_step = drive([Key("3")] + keys("1000") + [Key("ENTER")], state)
+    assert per_step[-1][-1] == PayCash(550, 1000, 7)
+    state, per_step = drive([CashDone(13, 450), PrintDone(True)], state)
+    assert shows(per_step)[-1] == cash_paid("5.50", "4.50", "Take receipt")
+
+
+def test_split_tender_with_the_card_approved_ends_at_idle():
+    state, _ = drive(TO_TENDER + [Key("4")] + keys("50") + [Key("ENTER")] + keys("100")
+                     + [Key("ENTER"), CashDone(12, 50), PrintDone(True)], CASHIER)
+    assert state.sale.spec == TxnSpec("sale", 1000, basket_id=7)
+    state, per_step = drive(DECLINE[:5] + [AuthResult("approved", txn_id=14), PrintDone(True),
+                                           Key("ENTER"), CardRemoved()], state)
+    assert state.phase == "IDLE" and per_step[-1][-1] == Idle()
+
+
+def test_cash_sale_from_the_sale_menu():
+    state, per_step = drive([Key("MENU"), Key("1"), Key("3")], CASHIER)
+    assert shows(per_step)[-1] == Screen("CASH", ("Amount", "CNY 0.00", "ENTER to confirm"))
+    state, per_step = drive(keys("1234") + [Key("ENTER")], state)
+    assert shows(per_step)[-1] == Screen("CASH", ("Due CNY 12.34", "Tendered", "CNY 0.00",
+                                                  "ENTER to confirm"))
+    state, per_step = drive(keys("5000") + [Key("ENTER"), CashDone(4, 3766), PrintDone(True)],
+                            state)
+    assert per_step[4][-1] == PayCash(1234, 5000, None)
+    assert shows(per_step)[-1] == cash_paid("12.34", "37.66", "Take receipt")
+    cancelled, per_step = drive([Key("MENU"), Key("1"), Key("3")] + keys("12")
+                                + [Key("ENTER"), Key("CANCEL")], CASHIER)
+    assert cancelled.phase == "IDLE" and per_step[-1][-1] == Idle()
+
+
+def test_shutdown_while_the_basket_is_kept_or_the_cash_paid():
+    state, _ = drive(TEA3 + [Key("MENU"), Key("5"), Shutdown()], CASHIER)
+    assert state.stopping
+    state, actions = step(CFG, state, BasketSaved(7))
+    assert state.phase == "IDLE" and resting(state) and actions[-1] == Idle()
+    state, _ = drive(TO_TENDER + [Key("4")] + keys("50") + [Key("ENTER")] + keys("50")
+                     + [Key("ENTER"), Shutdown()], CASHIER)
+    state, per_step = drive([CashDone(3, 0), PrintDone(True)], state)
+    assert per_step[0][-1] == Print(3)  # the receipt of the cash taken still prints
+    assert state.phase == "IDLE" and per_step[-1][-1] == Idle()  # and no card is asked for
+
+
+def test_shutdown_at_the_tenders_rests_at_once():
+    state, _ = drive(TO_TENDER, CASHIER)
+    state, actions = step(CFG, state, Shutdown())
+    assert state.phase == "IDLE" and actions[-1] == Idle()
+
+
+def test_a_declined_card_part_during_shutdown_goes_to_rest():
+    state, _ = drive(TO_TENDER + [Key("1")] + DECLINE[:5] + [Shutdown()], CASHIER)
+    state, actions = step(CFG, state, AuthResult("declined", "05"))
+    assert state.phase == "IDLE" and actions[-1] == Idle()
+
+
+MANAGER_2 = menu_screen("MANAGER 2/2", "5 Sign off", "6 Terminal info", "7 Training mode",
+                        "8 No sale")
+TRAINING_IDLE = Screen("TRAINING  op 01", ("Key in amount", "CONNECTING  queued 0"))
+
+
+def test_training_mode_needs_a_supervisor_and_shows_on_the_idle_screen():
+    state, per_step = drive(TO_MANAGER + [Key("ENTER"), Key("7")], CASHIER)
+    assert shows(per_step)[-2] == MANAGER_2 and state.phase == "CONFIRM"
+    state, per_step = drive(confirm(), state)
+    assert per_step[-1][-1] == SetTraining(True) and busy(state)
+    state, per_step = drive([TrainingSet(True)], state)
+    assert per_step[-1] == [Beep("ok"), CancelTimers(), Show(TRAINING_IDLE), Idle()]
+    state, per_step = drive(keys("1") + [Key("CANCEL")], state)  # a sale keeps it
+    assert shows(per_step)[-1] == TRAINING_IDLE and state.sale.training
+    state, per_step = drive(TO_MANAGER + [Key("ENTER"), Key("7")] + confirm(), state)
+    assert per_step[-1][-1] == SetTraining(False)
+    state, per_step = drive([TrainingSet(False)], state)
+    assert shows(per_step)[-1] == IDLE_01 and not state.sale.training
+
+
+def test_training_switch_refused_shows_why():
+    state, per_step = drive(TO_MANAGER + [Key("ENTER"), Key("7"), TrainingSet(False, "Batch open")],
+                            SUPERVISOR)
+    assert shows(per_step)[-1] == Screen("TRAINING MODE", ("Batch open", "Training OFF"), "error")
+    assert not state.sale.training
+    state, per_step = drive([Key("ENTER")], state)
+    assert shows(per_step)[-1].title == "KPOS     op 07"
+
+
+def test_no_sale_opens_the_drawer_for_a_supervisor():
+    state, per_step = drive(TO_MANAGER + [Key("ENTER"), Key("8")], CASHIER)
+    assert state.phase == "CONFIRM" and OpenDrawer() not in flat(per_step)
+    state, per_step = drive(confirm(), state)
+    assert OpenDrawer() in per_step[-1]
+    assert shows(per_step)[-1] == Screen("NO SALE", ("Drawer open",), "ok")
+    state, per_step = drive(confirm("cashier"), drive(TO_MANAGER + [Key("ENTER"), Key("8")],
+                                                      CASHIER)[0])
+    assert OpenDrawer() not in flat(per_step)
+
+
 # ---- random event sequences ----
 
 SUMMARIES = st.builds(row, kind=st.sampled_from(["sale", "completion", "refund", "void",
@@ -687,6 +1087,11 @@ EVENTS = st.one_of(
     st.builds(Timeout, st.sampled_from(["shell", "card", "pin", "result", "entry", "confirm"]),
               st.integers(0, 60)),
     st.builds(LinkStatus, st.none() | st.booleans(), st.integers(0, 9), st.integers(0, 9)),
+    st.sampled_from(["6920152400012", "6920152400013", "4006381333931", EAN_UNKNOWN, "12",
+                     "036000291452"]).map(BarcodeScanned),
+    st.builds(BasketSaved, st.none() | st.integers(1, 9), TEXT),
+    st.builds(CashDone, st.none() | st.integers(1, 9), st.integers(0, 10**6), TEXT),
+    st.builds(TrainingSet, st.booleans(), st.sampled_from(["", "Batch open", "x" * 70])),
 )
 STARTS = st.sampled_from([  # from rest, and from deep inside forms, lists and payments
     [], login("01", "cashier"), login("07", "supervisor"),
@@ -697,6 +1102,13 @@ STARTS = st.sampled_from([  # from rest, and from deep inside forms, lists and p
     login("01", "cashier") + [Key("MENU"), Key("6")] + keys(KEYED[:10]),
     login("07", "supervisor") + [Key("MENU"), Key("4"), Key("3")] + keys("654321")
     + [Key("ENTER")],
+    login("01", "cashier") + TEA3,
+    login("01", "cashier") + TO_OVER,
+    login("01", "cashier") + TO_TENDER,
+    login("01", "cashier") + TO_TENDER + [Key("4")] + keys("50") + [Key("ENTER")],
+    login("01", "cashier") + TO_TENDER + [Key("1")],
+    login("01", "cashier") + [Key("MENU"), Key("1"), Key("3")] + keys("99") + [Key("ENTER")],
+    login("07", "supervisor") + TO_MANAGER + [Key("ENTER"), Key("7")],
 ])
 
 
@@ -715,5 +1127,11 @@ def test_random_events_never_raise_screens_fit_and_hide_card_numbers(prefix, eve
             assert state.sale.phase == "IDLE"
         if state.phase in ("LOGIN", "CONFIRM"):
             assert state.login is not None
+        if state.phase in ("BASKET", "BASKET_MENU", "CLEAR_BASKET", "SAVING"):
+            assert state.cart is not None and state.basket_id is None
+        if state.phase == "TENDER":
+            assert state.basket_id is not None and 0 < state.due <= state.cart.total
+        if state.cart is not None:
+            assert 0 <= state.cart.discount <= state.cart.subtotal
         assert PAN not in repr(state) and KEYED not in repr(state) and CODE not in repr(state)
 

@@ -1,5 +1,6 @@
-"""QR scanner: the line decoder, the serial scanner over a pty and pyserial's loop://, the
-fault when unplugged, and the config choice. Waits are bounded queue reads, never sleeps."""
+"""QR / barcode scanner: the line decoder (payment codes and product barcodes), the serial
+scanner over a pty and pyserial's loop://, the fault when unplugged, and the config choice.
+Waits are bounded queue reads, never sleeps."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware.flows.types import CodeScanned
+from firmware.flows.types import BarcodeScanned, CodeScanned
 from firmware.hal import DeviceError
 from firmware.hal.scanner import OFFLINE, CodeDecoder, SerialScanner, build_scanner
 
@@ -19,6 +20,7 @@ WECHAT = "134567890123456780"
 ALIPAY = "2812345678901234"
 UNIONPAY = "6212345678901234560"
 CODES = (WECHAT, ALIPAY, UNIONPAY)
+EAN13, UPC_A, EAN8 = "4006381333931", "036000291452", "73513537"
 WAIT = 3.0  # seconds to wait for an event that must come
 
 
@@ -33,8 +35,9 @@ def no_code_in_logs(caplog):
 
 def test_good_codes_end_with_cr_lf_or_tab():
     decoder = CodeDecoder()
-    assert decoder.feed(f"{WECHAT}\r{ALIPAY}\n{UNIONPAY}\t".encode()) == [WECHAT, ALIPAY, UNIONPAY]
-    assert decoder.feed(f"{WECHAT}\r\n".encode()) == [WECHAT]
+    assert decoder.feed(f"{WECHAT}\r{ALIPAY}\n{UNIONPAY}\t".encode()) == [
+        CodeScanned(WECHAT), CodeScanned(ALIPAY), CodeScanned(UNIONPAY)]
+    assert decoder.feed(f"{WECHAT}\r\n".encode()) == [CodeScanned(WECHAT)]
 
 
 def test_a_code_may_come_in_pieces():
@@ -42,7 +45,7 @@ def test_a_code_may_come_in_pieces():
     assert decoder.feed(WECHAT[:5].encode()) == []
     assert decoder.pending == 5
     assert decoder.feed(WECHAT[5:].encode()) == []
-    assert decoder.feed(b"\r") == [WECHAT]
+    assert decoder.feed(b"\r") == [CodeScanned(WECHAT)]
     assert decoder.pending == 0
 
 
@@ -55,7 +58,23 @@ def test_a_code_may_come_in_pieces():
     ("", f"]Q1{WECHAT}", []),  # none is
 ])
 def test_aim_symbology_identifier(aim, line, codes):
-    assert CodeDecoder(aim).feed(line.encode() + b"\r") == codes
+    assert CodeDecoder(aim).feed(line.encode() + b"\r") == [CodeScanned(c) for c in codes]
+
+
+@pytest.mark.parametrize("line, scan", [
+    (EAN13, BarcodeScanned(EAN13)),
+    (UPC_A, BarcodeScanned(UPC_A)),
+    (EAN8, BarcodeScanned(EAN8)),
+    ("]E0" + EAN13, BarcodeScanned(EAN13)),
+    ("4006381333932", BarcodeScanned("4006381333932")),  # a bad check digit: the flow says so
+    ("123456789", None), ("12345678901", None), ("12345678901234", None),  # 9, 11, 14 digits
+    ("400638133393X", None),
+])
+def test_barcodes_of_8_12_13_digits_are_barcode_scans(line, scan, caplog):
+    decoder = CodeDecoder()
+    assert decoder.feed(line.encode() + b"\r" + WECHAT.encode() + b"\n") == [
+        *([scan] if scan else []), CodeScanned(WECHAT)]
+    assert (EAN13 not in caplog.text) and ("dropped" in caplog.text) == (scan is None)
 
 
 @pytest.mark.parametrize("garbage", [
@@ -65,14 +84,18 @@ def test_aim_symbology_identifier(aim, line, codes):
 ])
 def test_garbage_is_dropped_and_logged_without_content(garbage, caplog):
     decoder = CodeDecoder()
-    assert decoder.feed(garbage + b"\n" + WECHAT.encode() + b"\n") == [WECHAT]
+    assert decoder.feed(garbage + b"\n" + WECHAT.encode() + b"\n") == [CodeScanned(WECHAT)]
     assert "dropped" in caplog.text
 
 
 @given(st.binary(max_size=200))
-def test_decoder_only_ever_yields_16_to_24_ascii_digits(data):
-    for code in CodeDecoder().feed(data + b"\n"):
-        assert code.isascii() and code.isdigit() and 16 <= len(code) <= 24
+def test_decoder_only_ever_yields_codes_of_16_to_24_and_barcodes_of_8_12_13_digits(data):
+    for scan in CodeDecoder().feed(data + b"\n"):
+        assert scan.code.isascii() and scan.code.isdigit()
+        if isinstance(scan, CodeScanned):
+            assert 16 <= len(scan.code) <= 24
+        else:
+            assert isinstance(scan, BarcodeScanned) and len(scan.code) in (8, 12, 13)
 
 
 # ---- the serial scanner ----
@@ -105,8 +128,9 @@ def test_pty_scanner_posts_good_codes_only(pty, caplog):
         os.write(master, f"]Q1{WECHAT}\r".encode())
         assert events.get(timeout=WAIT) == CodeScanned(WECHAT)
         os.write(master, b"\x00\xffnoise\n" + b"7" * 80 + b"\r" + b"12345\r")
-        os.write(master, f"{ALIPAY}\t".encode())
+        os.write(master, f"{ALIPAY}\t]E0{EAN13}\r".encode())
         assert events.get(timeout=WAIT) == CodeScanned(ALIPAY)  # nothing came before it
+        assert events.get(timeout=WAIT) == BarcodeScanned(EAN13)
         os.write(master, UNIONPAY[:8].encode())  # a partial line, then the port closes
     finally:
         scanner.close()

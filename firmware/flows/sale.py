@@ -32,10 +32,11 @@ the idle and present-card screens); LinkStatus in any phase (stored, shown on th
 screen: ONLINE/OFFLINE, queued items, operator alerts); AuthResult (an offline approval
 says so on the result screen), PrintDone, Timeout, Shutdown.
 
-Shared with the menu shell: the amount entry (`amount_key`, `amount_screen`), digit
-editing (`edit_digits`, `edit_beep`), keyed cards (`keyed_card`, `keyed_line`) and the
-operator number + password sub-flow (`Login`, `login_begin`, `login_step`) used for the
-login and for a supervisor's confirmation.
+Shared with the menu shell: the amount and number entry (`amount_key`, `number_key`,
+`amount_screen`), digit editing (`edit_digits`, `edit_beep`), keyed cards (`keyed_card`,
+`keyed_line`) and the operator number + password sub-flow (`Login`, `login_begin`,
+`login_step`) used for the login and for a supervisor's confirmation. `SaleState.training`
+(set by the shell) only changes the idle screen's title.
 """
 from __future__ import annotations
 
@@ -57,9 +58,9 @@ from firmware.txnkinds import KINDS, role_allows
 
 __all__ = ["SaleConfig", "SaleState", "PHASES", "BUSY_PHASES", "start", "step",
            "busy", "begin", "idle_screen", "amount_screen", "amount_key", "outcome_screen",
-           "result_title", "kind_label", "money", "edit_digits", "edit_beep", "keyed_card",
-           "keyed_line", "Login", "login_begin", "login_step", "login_abort", "login_screen",
-           "supervisor_refusal", "PASSWORD_MAX"]
+           "result_title", "kind_label", "money", "number_key", "edit_digits", "edit_beep",
+           "keyed_card", "keyed_line", "Login", "login_begin", "login_step", "login_abort",
+           "login_screen", "supervisor_refusal", "PASSWORD_MAX"]
 
 PHASES = ("IDLE", "AMOUNT", "PRESENT_CARD", "MANUAL_PAN", "MANUAL_EXPIRY", "READING",
           "CHOOSE_APP", "CHECKING", "SUPERVISOR", "PIN", "VERIFYING", "AUTHORISING", "PRINTING",
@@ -236,6 +237,7 @@ class SaleState:
     role: str = ""  # their txnkinds role
     login: Login | None = None  # a supervisor confirming (SUPERVISOR)
     entry: str = field(default="", repr=False)  # digits being keyed (expiry MMYY)
+    training: bool = False  # training mode: the idle screen says TRAINING (kept across sales)
 
 
 def start(cfg: SaleConfig) -> Step:
@@ -298,7 +300,7 @@ def result_title(kind: str, word: str = "APPROVED") -> str:
 
 def idle_screen(state: SaleState) -> Screen:
     """"Key in amount", the link line, then a reader fault and operator alerts if any; the
-    logged-in operator in the title."""
+    logged-in operator in the title, which starts TRAINING in training mode."""
     link = state.link
     word = {True: "ONLINE", False: "OFFLINE", None: "CONNECTING"}[link.online]
     lines = ["Key in amount", fit(f"{word}  queued {link.queued}")]
@@ -306,7 +308,8 @@ def idle_screen(state: SaleState) -> Screen:
         lines.append(fit("Reader: " + state.reader_fault))
     if link.alerts:
         lines.append(fit(f"! {link.alerts} alert{'s' if link.alerts > 1 else ''}: support"))
-    title = fit(f"KPOS     op {state.operator}") if state.operator else "KPOS"
+    word = "TRAINING  " if state.training else "KPOS     "
+    title = fit(f"{word}op {state.operator}") if state.operator else word.strip()
     return Screen(title, tuple(lines))
 
 
@@ -321,18 +324,28 @@ def amount_key(cfg: SaleConfig, amount: int, key: str, title: str = "SALE",
     (a digit past `limit`, default `cfg.max_amount`, is refused with a "Max" note); None for
     any other key."""
     limit = cfg.max_amount if limit is None else limit
+    moved = number_key(amount, key, limit)
+    if moved is None:
+        return None
+    amount, beep = moved
+    if not beep:
+        return amount, []
+    note = f"Max {money(cfg, limit)}" if beep == "error" else ""
+    return amount, [Beep(beep), Show(amount_screen(cfg, amount, note, title))]
+
+
+def number_key(value: int, key: str, limit: int) -> tuple[int, str] | None:
+    """A digit, BACK or CLEAR on a number field (an amount, a quantity): the new value and
+    the beep: "key", "error" (a digit past `limit`: the value stays) or "" (a leading zero:
+    nothing happens). None for any other key."""
     if key in ("BACK", "CLEAR"):
-        amount = amount // 10 if key == "BACK" else 0
-        return amount, [Beep("key"), Show(amount_screen(cfg, amount, title=title))]
+        return (value // 10 if key == "BACK" else 0), "key"
     if key not in DIGITS:
         return None
-    if amount == 0 and key == "0":
-        return amount, []
-    if amount * 10 + int(key) > limit:
-        note = f"Max {money(cfg, limit)}"
-        return amount, [Beep("error"), Show(amount_screen(cfg, amount, note, title))]
-    amount = amount * 10 + int(key)
-    return amount, [Beep("key"), Show(amount_screen(cfg, amount, title=title))]
+    grown = value * 10 + int(key)
+    if grown > limit:
+        return value, "error"
+    return grown, "key" if grown != value else ""
 
 
 def _head(cfg: SaleConfig, state: SaleState) -> tuple[str, tuple[str, ...]]:
@@ -443,7 +456,7 @@ def _is_timeout(state: SaleState, event: Event, name: str) -> bool:
 def _to_idle(state: SaleState, *first: Action) -> Step:
     idle = SaleState(card_present=state.card_present, token=state.token,
                      reader_fault=state.reader_fault, link=state.link,
-                     operator=state.operator, role=state.role)
+                     operator=state.operator, role=state.role, training=state.training)
     return idle, [*first, CancelTimers(), Show(idle_screen(idle)), Idle()]
 
 

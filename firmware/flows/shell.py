@@ -13,36 +13,53 @@ While a card transaction runs (phase CARD) every event goes to sale.step; when i
 Idle() the shell is back at IDLE. LinkStatus/ReaderStatus always reach the card flow's state
 (the idle screen shows them). Phases:
   LOGIN    operator number, password on the PIN pad -> CheckLogin -> LoginResult
-  IDLE     digits or ENTER start a quick sale; MENU opens the menu
+  IDLE     digits or ENTER start a quick sale; MENU opens the menu; a product barcode
+           (BarcodeScanned) opens a basket with that item
   MENU     numbered items, 4 a screen: MENU/ENTER next page, BACK previous, digit picks
   CONFIRM  a supervisor confirms an item above the operator's role (same sub-flow as LOGIN)
   FORM     one field of an item: STAN, RRN, date MMDD, auth code, amount, card to pay
            (keyed or swiped), payment code (scanned or keyed)
   ASK      "ENTER to void", "Settle batch?"
   LIST, DETAIL   journal rows (ListTxns pages, one row, ENTER reprints it)
-  RESULT   a task's answer or a refusal's reason, then IDLE (or back to MENU)
+  RESULT   a task's answer or a refusal's reason, then IDLE (or back to MENU, the basket
+           or the tender menu)
+The checkout (issue 11; firmware.basket does the arithmetic, `cfg.catalog` the products):
+  BASKET        the basket: digits + ENTER add a product by code, BarcodeScanned by barcode
+                (a bad or unknown one is refused with its reason); MENU: BASKET_MENU
+                (quantity, remove, discount amount or percent: a supervisor CONFIRMs one
+                over the limits; pay); CANCEL: CLEAR_BASKET asks first
+  TENDER        a kept basket's amount due: 1 card (the card flow, TxnSpec.basket_id),
+                2 QR (FORM payment code -> QR_WAITING), 3 cash, 4 cash + card; a card part
+                not approved comes back here with what is still due
+  NUMBER        one number: quantity, line, discount, cash part, amount tendered
 Busy: FINDING (FindTxn), LISTING (ListTxns), TASK (RunTask, Reprint), QR_WAITING (QrPay),
-QR_PRINTING, and LOGIN/CONFIRM while the password is checked: a Shutdown there waits for
+QR_PRINTING, SAVING (SaveBasket), PAYING_CASH (PayCash), CASH_PRINTING, SWITCHING
+(SetTraining), and LOGIN/CONFIRM while the password is checked: a Shutdown there waits for
 the answer; elsewhere it returns to rest at once (IDLE, or LOGIN when nobody is logged in)
-and emits Idle(). `resting()` tells the app the terminal is at rest.
+and emits Idle(). `resting()` tells the app the terminal is at rest. BASKET and TENDER
+have no timer (a basket waits for the cashier); the other checkout screens time out back
+to them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from firmware.basket import CODE_MAX, MAX_QTY, Basket, Catalog, Product, barcode_error
 from firmware.cardsafe import luhn_ok
 from firmware.emv.card import CardData
 from firmware.flows import sale
 from firmware.flows.sale import (
     Login, SaleConfig, SaleState, amount_key, amount_screen, edit_beep, edit_digits, idle_screen,
     keyed_card, keyed_line, kind_label, login_abort, login_begin, login_screen, login_step, money,
-    outcome_screen, result_title, supervisor_refusal,
+    number_key, outcome_screen, result_title, supervisor_refusal,
 )
 from firmware.flows.types import (
-    DIGITS, LCD_COLS, Action, AuthResult, Beep, CancelTimers, CardInserted, CardRemoved,
-    CardSwiped, CodeScanned, Event, FindTxn, Idle, Key, LinkStatus, ListTxns, LoginResult, Logout,
-    OriginalRef, Print, PrintDone, QrPay, QrProgress, ReaderStatus, Reprint, RunTask, Screen, Show,
-    Shutdown, StartTimer, TaskDone, Timeout, TxnFound, TxnPage, TxnSpec, TxnSummary, fit, wrap,
+    DIGITS, LCD_COLS, Action, AuthResult, BarcodeScanned, BasketSaved, Beep, CancelTimers,
+    CardInserted, CardRemoved, CardSwiped, CashDone, CodeScanned, Event, FindTxn, Idle, Key,
+    LinkStatus, ListTxns, LoginResult, Logout, OpenDrawer, OriginalRef, PayCash, Print, PrintDone,
+    QrPay, QrProgress, ReaderStatus, Reprint, RunTask, SaveBasket, Screen, SetTraining, Show,
+    Shutdown, StartTimer, TaskDone, Timeout, TrainingSet, TxnFound, TxnPage, TxnSpec, TxnSummary,
+    fit, wrap,
 )
 from firmware.money import CURRENCIES, currency_alpha, format_amount
 from firmware.txnkinds import KINDS, ROLES, role_allows
@@ -51,8 +68,11 @@ __all__ = ["ShellConfig", "ShellState", "PHASES", "BUSY_PHASES", "MENUS", "STEPS
            "start", "step", "busy", "resting"]
 
 PHASES = ("LOGIN", "IDLE", "CARD", "MENU", "CONFIRM", "FORM", "ASK", "FINDING", "LISTING",
-          "LIST", "DETAIL", "TASK", "RESULT", "QR_WAITING", "QR_PRINTING")
-BUSY_PHASES = frozenset({"FINDING", "LISTING", "TASK", "QR_WAITING", "QR_PRINTING"})
+          "LIST", "DETAIL", "TASK", "RESULT", "QR_WAITING", "QR_PRINTING", "BASKET",
+          "BASKET_MENU", "CLEAR_BASKET", "NUMBER", "SAVING", "TENDER", "PAYING_CASH",
+          "CASH_PRINTING", "SWITCHING")
+BUSY_PHASES = frozenset({"FINDING", "LISTING", "TASK", "QR_WAITING", "QR_PRINTING", "SAVING",
+                         "PAYING_CASH", "CASH_PRINTING", "SWITCHING"})
 PAGE = 4  # menu items and journal rows a screen
 TIMER = "shell"  # the name of the shell's timer; its token comes from SaleState.token
 
@@ -66,12 +86,19 @@ class ShellConfig:
     require_login: bool = True
     default_operator: str = "01"  # the operator when no login is required
     default_role: str = "cashier"
+    catalog: Catalog | None = None  # the basket's products ([basket] products); None: no basket
+    discount_percent: int = 10  # a basket discount above this percent needs a supervisor
+    discount_amount: int = 5_000  # minor units: a discount above this needs a supervisor
 
     def __post_init__(self) -> None:
         if not isinstance(self.wallet_limit, int) or self.wallet_limit <= 0:
             raise ValueError(f"ShellConfig: bad wallet_limit: {self.wallet_limit!r}")
         if self.default_role not in ROLES:
             raise ValueError(f"ShellConfig: bad default_role: {self.default_role!r}")
+        if not 0 <= self.discount_percent <= 100:
+            raise ValueError(f"ShellConfig: bad discount_percent: {self.discount_percent!r}")
+        if self.discount_amount < 0:
+            raise ValueError(f"ShellConfig: bad discount_amount: {self.discount_amount!r}")
 
 
 # ---- the menu and its items, as data ----
@@ -87,7 +114,8 @@ def _role(task: str) -> str:
     kind = _kind(task)
     if kind in KINDS:
         return KINDS[kind].role
-    return {"settle": "supervisor", "info": "admin"}.get(task, "cashier")
+    supervisor = ("settle", "training", "no_sale", "discount")
+    return "supervisor" if task in supervisor else {"info": "admin"}.get(task, "cashier")
 
 
 def _kind(task: str) -> str:
@@ -96,10 +124,11 @@ def _kind(task: str) -> str:
 
 MENUS: dict[str, tuple[str, tuple[Item, ...]]] = {
     "main": ("MENU", (
-        Item("Sale", "sale"), Item("Void", "void"), Item("Refund", "refund"),
+        Item("Sale", "sale_menu"), Item("Void", "void"), Item("Refund", "refund"),
         Item("Pre-auth", "preauth_menu"), Item("Balance", "balance"),
         Item("Repayment", "repayment"), Item("QR pay", "qr"), Item("Transactions", "txn_menu"),
         Item("Manager", "manager_menu"))),
+    "sale_menu": ("SALE", (Item("Amount", "sale"), Item("Basket", "basket"), Item("Cash", "cash"))),
     "preauth_menu": ("PRE-AUTH", (
         Item("Pre-auth", "preauth"), Item("Cancel", "preauth_cancel"),
         Item("Completion", "completion"), Item("Completion advice", "completion_advice"),
@@ -110,7 +139,8 @@ MENUS: dict[str, tuple[str, tuple[Item, ...]]] = {
         Item("Reprint by STAN", "reprint_stan"))),
     "manager_menu": ("MANAGER", (
         Item("X report", "x_report"), Item("Settlement", "settle"), Item("Echo test", "echo"),
-        Item("Sign-on", "signon"), Item("Sign off", "signoff"), Item("Terminal info", "info"))),
+        Item("Sign-on", "signon"), Item("Sign off", "signoff"), Item("Terminal info", "info"),
+        Item("Training mode", "training"), Item("No sale", "no_sale"))),
 }
 
 # What each task asks for, in order: a field name (FIELDS, "amount", "pan", "code"), "find"
@@ -125,6 +155,7 @@ STEPS: dict[str, tuple[str, ...]] = {
     "completion_advice": ("auth", "date", "amount"),
     "repayment": ("pan", "amount"),
     "qr": ("amount", "code"),
+    "cash": ("amount",),
     "find_stan": ("stan", "find"),
     "find_rrn": ("rrn", "find"),
     "reprint_stan": ("stan", "find"),
@@ -151,7 +182,8 @@ FIELDS = {
 _TITLES = {"find_stan": "FIND", "find_rrn": "FIND", "reprint_stan": "REPRINT",
            "reprint_last": "REPRINT", "last_txns": "TRANSACTIONS", "x_report": "X REPORT",
            "settle": "SETTLEMENT", "echo": "ECHO TEST", "signon": "SIGN-ON", "info": "TERMINAL",
-           "completion_advice": "COMPLETION ADVICE"}
+           "completion_advice": "COMPLETION ADVICE", "basket": "BASKET",
+           "training": "TRAINING MODE", "no_sale": "NO SALE", "discount": "DISCOUNT"}
 _CARD_TASKS = frozenset({"void", "completion_void", "refund", "preauth", "preauth_cancel",
                          "completion", "completion_advice", "balance", "repayment"})
 _RUN_TASKS = frozenset({"x_report", "settle", "echo", "signon", "info"})  # types.TASKS
@@ -182,7 +214,16 @@ class ShellState:
     found: TxnSummary | None = None  # the original (or the row to show)
     target: CardData | None = None  # the card being paid (repayment); its repr is masked
     rows: TxnPage | None = None  # the journal page listed
-    back: str = "IDLE"  # where RESULT and DETAIL lead: IDLE, MENU or LIST
+    back: str = "IDLE"  # where RESULT and DETAIL lead: IDLE, MENU, LIST, BASKET or TENDER
+    # the checkout: `amount` and `limit` also hold the NUMBER being keyed
+    asking: str = ""  # NUMBER: which number (a NUMBERS key)
+    cart: Basket | None = None  # the basket being built or paid
+    pending: Basket | None = None  # the basket with a discount a supervisor must confirm
+    basket_id: int | None = None  # the kept basket being paid (from TENDER on)
+    due: int = 0  # minor units still to pay (a kept basket, or a cash sale)
+    cash: int = 0  # minor units being paid in cash (all that is due, or the cash part)
+    change: int = 0  # minor units of change for the last cash payment
+    paid: bool = False  # the card paying a kept basket was approved
 
 
 def start(cfg: ShellConfig) -> Step:
@@ -395,9 +436,20 @@ def _status(cfg: ShellConfig, state: ShellState, event: Event) -> Step:
 
 
 def _in_card(cfg: ShellConfig, state: ShellState, event: Event) -> Step:
+    """The card flow's step; when it ends a kept basket's card part that was not approved
+    (declined, not sent, cancelled), the tender menu shows what is still due instead of
+    idle."""
     card, actions = sale.step(cfg.sale, state.sale, event)
-    state = replace(state, sale=card)
-    return (_cleared(state, "IDLE") if Idle() in actions else state), actions
+    stopping = state.sale.stopping or isinstance(event, Shutdown)
+    approved = (isinstance(event, AuthResult) and event.outcome == "approved"
+                and state.sale.phase == "AUTHORISING")
+    state = replace(state, sale=card, paid=state.paid or approved)
+    if Idle() not in actions:
+        return state, actions
+    if state.basket_id is None or state.paid or stopping:
+        return _cleared(state, "IDLE"), actions
+    kept = [a for a in actions if not isinstance(a, (Show, Idle))]
+    return _to_tender(cfg, state, *kept, note="Card not paid")
 
 
 def _to_card(cfg: ShellConfig, state: ShellState, moved: tuple[SaleState, list[Action]],
@@ -416,8 +468,10 @@ def _shutdown(cfg: ShellConfig, state: ShellState) -> Step:
 
 
 def _answers(state: ShellState, event: Event) -> bool:
-    """`event` is the answer a busy phase (other than a QR payment) waits for."""
-    wanted = {"FINDING": TxnFound, "LISTING": TxnPage, "TASK": TaskDone}.get(state.phase)
+    """`event` is the answer a busy phase (other than a payment or the training switch:
+    their handlers finish them) waits for."""
+    wanted = {"FINDING": TxnFound, "LISTING": TxnPage, "TASK": TaskDone,
+              "SAVING": BasketSaved}.get(state.phase)
     if wanted is not None:
         return isinstance(event, wanted)
     login = state.login
@@ -430,10 +484,27 @@ def _timed_out(cfg: ShellConfig, state: ShellState) -> Step:
     if state.phase == "LOGIN":
         return _to_login(state, "Timed out", *login_abort(state.login))
     if state.phase == "CONFIRM":
-        return _to_menu(cfg, state, *login_abort(state.login))
+        return _back_to_menu(cfg, state, *login_abort(state.login))
     if state.phase == "RESULT":
         return _leave_result(cfg, state)
-    return _rest(cfg, state)
+    return _abort(cfg, state)
+
+
+def _abort(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
+    """A step given up (CANCEL, its timer): back to the tender menu of a kept basket, to
+    the basket being built, else to rest."""
+    if state.basket_id is not None:
+        return _to_tender(cfg, state, *first)
+    if state.cart is not None:
+        return _to_basket(cfg, state, *first)
+    return _rest(cfg, state, *first)
+
+
+def _back_to_menu(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
+    """A supervisor's confirm given up: back to the basket (a discount), else the menu."""
+    if state.cart is not None:
+        return _to_basket(cfg, state, *first)
+    return _to_menu(cfg, state, *first)
 
 
 # ---- login, idle, menu, supervisor confirm ----
@@ -471,6 +542,10 @@ def _login_moved(state: ShellState, login: Login, actions: list[Action]) -> Step
 def _on_idle(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
     if event == Key("MENU"):
         return _to_menu(cfg, replace(state, menu="main", page=0), Beep("key"))
+    if isinstance(event, BarcodeScanned):
+        if cfg.catalog is None:
+            return state, [Beep("error")]
+        return _scanned(cfg, replace(_cleared(state, "BASKET"), cart=Basket()), event.code)
     card, actions = sale.step(cfg.sale, state.sale, event)  # a quick sale, card tracking
     return replace(state, sale=card, phase="IDLE" if card.phase == "IDLE" else "CARD"), actions
 
@@ -515,14 +590,17 @@ def _on_confirm(cfg: ShellConfig, state: ShellState, event: Event) -> Step | Non
         return None
     login, actions = moved
     if login.stage == "cancelled":
-        return _to_menu(cfg, state, *actions)
+        return _back_to_menu(cfg, state, *actions)
     if login.stage != "done":
         return _login_moved(state, login, actions)
     refusal = supervisor_refusal(login.result, _role(state.task))
     state = replace(state, login=None)
     if refusal:
         refused = Screen("Not allowed", wrap(refusal, 3), "error")
-        return _to_result(cfg, replace(state, back="MENU"), refused)
+        back = "BASKET" if state.cart is not None else "MENU"
+        return _to_result(cfg, replace(state, back=back, pending=None), refused)
+    if state.pending is not None:  # a discount over the limits, confirmed
+        return _to_basket(cfg, replace(state, cart=state.pending), Beep("ok"))
     if state.at:  # a void picked from the transaction list: on to its confirm screen
         return _do(cfg, state)
     return _run(cfg, state, state.task)
@@ -535,7 +613,13 @@ def _on_result(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None
 
 
 def _leave_result(cfg: ShellConfig, state: ShellState) -> Step:
-    return _to_menu(cfg, state) if state.back == "MENU" else _rest(cfg, state)
+    if state.back == "MENU":
+        return _to_menu(cfg, state)
+    if state.back == "BASKET":
+        return _to_basket(cfg, state)
+    if state.back == "TENDER":
+        return _to_tender(cfg, state)
+    return _rest(cfg, state)
 
 
 # ---- running a menu task: its steps (fields, lookup, ask), then _finish ----
@@ -592,7 +676,18 @@ def _finish(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
     if task == "qr":
         state, code = replace(state, phase="QR_WAITING", entry=""), state.entry
         screen = _qr_screen(cfg, state, "Waiting for payment")
-        return state, [*first, Show(screen), QrPay(state.amount, code)]
+        return state, [*first, Show(screen), QrPay(state.amount, code, state.basket_id)]
+    if task == "cash":
+        return _ask_number(cfg, replace(state, due=state.amount, cash=state.amount), "tendered",
+                           *first)
+    if task == "basket":
+        return _open_basket(cfg, state, *first)
+    if task == "training":
+        switch = SetTraining(not state.sale.training)
+        return _wait(state, "SWITCHING", Screen("TRAINING MODE", ("Please wait",)), switch, *first)
+    if task == "no_sale":
+        return _to_result(cfg, state, Screen("NO SALE", ("Drawer open",), "ok"), *first,
+                          OpenDrawer())
     if task in ("find_stan", "find_rrn"):
         return _enter(cfg, replace(state, phase="DETAIL"), _detail_screen(cfg, state.found), *first)
     if task in ("reprint_stan", "reprint_last"):
@@ -636,7 +731,7 @@ def _original(row: TxnSummary) -> OriginalRef:
 def _on_form(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
     name = _step_name(state)
     if event == Key("CANCEL"):
-        return _rest(cfg, state)
+        return _abort(cfg, state)
     if name == "amount":
         return _amount_field(cfg, state, event)
     if name == "pan" and isinstance(event, CardSwiped):
@@ -806,8 +901,9 @@ def _on_qr_waiting(cfg: ShellConfig, state: ShellState, event: Event) -> Step | 
         return state, [Show(_qr_screen(cfg, state, event.text))]
     if not isinstance(event, AuthResult):
         return None
-    if event.outcome != "approved":
+    if event.outcome != "approved":  # a basket's tender menu comes back after the result
         return _to_result(cfg, state, _qr_outcome(event))
+    state = replace(state, back="IDLE")
     if event.txn_id is None:
         return _to_result(cfg, state, _qr_approved(cfg, state, "No receipt"), Beep("ok"))
     state = replace(state, phase="QR_PRINTING")
@@ -821,6 +917,330 @@ def _on_qr_printing(cfg: ShellConfig, state: ShellState, event: Event) -> Step |
         return _to_result(cfg, state, _qr_approved(cfg, state, "Take receipts"))
     tail = (f"Printer: {event.detail or 'error'}", "Receipt queued")
     return _to_result(cfg, state, _qr_approved(cfg, state, *tail), Beep("error"))
+
+
+
+# ---- the checkout: the basket ----
+
+_BASKET_MENU = Screen("BASKET OPTIONS", ("1 Quantity 2 Remove", "3 Discount amount",
+                                         "4 Discount percent", "5 Pay"))
+_BASKET_OPTIONS = {"1": "qty", "2": "remove", "3": "discount_amount", "4": "discount_percent",
+                   "5": "pay"}
+_CLEAR_BASKET = Screen("BASKET", ("Clear basket?", "ENTER to clear", "CANCEL to keep"))
+
+
+def _basket_screen(cfg: ShellConfig, state: ShellState) -> Screen:
+    """The item count, the last line, the discount, the total, then the code being keyed,
+    the last refusal or a hint."""
+    cart = state.cart
+    title = f"BASKET {cart.items} item{'s' * (cart.items != 1)}" if cart.lines else "BASKET"
+    last = cart.lines[-1] if cart.lines else None
+    top = fit(f"{last.qty} x {last.name}") if last else "No items"
+    off = format_amount(cart.discount, cfg.sale.currency)
+    discount = (fit(f"Discount -{off}"),) if cart.discount else ()
+    bottom = state.note or (f"Code {state.entry}" if state.entry else "Key code or scan")
+    lines = (top, *discount, fit(f"Total {money(cfg.sale, cart.total)}"), fit(bottom))
+    return Screen(fit(title), lines, "error" if state.note else "info")
+
+
+def _open_basket(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
+    if cfg.catalog is None:
+        return _to_result(cfg, replace(state, back="IDLE"),
+                          Screen("BASKET", ("No product catalog",), "error"), *first)
+    return _to_basket(cfg, replace(_cleared(state, "BASKET"), cart=Basket()), *first)
+
+
+def _to_basket(cfg: ShellConfig, state: ShellState, *first: Action, note: str = "") -> Step:
+    """The basket screen (no timer: a basket waits for the cashier); `note` a refusal."""
+    state = replace(state, phase="BASKET", entry="", note=note, pending=None, login=None,
+                    task="", amount=0)
+    state, cancel = _leave_timer(state)
+    beep = [Beep("error")] if note else []
+    return state, [*first, *cancel, Show(_basket_screen(cfg, state)), *beep]
+
+
+def _on_basket(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
+    if isinstance(event, BarcodeScanned):
+        return _scanned(cfg, state, event.code)
+    if not isinstance(event, Key):
+        return None
+    if event.key == "ENTER":
+        if not state.entry:
+            return state, [Beep("error")]
+        return _add(cfg, state, cfg.catalog.by_code(state.entry))
+    if event.key == "MENU":
+        return _enter(cfg, replace(state, phase="BASKET_MENU"), _BASKET_MENU, Beep("key"))
+    if event.key == "CANCEL":
+        if not state.cart.lines:
+            return _rest(cfg, state)
+        return _enter(cfg, replace(state, phase="CLEAR_BASKET"), _CLEAR_BASKET, Beep("key"))
+    edited = edit_digits(state.entry, event.key, CODE_MAX)
+    if edited is None:
+        return None
+    changed = replace(state, entry=edited, note="")
+    return changed, [edit_beep(state.entry, edited), Show(_basket_screen(cfg, changed))]
+
+
+def _scanned(cfg: ShellConfig, state: ShellState, code: str) -> Step:
+    reason = barcode_error(code)
+    if reason:
+        return _to_basket(cfg, state, note=reason)
+    return _add(cfg, state, cfg.catalog.by_barcode(code))
+
+
+def _add(cfg: ShellConfig, state: ShellState, product: Product | None) -> Step:
+    if product is None:
+        return _to_basket(cfg, state, note="Unknown product")
+    try:
+        cart = state.cart.add(product)
+    except ValueError as exc:  # a full line or basket: the reason is short, for the screen
+        return _to_basket(cfg, state, note=str(exc))
+    return _to_basket(cfg, replace(state, cart=cart), Beep("ok"))
+
+
+def _on_basket_menu(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
+    if event in (Key("CANCEL"), Key("BACK")):
+        return _to_basket(cfg, state, Beep("key"))
+    if not isinstance(event, Key) or event.key not in DIGITS:
+        return None
+    option = _BASKET_OPTIONS.get(event.key)
+    if option is None:
+        return state, [Beep("error")]
+    if not state.cart.lines:
+        return _to_basket(cfg, state, note="Basket is empty")
+    if option == "pay":
+        return _pay(cfg, state)
+    return _ask_number(cfg, state, option, Beep("key"))
+
+
+def _on_clear_basket(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
+    if event == Key("ENTER"):
+        return _rest(cfg, state, Beep("key"))
+    if event in (Key("CANCEL"), Key("BACK")):
+        return _to_basket(cfg, state, Beep("key"))
+    return None
+
+
+def _discount(cfg: ShellConfig, state: ShellState, offer: Basket) -> Step:
+    """Apply the discount, or have a supervisor confirm it first when over the limits."""
+    if not offer.discount_needs_supervisor(cfg) or role_allows(state.role, "supervisor"):
+        return _to_basket(cfg, replace(state, cart=offer), Beep("key"))
+    login, _ = login_begin("confirm", f"Discount {money(cfg.sale, offer.discount)}")
+    state = replace(state, phase="CONFIRM", task="discount", login=login, pending=offer)
+    return _enter(cfg, state, login_screen(login), Beep("key"))
+
+
+def _pay(cfg: ShellConfig, state: ShellState) -> Step:
+    """Keep the basket in the journal (SaveBasket), then the tender menu."""
+    cart = state.cart
+    if not cart.total:
+        return _to_basket(cfg, state, note="Nothing to pay")
+    if cart.total > cfg.sale.max_amount:
+        return _to_basket(cfg, state, note=f"Max {money(cfg.sale, cfg.sale.max_amount)}")
+    save = SaveBasket(cart.lines, cart.subtotal, cart.discount, cart.total)
+    return _wait(state, "SAVING", Screen("BASKET", ("Saving...",)), save, Beep("key"))
+
+
+def _on_saving(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
+    if not isinstance(event, BasketSaved):
+        return None
+    if event.basket_id is None:
+        return _to_basket(cfg, state, note=event.reason or "Basket not kept")
+    return _to_tender(cfg, replace(state, basket_id=event.basket_id, due=state.cart.total))
+
+
+# ---- the checkout: tenders ----
+
+def _tender_screen(cfg: ShellConfig, state: ShellState) -> Screen:
+    title = "STILL DUE" if state.due < state.cart.total else "PAY"
+    note = (fit(state.note),) if state.note else ()
+    lines = (money(cfg.sale, state.due), "1 Card  2 QR", "3 Cash  4 Cash+card", *note)
+    return Screen(title, lines, "error" if state.note else "info")
+
+
+def _to_tender(cfg: ShellConfig, state: ShellState, *first: Action, note: str = "") -> Step:
+    """The tender menu for what is still due (no timer); `note`: why it is back."""
+    state = replace(state, phase="TENDER", note=note, entry="", amount=0, login=None, task="",
+                    at=0, back="IDLE")
+    state, cancel = _leave_timer(state)
+    return state, [*first, *cancel, Show(_tender_screen(cfg, state))]
+
+
+def _on_tender(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
+    if event == Key("CANCEL"):
+        return _rest(cfg, state)
+    if not isinstance(event, Key) or event.key not in DIGITS:
+        return None
+    if event.key == "1":
+        return _pay_card(cfg, state, Beep("key"))
+    if event.key == "2":
+        if state.due > cfg.wallet_limit:
+            return _to_tender(cfg, state, Beep("error"), note="Over QR limit")
+        qr = replace(state, task="qr", at=STEPS["qr"].index("code"), amount=state.due,
+                     back="TENDER", note="")
+        return _do(cfg, qr, Beep("key"))
+    if event.key == "3":
+        return _ask_number(cfg, replace(state, cash=state.due), "tendered", Beep("key"))
+    if event.key == "4":
+        if state.due < 2:
+            return _to_tender(cfg, state, Beep("error"), note="Too small to split")
+        return _ask_number(cfg, state, "cash_part", Beep("key"))
+    return state, [Beep("error")]
+
+
+def _pay_card(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
+    """The card pays what is still due of the kept basket."""
+    spec = TxnSpec("sale", state.due, basket_id=state.basket_id)
+    state, cancel = _leave_timer(replace(state, paid=False, note=""))
+    return _to_card(cfg, state, sale.begin(cfg.sale, state.sale, spec), *first, *cancel)
+
+
+def _cash_screen(cfg: ShellConfig, state: ShellState, *tail: str) -> Screen:
+    lines = (fit(f"Paid {money(cfg.sale, state.cash)}"),
+             fit(f"Change {money(cfg.sale, state.change)}"), *(fit(t) for t in tail))
+    return Screen("CASH PAID", lines, "ok")
+
+
+def _on_paying_cash(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
+    if not isinstance(event, CashDone):
+        return None
+    if event.txn_id is None:
+        back = "TENDER" if state.basket_id is not None else "IDLE"
+        lines = ("Not recorded", *wrap(event.reason or "Journal error", 3))
+        return _to_result(cfg, replace(state, back=back), Screen("CASH", lines, "error"))
+    state = replace(state, phase="CASH_PRINTING", due=state.due - state.cash,
+                    change=event.change)
+    return state, [Show(_cash_screen(cfg, state, "Printing...")), Beep("ok"), Print(event.txn_id)]
+
+
+def _on_cash_printing(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
+    """The cash receipt printed: the result, or the card for the rest of a split."""
+    if not isinstance(event, PrintDone):
+        return None
+    beep = [] if event.ok else [Beep("error")]
+    if state.basket_id is not None and state.due > 0 and not state.stopping:
+        return _pay_card(cfg, state, *beep)
+    tail = ("Take receipt",) if event.ok else (f"Printer: {event.detail or 'error'}",
+                                               "Receipt queued")
+    return _to_result(cfg, replace(state, back="IDLE"), _cash_screen(cfg, state, *tail), *beep)
+
+
+# ---- the checkout: one number (quantity, line, discount, cash part, tendered) ----
+
+@dataclass(frozen=True)
+class Number:
+    title: str
+    prompt: str
+    money: bool  # an amount in minor units (else a count)
+
+
+NUMBERS = {
+    "qty": Number("BASKET", "Quantity", False),
+    "remove": Number("BASKET", "Remove line no.", False),
+    "discount_amount": Number("BASKET", "Discount amount", True),
+    "discount_percent": Number("BASKET", "Discount percent", False),
+    "cash_part": Number("CASH", "Cash part", True),
+    "tendered": Number("CASH", "Tendered", True),
+}
+
+
+def _number_limit(cfg: ShellConfig, state: ShellState, name: str) -> int:
+    if name == "qty":
+        return MAX_QTY
+    if name == "remove":
+        return len(state.cart.lines)
+    if name == "discount_amount":
+        return state.cart.subtotal
+    if name == "discount_percent":
+        return 100
+    return state.due - 1 if name == "cash_part" else cfg.sale.max_amount
+
+
+def _number_text(cfg: ShellConfig, state: ShellState, value: int) -> str:
+    if NUMBERS[state.asking].money:
+        return money(cfg.sale, value)
+    return f"{value}%" if state.asking == "discount_percent" else str(value)
+
+
+def _number_screen(cfg: ShellConfig, state: ShellState) -> Screen:
+    name, cart = state.asking, state.cart
+    if name == "qty":
+        context = cart.lines[-1].name
+    elif name == "remove":
+        context = f"Lines 1-{len(cart.lines)}"
+    elif name.startswith("discount"):
+        context = f"Subtotal {money(cfg.sale, cart.subtotal)}"
+    else:
+        context = f"Due {money(cfg.sale, state.cash if name == 'tendered' else state.due)}"
+    number = NUMBERS[name]
+    value = _number_text(cfg, state, state.amount) if state.amount or number.money else ""
+    lines = (fit(context), number.prompt, value, fit(state.note or "ENTER to confirm"))
+    return Screen(number.title, lines, "error" if state.note else "info")
+
+
+def _ask_number(cfg: ShellConfig, state: ShellState, name: str, *first: Action) -> Step:
+    state = replace(state, phase="NUMBER", asking=name, amount=0, note="",
+                    limit=_number_limit(cfg, state, name))
+    return _enter(cfg, state, _number_screen(cfg, state), *first)
+
+
+def _number_note(cfg: ShellConfig, state: ShellState, note: str) -> Step:
+    state = replace(state, note=note)
+    return state, [Beep("error"), Show(_number_screen(cfg, state))]
+
+
+def _on_number(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
+    if event == Key("CANCEL"):
+        return _abort(cfg, state, Beep("key"))
+    if event == Key("ENTER"):
+        return _number_done(cfg, state)
+    moved = number_key(state.amount, event.key, state.limit) if isinstance(event, Key) else None
+    if moved is None:
+        return None
+    value, beep = moved
+    if not beep:
+        return state, []
+    note = f"Max {_number_text(cfg, state, state.limit)}" if beep == "error" else ""
+    state = replace(state, amount=value, note=note)
+    return state, [Beep(beep), Show(_number_screen(cfg, state))]
+
+
+def _number_done(cfg: ShellConfig, state: ShellState) -> Step:
+    name, value, cart = state.asking, state.amount, state.cart
+    if name == "qty":
+        if not value:
+            return _number_note(cfg, state, f"Quantity 1-{MAX_QTY}")
+        return _to_basket(cfg, replace(state, cart=cart.set_qty(len(cart.lines) - 1, value)),
+                          Beep("key"))
+    if name == "remove":
+        if not value:
+            return _number_note(cfg, state, f"Line 1-{len(cart.lines)}")
+        return _to_basket(cfg, replace(state, cart=cart.remove(value - 1)), Beep("key"))
+    if name == "discount_amount":
+        return _discount(cfg, state, cart.with_discount(amount=value))
+    if name == "discount_percent":
+        return _discount(cfg, state, cart.with_discount(percent=value))
+    if name == "cash_part":
+        if not value:
+            return _number_note(cfg, state, "Key the cash part")
+        return _ask_number(cfg, replace(state, cash=value), "tendered", Beep("key"))
+    if value < state.cash:
+        return _number_note(cfg, state, "Not enough")
+    pay = PayCash(state.cash, value, state.basket_id)
+    return _wait(replace(state, change=value - state.cash), "PAYING_CASH",
+                 Screen("CASH", ("Please wait",)), pay, Beep("key"))
+
+
+# ---- training mode ----
+
+def _on_switching(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
+    if not isinstance(event, TrainingSet):
+        return None
+    state = replace(state, sale=replace(state.sale, training=event.on))
+    if not event.reason:
+        return _rest(cfg, state, Beep("ok"))
+    lines = (*wrap(event.reason, 3), f"Training {'ON' if event.on else 'OFF'}")
+    return _to_result(cfg, replace(state, back="IDLE"), Screen("TRAINING MODE", lines, "error"))
 
 
 _HANDLERS = {
@@ -838,4 +1258,13 @@ _HANDLERS = {
     "RESULT": _on_result,
     "QR_WAITING": _on_qr_waiting,
     "QR_PRINTING": _on_qr_printing,
+    "BASKET": _on_basket,
+    "BASKET_MENU": _on_basket_menu,
+    "CLEAR_BASKET": _on_clear_basket,
+    "NUMBER": _on_number,
+    "SAVING": _on_saving,
+    "TENDER": _on_tender,
+    "PAYING_CASH": _on_paying_cash,
+    "CASH_PRINTING": _on_cash_printing,
+    "SWITCHING": _on_switching,
 }

@@ -526,9 +526,10 @@ class QrPay:
 
     amount: int  # minor units
     code: str  # the customer's payment code (digits)
+    basket_id: int | None = None  # issue 11: the kept basket this payment pays (all or part of)
 
     def __repr__(self) -> str:
-        return f"QrPay({self.amount}, ...{self.code[-4:]})"
+        return f"QrPay({self.amount}, ...{self.code[-4:]}, basket_id={self.basket_id})"
 
 
 @dataclass(frozen=True)

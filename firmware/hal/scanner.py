@@ -1,24 +1,28 @@
-"""QR / barcode scanner on a serial port (CDC-ACM or UART, pyserial): wallet payment codes.
+"""QR / barcode scanner on a serial port (CDC-ACM or UART, pyserial): wallet payment codes
+and product barcodes.
 
 Input-device contract, as the magstripe reader (firmware/hal/swipe.py): `attach(post,
-on_quit)` (loop thread, once) starts a daemon thread "kpos-scanner" that posts one
-CodeScanned(code) per good scan and nothing else; `close()` (any thread) stops it within
-1 s. A good scan is one line ended by CR, LF or TAB holding 16..24 ASCII digits once an AIM
-symbology identifier ("]Q1", "]C0" ...: `aim` True strips any, a string strips only that
-one, "" none) is taken off. Anything else (letters, binary noise, an over-long or short
-line, a partial line left at close) is logged by its length only and dropped: the flow
-never sees it. A missing or unplugged scanner is not fatal: the thread logs a warning,
+on_quit)` (loop thread, once) starts a daemon thread "kpos-scanner" that posts one event
+per good scan and nothing else; `close()` (any thread) stops it within 1 s. A good scan is
+one line ended by CR, LF or TAB holding ASCII digits once an AIM symbology identifier
+("]Q1", "]E0" ...: `aim` True strips any, a string strips only that one, "" none) is taken
+off: 16..24 digits are a wallet payment code (CodeScanned), 8, 12 or 13 digits a product
+barcode (BarcodeScanned; its check digit is the basket flow's to judge, so a bad one is
+refused on screen with its reason). Anything else (letters, binary noise, an over-long or
+short line, a partial line left at close) is logged by its length only and dropped: the
+flow never sees it. A missing or unplugged scanner is not fatal: the thread logs a warning,
 sets `fault` (STARTING before the first try, OFFLINE, "" while working), calls
 `on_fault(fault)` on each change (on its thread: it should only post) and retries every
-second. Codes are never logged in clear: firmware.wallet.mask_code only.
+second. Codes are never logged in clear (firmware.wallet.mask_code), barcodes only by
+their length (a 13-digit line could be a card number).
 """
 from __future__ import annotations
 
 import logging
 import re
-from typing import Callable
+from typing import Callable, Union
 
-from firmware.flows.types import CodeScanned
+from firmware.flows.types import BarcodeScanned, CodeScanned
 from firmware.hal import DeviceError
 from firmware.hal.devthread import POLL_S, DeviceThread
 from firmware.hal.swipe import LineBuffer
@@ -33,37 +37,42 @@ OFFLINE = "scanner offline"
 STARTING = "scanner starting"
 _AIM = re.compile(r"\][A-Za-z][0-9A-Za-z]")  # ISO/IEC 15424 symbology identifier
 _EOL = re.compile(rb"[\r\n]")
+BARCODE_LENGTHS = (8, 12, 13)  # EAN-8, UPC-A, EAN-13
+Scan = Union[CodeScanned, BarcodeScanned]
 
 
 class CodeDecoder:
-    """Bytes from a scanner -> payment codes. One thread, pure but for its log lines.
+    """Bytes from a scanner -> scans. One thread, pure but for its log lines.
 
-    `feed(data)` returns the good codes completed by `data`; `pending` is the length of a
-    partial line waiting for its end."""
+    `feed(data)` returns the scans (CodeScanned, BarcodeScanned) completed by `data`;
+    `pending` is the length of a partial line waiting for its end."""
 
     def __init__(self, aim: bool | str = True):
         self._aim = aim
         self._lines = LineBuffer(LINE_MAX)
         self.pending = 0
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes) -> list[Scan]:
         data = data.replace(b"\t", b"\n")
         tail = _EOL.split(data)[-1]
         self.pending = len(tail) + (0 if _EOL.search(data) else self.pending)
-        return [code for line in self._lines.feed(data) if (code := self._code(line))]
+        return [scan for line in self._lines.feed(data) if (scan := self._scan(line))]
 
-    def _code(self, line: bytes | None) -> str:
+    def _scan(self, line: bytes | None) -> Scan | None:
         if line is None:
             log.info("scanner: over-long line dropped (over %d bytes)", LINE_MAX)
-            return ""
-        text = line.decode("ascii", "replace").strip()
-        text = self._strip_aim(text)
+            return None
+        text = self._strip_aim(line.decode("ascii", "replace").strip())
         low, high = CODE_LENGTHS
-        if not (text.isascii() and text.isdigit() and low <= len(text) <= high):
-            log.info("scanner: %d-byte line dropped: not a payment code", len(line))
-            return ""
-        log.info("scanner: code %s", mask_code(text))
-        return text
+        digits = text.isascii() and text.isdigit()
+        if digits and low <= len(text) <= high:
+            log.info("scanner: code %s", mask_code(text))
+            return CodeScanned(text)
+        if digits and len(text) in BARCODE_LENGTHS:
+            log.info("scanner: barcode of %d digits", len(text))
+            return BarcodeScanned(text)
+        log.info("scanner: %d-byte line dropped: not a payment code or barcode", len(line))
+        return None
 
     def _strip_aim(self, text: str) -> str:
         if self._aim is True:
@@ -100,8 +109,8 @@ class SerialScanner(DeviceThread):
         decoder = CodeDecoder(self._aim)
         try:
             while not self._stop.is_set():
-                for code in decoder.feed(port.read(max(1, port.in_waiting))):
-                    self._post(CodeScanned(code))
+                for scan in decoder.feed(port.read(max(1, port.in_waiting))):
+                    self._post(scan)
         finally:
             if decoder.pending:
                 log.info("scanner: partial %d-byte line dropped (no end of line)", decoder.pending)
@@ -109,7 +118,7 @@ class SerialScanner(DeviceThread):
 
 def build_scanner(devices_cfg, *, on_fault: Callable[[str], None] | None = None):
     """The scanner config [devices] asks for, or None ("none"; "sim": the simulator console
-    posts CodeScanned itself). Loop thread, at start."""
+    posts CodeScanned / BarcodeScanned itself). Loop thread, at start."""
     kind = devices_cfg.scanner
     if kind in ("none", "sim"):
         return None
