@@ -191,6 +191,15 @@ def _data_dir_override(args) -> dict | None:
     return {"terminal": {"data_dir": str(args.data_dir.resolve())}} if args.data_dir else None
 
 
+def _tool_config(args, log_level: str):
+    """A tool command's config (--config, --data-dir) with logging at `log_level`; None
+    (the error said) when the config is bad."""
+    cfg = _load(args.config, _data_dir_override(args))
+    if cfg is not None:
+        _setup_logging(log_level)
+    return cfg
+
+
 def _install_signals(stop) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -312,11 +321,9 @@ def _cmd_doctor(args) -> int:
 
 
 def _cmd_queue(args) -> int:
-    overrides = _data_dir_override(args)
-    cfg = _load(args.config, overrides)
+    cfg = _tool_config(args, "ERROR")
     if cfg is None:
         return 2
-    _setup_logging("ERROR")
     from firmware.journal import JournalError, open_existing
     from firmware.money import currency_alpha, format_amount
     try:
@@ -348,19 +355,17 @@ def _cmd_queue(args) -> int:
 
 
 def _cmd_txn(args) -> int:
-    cfg = _load(args.config, _data_dir_override(args))
+    cfg = _tool_config(args, "ERROR")
     if cfg is None:
         return 2
-    _setup_logging("ERROR")
     from firmware.txnquery import main as txn
     return txn(cfg, args)
 
 
 def _cmd_operator(args) -> int:
-    cfg = _load(args.config, _data_dir_override(args))
+    cfg = _tool_config(args, "WARNING")
     if cfg is None:
         return 2
-    _setup_logging("WARNING")
     from firmware.operators import OPERATORS_NAME, OperatorError, OperatorStore
     path = cfg.terminal.data_dir / OPERATORS_NAME
     if args.action != "add" and not path.exists():  # only `add` provisions a new store
@@ -409,29 +414,26 @@ def _print_operators(operators) -> None:
 
 
 def _cmd_settle(args) -> int:
-    cfg = _load(args.config, _data_dir_override(args))
+    cfg = _tool_config(args, "WARNING")
     if cfg is None:
         return 2
-    _setup_logging("WARNING")
     from firmware.settlement import settle_command
     return asyncio.run(settle_command(cfg, operator=args.operator or cfg.terminal.operator))
 
 
 def _cmd_report(args) -> int:
-    cfg = _load(args.config, _data_dir_override(args))
+    cfg = _tool_config(args, "ERROR")
     if cfg is None:
         return 2
-    _setup_logging("ERROR")
     from firmware.settlement import report_command
     return report_command(cfg, which=args.which, batch=args.batch,
                           operator=args.operator or cfg.terminal.operator)
 
 
 def _cmd_backup(args) -> int:
-    cfg = _load(args.config, _data_dir_override(args))
+    cfg = _tool_config(args, "WARNING")
     if cfg is None:
         return 2
-    _setup_logging("WARNING")
     dest = args.dir or cfg.backup.dir
     keep = cfg.backup.keep if args.keep is None else args.keep
     if dest is None or keep < 1:
@@ -469,10 +471,9 @@ def _print_backups(dest: Path) -> None:
 
 
 def _cmd_restore(args) -> int:
-    cfg = _load(args.config, _data_dir_override(args))
+    cfg = _tool_config(args, "WARNING")
     if cfg is None:
         return 2
-    _setup_logging("WARNING")
     from firmware.backup import BackupError, restore
     try:
         result = restore(args.backup, cfg.terminal.data_dir, force=args.force)

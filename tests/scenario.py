@@ -133,3 +133,31 @@ async def pull_card_after_the_sale_is_sent(session) -> None:
         expect reversals 0
         expect balance approve 1000000
     """)
+
+
+def chip_sale(amount: int, card: str = "approve", pin: str = "1234") -> str:
+    """Script: a chip sale of `amount` (minor units) with its online PIN, approved, the
+    receipts taken and the card out: back at the idle screen."""
+    return f"""
+    keys {amount} ENTER
+    insert {card}
+    expect screen "Enter PIN"
+    keys {pin} ENTER
+    expect screen "Take receipts"
+    keys ENTER
+    remove
+    expect screen "Key in amount"
+"""
+
+
+def tap_sale(amount: int, card: str = "approve") -> str:
+    """Script: a contactless sale of `amount` under the CVM limit (no PIN), approved, back
+    at the idle screen."""
+    return f"""
+    keys {amount} ENTER
+    tap {card}
+    expect screen "Take receipts"
+    keys ENTER
+    remove
+    expect screen "Key in amount"
+"""

@@ -14,6 +14,7 @@ from firmware.backup import BackupError, backup, restore
 from firmware.config import load_config
 from firmware.journal import JOURNAL_NAME, open_existing
 from firmware.sim.runner import sim_session
+from scenario import chip_sale, tap_sale
 from test_e2e_day import TID, play
 
 WATER, CHOCOLATE_UPC = "6901234567892", "036000291452"  # config/products.toml: 2.00, 8.90
@@ -226,15 +227,7 @@ def test_d0_settlement_report_has_the_cash_line_and_d0_fees(tmp_path):
 
     async def go():
         async with sim_session(cfg) as s:
-            await play(s, LOGIN_CASHIER + """
-                keys 10000 ENTER
-                insert approve
-                expect screen "Enter PIN"
-                keys 1234 ENTER
-                expect screen "Take receipts"
-                keys ENTER
-                remove
-                expect screen "op 01"
+            await play(s, LOGIN_CASHIER + chip_sale(10000) + """
                 keys MENU 1 3
                 keys 3000 ENTER 3000 ENTER
                 expect screen "Take receipt"
@@ -274,14 +267,7 @@ def test_d0_settlement_report_has_the_cash_line_and_d0_fees(tmp_path):
 
 
 def test_a_backup_taken_while_sales_run_is_consistent_and_restores(tmp_path):
-    sales = "".join(f"""
-        keys {amount} ENTER
-        tap approve
-        expect screen "Take receipts"
-        keys ENTER
-        remove
-        expect screen "op 01"
-    """ for amount in (101, 102, 103, 104, 105, 106))
+    sales = "".join(tap_sale(amount) for amount in (101, 102, 103, 104, 105, 106))
 
     async def go():
         async with sim_session(config(tmp_path)) as s:

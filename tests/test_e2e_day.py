@@ -14,6 +14,7 @@ from conftest import SIM_TOML, sim_overrides
 from firmware.config import load_config
 from firmware.sim.runner import sim_session
 from firmware.sim.script import parse_script, run_script
+from scenario import chip_sale, tap_sale
 
 TID = "10000001"
 WECHAT_PAID = "134567890123456780"  # a WeChat Pay code the simulated wallet pays at once
@@ -78,36 +79,12 @@ def ledger_fees(records, batch: str, *, card_bp: int, qr_bp: int) -> int:
 def test_a_merchant_day_ends_in_a_settled_batch_that_matches_the_ledger(tmp_path):
     async def day():
         async with sim_session(config(tmp_path)) as session:
+            # chip 100.00 with online PIN, contactless 50.00, chip 20.00 the supervisor voids
             await play(session, """
                 login 01 0000
                 expect screen "op 01"
                 expect signon
-                # chip sale 100.00 with online PIN
-                keys 10000 ENTER
-                insert approve
-                expect screen "Enter PIN"
-                keys 1234 ENTER
-                expect screen "Take receipts"
-                keys ENTER
-                remove
-                expect screen "op 01"
-                # contactless sale 50.00, no PIN
-                keys 5000 ENTER
-                expect screen "Insert, tap or swipe"
-                tap visa
-                expect screen "Take receipts"
-                keys ENTER
-                remove
-                expect screen "op 01"
-                # chip sale 20.00 that the supervisor will void
-                keys 2000 ENTER
-                insert approve
-                expect screen "Enter PIN"
-                keys 1234 ENTER
-                expect screen "Take receipts"
-                keys ENTER
-                remove
-                expect screen "op 01"
+            """ + chip_sale(10000) + tap_sale(5000, "visa") + chip_sale(2000) + """
                 # QR sale 30.00 (WeChat Pay, paid at once)
                 keys MENU
                 expect screen "MENU"

@@ -13,6 +13,7 @@ from firmware.journal import JOURNAL_NAME, Journal
 from firmware.sim.runner import sim_session
 from firmware.sim.script import parse_script, run_script
 from firmware.vault import Vault
+from scenario import tap_sale
 
 TID = "10000001"
 
@@ -31,17 +32,6 @@ async def play(session, script: str) -> None:
         for screen in session.display.history[-14:]:
             print("DEBUG", screen)
         raise
-
-
-def sale(amount: int, card: str = "approve") -> str:
-    return f"""
-        keys {amount} ENTER
-        tap {card}
-        expect screen "Take receipts"
-        keys ENTER
-        remove
-        expect screen "Key in amount"
-    """
 
 
 def receipt(session, name: str) -> str:
@@ -75,7 +65,7 @@ def test_the_menu_lists_finds_reprints_reports_and_signs_off(tmp_path):
                 login 01 0000
                 expect screen "op 01"
                 expect signon
-            """ + "".join(sale(amount) for amount in (101, 102, 103, 104, 105)))
+            """ + "".join(tap_sale(amount) for amount in (101, 102, 103, 104, 105)))
             rows = await s.terminal.journal_call(lambda j: j.page(0, 10))
             await play(s, """
                 # the last transactions, four a screen, newest first
@@ -178,7 +168,7 @@ def test_an_upload_cut_short_is_finished_first_then_the_current_batch_settles(tm
 
     async def first_day():
         async with sim_session(cfg) as s:
-            await play(s, 'login 01 0000\nexpect screen "op 01"\nexpect signon\n' + sale(300) + sale(400) + f"""
+            await play(s, 'login 01 0000\nexpect screen "op 01"\nexpect signon\n' + tap_sale(300) + tap_sale(400) + f"""
                 acquirer unbalance 1
                 fault drop times 1 mti 0320
                 {settle}
@@ -187,7 +177,7 @@ def test_an_upload_cut_short_is_finished_first_then_the_current_batch_settles(tm
                 expect batch 2
                 keys ENTER
                 expect screen "Key in amount"
-            """ + sale(500))
+            """ + tap_sale(500))
             return await s.terminal.journal_call(lambda j: (j.settlement(1), j.pending_uploads(1)))
 
     async def next_morning():
