@@ -48,6 +48,7 @@ from firmware.flows.types import (
 from firmware.hal.pinpad import PIN_KEYS, SoftPinPad
 from firmware.hal.printer import PrinterError
 from firmware.journal import JOURNAL_NAME, Journal
+from firmware.notify import Notifier, watchdog_interval, watchdog_pings
 from firmware.operators import OPERATORS_NAME, OperatorStore
 from firmware.keys import SessionKeys
 from firmware.receipts import ReceiptData, preview, render
@@ -109,6 +110,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
         self.operator, self.role = self._default_operator()  # who is logged in
         self._daily_signon: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()  # housekeeping that never holds up a stop
+        self.notifier = Notifier.from_env()  # systemd Type=notify (a no-op elsewhere)
         self._reversals_queued = 0  # pending reversals at the last link status
         self.pinpad = SoftPinPad()
         self.journal: Journal | None = None
@@ -172,6 +174,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
                 self.flow_cfg = replace(self.flow_cfg, catalog=catalog)
         except Exception as exc:
             self.devices.display.show(Screen("TERMINAL FAULT", wrap(str(exc), 3), tone="error"))
+            self.notifier.status(f"fault: {exc}")
             raise StartupFault(str(exc)) from exc
         self._tmk = tmk
         for source in self.devices.inputs:
@@ -186,6 +189,11 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
         self._daily_signon = loop.create_task(self._sign_on_daily(), name="daily-sign-on")
         self._daily_signon.add_done_callback(self._task_done)
         self.ready.set()
+        self.notifier.ready(f"terminal {self.ids.terminal_id} ready")
+        interval = watchdog_interval()
+        if interval:  # WatchdogSec: pings from the loop itself, so a stuck loop is restarted
+            self._spawn_background(watchdog_pings(self.notifier, interval, self._alive),
+                                   "watchdog")
         log.info("terminal %s ready (acquirer %s:%d)", self.ids.terminal_id,
                  self.cfg.acquirer.host, self.cfg.acquirer.port)
 
@@ -194,6 +202,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
             event = await self._bridge.get()
             if isinstance(event, _Stop):
                 self._stopping = True
+                self.notifier.stopping("stopping after the transaction in flight")
                 self._dispatch(Shutdown())
             else:
                 self._dispatch(event)
@@ -221,6 +230,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
             close = getattr(source, "close", None)
             if close is not None:
                 close()
+        self.notifier.close()
         self.stopped.set()
         log.info("terminal stopped")
 
@@ -236,6 +246,10 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
                         "kpos operator passwd)")
         elif ops.login and await self.operators_worker.run(self.operators.empty):
             log.error("no operators: nobody can log in (kpos operator add NO --role admin)")
+
+    def _alive(self) -> bool:
+        """For the watchdog: the terminal is serving (the pings come from its loop)."""
+        return not self.stopped.is_set()
 
     @property
     def sale_state(self) -> sale.SaleState:

@@ -25,6 +25,7 @@ from firmware.flows.types import (
     AppChoice, AuthResult, CardRead, CardReadFailed, LinkStatus, PinVerified, TxnSpec,
 )
 from firmware.journal import TxnExtra
+from firmware.notify import link_status
 from firmware.txnkinds import KINDS
 from firmware.keys import KeyCheckError, session_keys_from_working
 from firmware.saf import LinkState
@@ -170,6 +171,7 @@ class CardWork:
         if self._bridge is not None:
             stats = state.stats
             self._bridge.post(LinkStatus(state.online, stats.queued, stats.alerts))
+            self.notifier.status(link_status(state.online, stats.queued, stats.alerts))
             if stats.reversals < self._reversals_queued:  # a QR cancel may have been answered
                 self._spawn_background(self._refund_paid_late(), "qr-late-refunds")  # "paid"
             self._reversals_queued = stats.reversals

@@ -92,6 +92,12 @@ class DevicesConfig:
     scanner: str  # "none" | "serial" | "sim": the QR/barcode scanner backend
     scanner_port: str  # serial port (or pyserial URL such as loop://) of a "serial" scanner
     scanner_baudrate: int
+    display_kind: str  # luma panel: "st7789" | "ili9341" | "ssd1306"
+    display_port: int  # SPI port (st7789, ili9341) or I2C bus (ssd1306, hd44780)
+    display_address: int  # I2C address (0 = the kind's usual: 0x3C OLED, 0x27 HD44780)
+    display_rotate: int  # quarter turns, 0..3
+    display_cols: int  # hd44780 characters per line (16 or 20)
+    display_rows: int  # hd44780 lines (2 or 4)
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,7 @@ class PrinterConfig:
     host: str  # "" when unused
     port: int
     file: Path
+    timeout: float  # seconds: connect, write and status answer of a usb/serial/network printer
 
 
 @dataclass(frozen=True)
@@ -465,6 +472,12 @@ def _devices(s: _Section) -> DevicesConfig:
         scanner_port=s.str_("scanner_port", "", maxlen=200,
                             need='[devices] scanner = "serial"' if scanner == "serial" else ""),
         scanner_baudrate=s.int_("scanner_baudrate", 9600, choices=_BAUDS),
+        display_kind=s.str_("display_kind", "ssd1306", choices=("st7789", "ili9341", "ssd1306")),
+        display_port=s.int_("display_port", 1, 0, 10),
+        display_address=s.int_("display_address", 0, 0, 0x77),
+        display_rotate=s.int_("display_rotate", 0, 0, 3),
+        display_cols=s.int_("display_cols", 20, choices=(16, 20)),
+        display_rows=s.int_("display_rows", 4, choices=(2, 4)),
     )
 
 
@@ -592,6 +605,7 @@ def _printer(s: _Section, devices: DevicesConfig) -> PrinterConfig:
         host=s.str_("host", "", pattern=_HOST, rule=_HOST_RULE, need=need("network")),
         port=s.int_("port", 9100, 1, 65535),
         file=s.path("file", "/dev/usb/lp0", need=need("file")),
+        timeout=s.float_("timeout", 2.0, 0.1, 30),
     )
 
 

@@ -17,16 +17,17 @@ class DeviceError(RuntimeError):
 def build_devices(cfg):
     """Devices for `kpos run` from cfg.devices. Loop thread, at start."""
     from firmware.app import Devices
-    from firmware.hal.console import ConsoleDisplay, ConsolePanel
+    from firmware.hal.console import ConsolePanel
 
     d = cfg.devices
     reader = _reader(cfg)
-    if d.display != "console":
-        raise DeviceError(f"display backend {d.display!r} is not available in this release")
-    if d.printer != "sim":
-        raise DeviceError(f"printer backend {d.printer!r} is not available in this release")
-    from firmware.hal.printer_sim import SimPrinter
-    printer = SimPrinter(cfg.terminal.data_dir / "receipts")
+    display = _display(d)
+    if d.printer == "sim":
+        from firmware.hal.printer_sim import SimPrinter
+        printer = SimPrinter(cfg.terminal.data_dir / "receipts")
+    else:  # usb, serial, network, file: python-escpos, connected at the first print
+        from firmware.hal.printer_escpos import build_escpos
+        printer = build_escpos(cfg.printer, d.printer, timeout=cfg.printer.timeout)
     inputs = []
     if d.keypad == "console":
         inputs.append(ConsolePanel(reader))
@@ -37,7 +38,23 @@ def build_devices(cfg):
     for device in (build_swipe_reader(d), build_scanner(d)):
         if device is not None:
             inputs.append(device)
-    return Devices(reader=reader, display=ConsoleDisplay(), printer=printer, inputs=inputs)
+    return Devices(reader=reader, display=display, printer=printer, inputs=inputs)
+
+
+def _display(d):
+    """The display [devices] display names: console, a luma panel or an HD44780 LCD."""
+    if d.display == "console":
+        from firmware.hal.console import ConsoleDisplay
+        return ConsoleDisplay()
+    if d.display == "luma":
+        from firmware.hal.display_luma import build_luma
+        return build_luma(d.display_kind, port=d.display_port,
+                          address=d.display_address or 0x3C, rotate=d.display_rotate)
+    if d.display == "hd44780":
+        from firmware.hal.display_lcd import build_hd44780
+        return build_hd44780(address=d.display_address or 0x27, cols=d.display_cols,
+                             rows=d.display_rows, port=d.display_port)
+    raise DeviceError(f"display backend {d.display!r} is not available in this release")
 
 
 READER_CONTACTLESS = {"auto": None, "yes": True, "no": False}  # [devices] reader_contactless
