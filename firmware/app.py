@@ -75,6 +75,7 @@ class Devices:
     printer: Any  # firmware.hal.printer.Printer
     inputs: list = field(default_factory=list)  # objects with attach(post, on_quit)
     buzzer: Callable[[str], None] = lambda kind: None
+    outputs: list = field(default_factory=list)  # buzzer, LEDs: objects with close()
 
 
 class _Stop:
@@ -226,7 +227,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
                        self.operators_worker):
             worker.shutdown()
         self.devices.reader.close()
-        for source in self.devices.inputs:  # swipe readers own a thread and a port
+        for source in [*self.devices.inputs, *self.devices.outputs]:  # threads, ports, pins
             close = getattr(source, "close", None)
             if close is not None:
                 close()

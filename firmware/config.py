@@ -98,6 +98,15 @@ class DevicesConfig:
     display_rotate: int  # quarter turns, 0..3
     display_cols: int  # hd44780 characters per line (16 or 20)
     display_rows: int  # hd44780 lines (2 or 4)
+    pin_factory: str  # gpiozero pin factory: "lgpio" (Pi 5 and newer OS) | "rpigpio" | "mock"
+    keypad_rows: tuple[int, ...]  # BCM pins of a "gpio" matrix keypad's rows
+    keypad_cols: tuple[int, ...]  # ... and columns (3 or 4)
+    keypad_map: str  # one character per key, row by row (firmware/hal/keypad.py LABELS)
+    keypad_debounce: float  # seconds
+    keypad_device: str  # evdev path of a USB keypad ("evdev")
+    buzzer_pin: int  # BCM pin, 0 = none
+    led_green: int  # BCM pin, 0 = none
+    led_red: int  # BCM pin, 0 = none
 
 
 @dataclass(frozen=True)
@@ -457,9 +466,12 @@ def _timeouts(s: _Section) -> TimeoutsConfig:
 def _devices(s: _Section) -> DevicesConfig:
     magstripe = s.str_("magstripe", "none", choices=("none", "serial", "wedge"))
     scanner = s.str_("scanner", "none", choices=("none", "serial", "sim"))
+    keypad = s.str_("keypad", choices=("console", "gpio", "evdev"))
+    rows = _pins(s, "keypad_rows", "5,6,13,19", (4,))
+    cols = _pins(s, "keypad_cols", "12,16,20,21", (3, 4))
     return DevicesConfig(  # no defaults: simulation is never picked silently
         card_reader=s.str_("card_reader", choices=("sim", "pcsc")),
-        keypad=s.str_("keypad", choices=("console", "gpio", "evdev")),
+        keypad=keypad,
         display=s.str_("display", choices=("console", "luma", "hd44780")),
         printer=s.str_("printer", choices=("sim", "usb", "serial", "network", "file")),
         reader_name=s.str_("reader_name", "", maxlen=200),
@@ -478,10 +490,31 @@ def _devices(s: _Section) -> DevicesConfig:
         display_rotate=s.int_("display_rotate", 0, 0, 3),
         display_cols=s.int_("display_cols", 20, choices=(16, 20)),
         display_rows=s.int_("display_rows", 4, choices=(2, 4)),
+        pin_factory=s.str_("pin_factory", "lgpio", choices=("lgpio", "rpigpio", "mock")),
+        keypad_rows=rows,
+        keypad_cols=cols,
+        keypad_map=s.str_("keypad_map", "123A456B789C*0#D"[:len(rows) * len(cols)]
+                          if len(cols) == 4 else "123456789*0#"),
+        keypad_debounce=s.float_("keypad_debounce", 0.02, 0.005, 0.2),
+        keypad_device=s.str_("keypad_device", "", maxlen=200,
+                             need='[devices] keypad = "evdev"' if keypad == "evdev" else ""),
+        buzzer_pin=s.int_("buzzer_pin", 0, 0, 27),
+        led_green=s.int_("led_green", 0, 0, 27),
+        led_red=s.int_("led_red", 0, 0, 27),
     )
 
 
 _BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+def _pins(s: _Section, key: str, default: str, counts: tuple[int, ...]) -> tuple[int, ...]:
+    """A list of BCM GPIO pins written "5,6,13,19": 2..27, distinct, `counts` of them."""
+    text = s.str_(key, default, pattern=r"[0-9]{1,2}(,[0-9]{1,2})*",
+                  rule="BCM pin numbers separated by commas, e.g. \"5,6,13,19\"")
+    pins = tuple(int(p) for p in text.split(","))
+    if len(pins) not in counts or len(set(pins)) != len(pins) or not all(2 <= p <= 27 for p in pins):
+        raise s.error(key, f"must be {' or '.join(map(str, counts))} distinct pins 2..27, got {text!r}")
+    return pins
 
 
 _HEX = {5: (r"[0-9A-Fa-f]{10}", "10 hex digits"), 3: (r"[0-9A-Fa-f]{6}", "6 hex digits")}

@@ -17,7 +17,6 @@ class DeviceError(RuntimeError):
 def build_devices(cfg):
     """Devices for `kpos run` from cfg.devices. Loop thread, at start."""
     from firmware.app import Devices
-    from firmware.hal.console import ConsolePanel
 
     d = cfg.devices
     reader = _reader(cfg)
@@ -28,17 +27,48 @@ def build_devices(cfg):
     else:  # usb, serial, network, file: python-escpos, connected at the first print
         from firmware.hal.printer_escpos import build_escpos
         printer = build_escpos(cfg.printer, d.printer, timeout=cfg.printer.timeout)
-    inputs = []
-    if d.keypad == "console":
-        inputs.append(ConsolePanel(reader))
-    else:
-        raise DeviceError(f"keypad backend {d.keypad!r} is not available in this release")
+    inputs = [_keypad(d, reader)]
     from firmware.hal.swipe import build_swipe_reader
     from firmware.hal.scanner import build_scanner
     for device in (build_swipe_reader(d), build_scanner(d)):
         if device is not None:
             inputs.append(device)
-    return Devices(reader=reader, display=display, printer=printer, inputs=inputs)
+    outputs = _feedback(d)
+    return Devices(reader=reader, display=display, printer=printer, inputs=inputs,
+                   buzzer=_sound_and_light(outputs), outputs=outputs)
+
+
+def _keypad(d, reader):
+    """The keypad [devices] keypad names: the console, a GPIO matrix or a USB keypad."""
+    if d.keypad == "console":
+        from firmware.hal.console import ConsolePanel
+        return ConsolePanel(reader)
+    from firmware.hal.keypad import EvdevKeypad, MatrixKeypad, pin_factory
+    if d.keypad == "gpio":
+        return MatrixKeypad(list(d.keypad_rows), list(d.keypad_cols), d.keypad_map,
+                            debounce_s=d.keypad_debounce, pin_factory=pin_factory(d.pin_factory))
+    return EvdevKeypad(d.keypad_device)
+
+
+def _feedback(d) -> list:
+    """The buzzer and the status LEDs that [devices] wires (none by default)."""
+    if not (d.buzzer_pin or d.led_green or d.led_red):
+        return []
+    from firmware.hal.buzzer import Buzzer, StatusLeds
+    from firmware.hal.keypad import pin_factory
+    factory = pin_factory(d.pin_factory)
+    outputs = [Buzzer(d.buzzer_pin, pin_factory=factory)] if d.buzzer_pin else []
+    if d.led_green and d.led_red:
+        outputs.append(StatusLeds(d.led_green, d.led_red, pin_factory=factory))
+    return outputs
+
+
+def _sound_and_light(outputs: list):
+    """Devices.buzzer: every feedback device plays the flow's beep kind."""
+    def feedback(kind: str) -> None:
+        for device in outputs:
+            device(kind)
+    return feedback
 
 
 def _display(d):
