@@ -41,12 +41,13 @@ from firmware.emv.oda import load_capks
 from firmware.flows import sale, shell
 from firmware.flows.types import (
     Authorise, Beep, CancelTimers, CheckLogin, CheckRisk, FindTxn, Idle, Key, ListTxns, Logout,
-    OpenDrawer, PayCash, PinLength, Print, PrintDone, QrPay, ReadCard, Reprint, RunTask,
+    OpenDrawer, PayCash, PinLength, Print, PrintDone, PrinterStatus, QrPay, ReadCard, Reprint,
+    RunTask,
     SaveBasket, Screen, SelectApp, SetTraining, Show, Shutdown, StartPin, StartTimer, StopPin,
     Timeout, VerifyPin, wrap,
 )
 from firmware.hal.pinpad import PIN_KEYS, SoftPinPad
-from firmware.hal.printer import PrinterError
+from firmware.hal.printer import STATUS_OK, PrinterError
 from firmware.journal import JOURNAL_NAME, Journal
 from firmware.notify import Notifier, watchdog_interval, watchdog_pings
 from firmware.operators import OPERATORS_NAME, OperatorStore
@@ -112,6 +113,8 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
         self._daily_signon: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()  # housekeeping that never holds up a stop
         self.notifier = Notifier.from_env()  # systemd Type=notify (a no-op elsewhere)
+        self._printer_fault = ""  # why the last print failed, "" = printing
+        self._printer_watch: asyncio.Task | None = None
         self._reversals_queued = 0  # pending reversals at the last link status
         self.pinpad = SoftPinPad()
         self.journal: Journal | None = None
@@ -269,12 +272,13 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _spawn_background(self, coro, name: str) -> None:
+    def _spawn_background(self, coro, name: str) -> asyncio.Task:
         """A housekeeping task (cancelled at stop, errors logged)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -401,10 +405,38 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
                 crashpoint.hit("print.done")
                 await self.journal_worker.run(self.journal.mark_printed, record.id, copy)
         except (PrinterError, WorkerTimeout) as exc:
-            reason = getattr(exc, "reason", str(exc))
+            reason = getattr(exc, "reason", str(exc)) or "printer error"
             log.warning("receipt for stan %06d not printed: %s", record.stan, reason)
-            return reason or "printer error"
+            self._printer_down(reason)
+            return reason
         return ""
+
+    def _printer_down(self, reason: str) -> None:
+        """A print failed: say so on the idle screen and watch the printer until it is back,
+        then print what waits in the journal (oldest first)."""
+        if reason != self._printer_fault:
+            self._printer_fault = reason
+            self._bridge.post(PrinterStatus(reason))
+            self.notifier.status(f"printer: {reason}")
+        if self._printer_watch is None or self._printer_watch.done():
+            self._printer_watch = self._spawn_background(self._watch_printer(), "printer-watch")
+
+    async def _watch_printer(self) -> None:
+        """Every [printer] retry seconds ask the printer; once it is ready, clear the
+        warning and print the backlog (a new failure sets the fault again: go on)."""
+        while self._printer_fault:
+            await asyncio.sleep(self.cfg.printer.retry)  # the retry period itself
+            try:
+                status = await self.printer_worker.run(self.devices.printer.status,
+                                                       timeout=PRINT_TIMEOUT)
+            except (PrinterError, WorkerTimeout) as exc:
+                status = getattr(exc, "reason", "") or "printer error"
+            if status != STATUS_OK:
+                continue
+            log.info("printer back: printing the receipts that waited")
+            self._printer_fault = ""
+            self._bridge.post(PrinterStatus(""))
+            await self._print_backlog()
 
     def receipt_data(self, record, original=None, basket: dict | None = None, *,
                      reprint: bool = False) -> ReceiptData:

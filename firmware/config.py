@@ -216,6 +216,7 @@ class PrinterConfig:
     port: int
     file: Path
     timeout: float  # seconds: connect, write and status answer of a usb/serial/network printer
+    retry: float  # seconds between status checks while the printer is out of paper or offline
 
 
 @dataclass(frozen=True)
@@ -639,6 +640,7 @@ def _printer(s: _Section, devices: DevicesConfig) -> PrinterConfig:
         port=s.int_("port", 9100, 1, 65535),
         file=s.path("file", "/dev/usb/lp0", need=need("file")),
         timeout=s.float_("timeout", 2.0, 0.1, 30),
+        retry=s.float_("retry", 5.0, 0.1, 300),
     )
 
 

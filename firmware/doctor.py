@@ -6,8 +6,12 @@ at once, each on its own daemon thread; one that has not answered by then is rep
 "no answer within N s" and left behind, and one that raises is FAIL with the error text.
 Checks only look: the journal is opened read-only and never created, a directory is proven
 writable by a temporary file deleted at once, the acquirer gets a TCP connect and no message,
-a serial port is opened and closed. Details never hold key material or card data (an ATR
-is not card data). `main(path, as_json=)` prints one line per check ("OK   name: detail",
+a serial port is opened and closed, GPIO pins are claimed and freed at once, a printer is
+asked its real-time status (DLE EOT; a "file" printer's device must already exist). The
+one exception: a luma or HD44780 display is built (initialised, so its screen clears) and
+closed, which is how a missing bus or panel shows. Every WARN and FAIL of a device, the
+disk and the clock ends with a hint: what the operator does about it ("paper out: load
+paper"). Details never hold key material or card data (an ATR is not card data). `main(path, as_json=, checks=)` prints one line per check ("OK   name: detail",
 "WARN ...", "FAIL ...") or a JSON list of {check, status, detail}, and returns the exit
 code: 0 no FAIL, 1 a FAIL, 2 the config does not load.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import socket
 import sqlite3
 import stat
@@ -23,17 +28,25 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 from firmware.config import Config, ConfigError, load_config, read_tmk
+from firmware.hal import DeviceError
+from firmware.hal.printer import COVER_OPEN, OFFLINE, PAPER_OUT, STATUS_OK
 from firmware.journal import JOURNAL_NAME
 from firmware.vault import Vault
 
-__all__ = ["Result", "run_checks", "main", "CHECKS", "OK", "WARN", "FAIL"]
+__all__ = ["Result", "run_checks", "main", "CHECKS", "OK", "WARN", "FAIL", "RELEASE_YEAR"]
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 CHECK_TIMEOUT = 10.0  # s for all checks together (at least connect_timeout + 1 s)
+DISK_WARN, DISK_FAIL = 100 * 2**20, 10 * 2**20  # bytes free under data_dir
+RELEASE_YEAR = 2026  # a clock before it has never been set (a Pi has no RTC; NTP not yet)
+BUS_HINT = "enable SPI/I2C in /boot/firmware/config.txt (boot/config.txt.fragment)"
+PRINTER_HINTS = {PAPER_OUT: "load paper", COVER_OPEN: "close the cover",
+                 OFFLINE: "check cable/power/IP"}
 
 
 @dataclass(frozen=True)
@@ -139,26 +152,159 @@ def check_card_reader(cfg: Config) -> tuple[str, str]:
                 f"{'contactless' if contactless else 'contact'}")
 
 
+def _hinted(detail: str, hint: str) -> str:
+    """`detail: hint`, unless the detail already says what to install."""
+    return detail if "pip install" in detail else f"{detail}: {hint}"
+
+
+def _serial_opens(port: str, baudrate: int, what: str) -> tuple[str, str]:
+    import serial
+    try:
+        serial.serial_for_url(port, baudrate=baudrate, timeout=0).close()
+    except (OSError, serial.SerialException) as exc:
+        return FAIL, _hinted(str(exc), f"plug in the {what} or fix its port in [devices] "
+                                       "(ls /dev/serial/by-id; the kpos user in group dialout)")
+    return OK, f"serial {port} opens at {baudrate} baud"
+
+
+def _input_device(path: str, what: str) -> tuple[str, str]:
+    """An evdev input device node: it exists and this user may read it."""
+    device = Path(path)
+    if not path or not device.exists():
+        return FAIL, (f"{what} input device {path!r} does not exist: plug it in or fix "
+                      "[devices] (ls /dev/input/by-id)")
+    if not os.access(device, os.R_OK):
+        return FAIL, f"{what} input device {device} is not readable: add the kpos user to group input"
+    return OK, f"{what} input device {device}"
+
+
+def _pins_free(cfg: Config, pins: dict[int, str]) -> tuple[str, str]:
+    """Claim and free each BCM pin (name -> what uses it) on [devices] pin_factory."""
+    from firmware.hal.keypad import pin_factory
+    name = cfg.devices.pin_factory
+    try:
+        factory = pin_factory(name)
+    except DeviceError as exc:
+        return FAIL, _hinted(str(exc), "fix [devices] pin_factory (lgpio on a Pi 5)")
+    try:
+        for number, user in pins.items():
+            try:
+                factory.pin(number).close()
+            except Exception as exc:  # gpiozero's PinInvalidPin, lgpio's "GPIO busy"
+                return FAIL, (f"GPIO{number} ({user}): {exc}: is kpos still running, "
+                              "or another program using the pin?")
+    finally:
+        factory.close()
+    return OK, f"{name}: GPIO {', '.join(map(str, pins))} free"
+
+
+def _gpio_users(pins: dict[str, tuple[int, ...]]) -> tuple[dict[int, str], str]:
+    """pin -> what uses it, and the first pin wired to two things ("" when none)."""
+    users: dict[int, str] = {}
+    for user, numbers in pins.items():
+        for number in numbers:
+            if number in users:
+                return users, f"GPIO{number} is both {users[number]} and {user}"
+            users[number] = user
+    return users, ""
+
+
 def check_magstripe(cfg: Config) -> tuple[str, str]:
     d = cfg.devices
     if d.magstripe == "none":
         return OK, "none configured"
     if d.magstripe == "serial":
-        import serial
-        serial.serial_for_url(d.magstripe_port, baudrate=d.magstripe_baudrate, timeout=0).close()
-        return OK, f"serial {d.magstripe_port} opens at {d.magstripe_baudrate} baud"
-    device = Path(d.magstripe_port)
-    if not d.magstripe_port or not device.exists():
-        return FAIL, f"wedge input device {d.magstripe_port!r} does not exist"
-    if not os.access(device, os.R_OK):
-        return FAIL, f"wedge input device {device} is not readable (input group?)"
-    return OK, f"wedge input device {device}"
+        return _serial_opens(d.magstripe_port, d.magstripe_baudrate, "swipe reader")
+    return _input_device(d.magstripe_port, "wedge")
 
 
 def check_printer(cfg: Config) -> tuple[str, str]:
-    if cfg.devices.printer != "sim":
-        return WARN, f"backend {cfg.devices.printer!r} not available in this release"
-    return _writable(cfg.terminal.data_dir / "receipts")
+    backend = cfg.devices.printer
+    if backend == "sim":
+        return _writable(cfg.terminal.data_dir / "receipts")
+    if backend == "file" and not cfg.printer.file.exists():  # opening would create a file
+        return FAIL, f"file {cfg.printer.file}: does not exist: check cable/power and [printer] file"
+    from firmware.hal.printer_escpos import build_escpos
+    printer = build_escpos(cfg.printer, backend, timeout=cfg.printer.timeout)
+    try:
+        reason = printer.status()
+    finally:
+        printer.close()
+    if reason != STATUS_OK:
+        return FAIL, f"{printer.device}: {reason}: {PRINTER_HINTS.get(reason, 'see the log')}"
+    return OK, f"{printer.device}: ready" if printer.query else f"{printer.device}: opens"
+
+
+def check_display(cfg: Config) -> tuple[str, str]:
+    if cfg.devices.display == "console":
+        return OK, "console"
+    from firmware.hal import _display
+    try:
+        display = _display(cfg.devices)
+    except DeviceError as exc:
+        return FAIL, _hinted(str(exc), BUS_HINT)
+    display.close()
+    return OK, f"{cfg.devices.display} answers"
+
+
+def check_keypad(cfg: Config) -> tuple[str, str]:
+    d = cfg.devices
+    if d.keypad == "console":
+        return OK, "console"
+    if d.keypad == "evdev":
+        return _input_device(d.keypad_device, "keypad")
+    users, clash = _gpio_users(_feedback_pins(d) | {"keypad row": d.keypad_rows,
+                                                    "keypad column": d.keypad_cols})
+    if clash:
+        return FAIL, f"{clash}: fix the pins in [devices]"
+    return _pins_free(cfg, {n: u for n, u in users.items() if u.startswith("keypad")})
+
+
+def _feedback_pins(d) -> dict[str, tuple[int, ...]]:
+    return {user: (pin,) for user, pin in (("buzzer", d.buzzer_pin), ("green LED", d.led_green),
+                                           ("red LED", d.led_red)) if pin}
+
+
+def check_feedback(cfg: Config) -> tuple[str, str]:
+    """The buzzer and LED pins (the keypad check reports pins they share with the keypad)."""
+    users, clash = _gpio_users(_feedback_pins(cfg.devices))
+    if clash:
+        return FAIL, f"{clash}: fix the pins in [devices]"
+    if not users:
+        return OK, "none configured"
+    return _pins_free(cfg, users)
+
+
+def check_scanner(cfg: Config) -> tuple[str, str]:
+    d = cfg.devices
+    if d.scanner == "none":
+        return OK, "none configured"
+    if d.scanner == "sim":
+        return OK, "sim: the simulator console types the codes"
+    return _serial_opens(d.scanner_port, d.scanner_baudrate, "scanner")
+
+
+def check_disk(cfg: Config) -> tuple[str, str]:
+    where = cfg.terminal.data_dir
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    detail = f"{where}: {free // 2**20} MB free"
+    hint = "free space (kpos backup to a USB stick, then delete old backups and logs)"
+    if free < DISK_FAIL:
+        return FAIL, f"{detail}, under {DISK_FAIL // 2**20} MB: {hint}"
+    if free < DISK_WARN:
+        return WARN, f"{detail}, under {DISK_WARN // 2**20} MB: {hint}"
+    return OK, detail
+
+
+def check_clock(cfg: Config, now: Callable[[], datetime] = datetime.now) -> tuple[str, str]:
+    time_now = now()
+    detail = f"{time_now:%Y-%m-%d %H:%M:%S}"
+    if time_now.year < RELEASE_YEAR:
+        return WARN, (f"{detail} is before {RELEASE_YEAR}: the clock is not set (no RTC, no NTP "
+                      "yet): check the network and timedatectl")
+    return OK, detail
 
 
 def check_acquirer(cfg: Config) -> tuple[str, str]:
@@ -177,7 +323,9 @@ def check_acquirer(cfg: Config) -> tuple[str, str]:
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("data_dir", check_data_dir), ("journal", check_journal), ("tmk", check_tmk),
     ("vault_key", check_vault_key), ("capk", check_capk), ("card_reader", check_card_reader),
-    ("magstripe", check_magstripe), ("printer", check_printer), ("acquirer", check_acquirer),
+    ("magstripe", check_magstripe), ("printer", check_printer), ("display", check_display),
+    ("keypad", check_keypad), ("buzzer_leds", check_feedback), ("scanner", check_scanner),
+    ("disk", check_disk), ("clock", check_clock), ("acquirer", check_acquirer),
 )
 
 
@@ -211,14 +359,14 @@ def _collect(name: str, box: queue.Queue, deadline: float, limit: float) -> Resu
     return Result(name, status, detail)
 
 
-def main(config: Path, *, as_json: bool = False) -> int:
-    """Run every check on the config at `config`, print the report, return the exit code."""
+def main(config: Path, *, as_json: bool = False, checks=CHECKS) -> int:
+    """Run `checks` on the config at `config`, print the report, return the exit code."""
     try:
         cfg = load_config(config)
     except ConfigError as exc:
         _print([Result("config", FAIL, str(exc))], as_json)
         return 2
-    results = [Result("config", OK, str(cfg.path)), *run_checks(cfg)]
+    results = [Result("config", OK, str(cfg.path)), *run_checks(cfg, checks)]
     _print(results, as_json)
     return 1 if any(r.status == FAIL for r in results) else 0
 

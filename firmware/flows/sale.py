@@ -49,9 +49,9 @@ from firmware.emv.card import (
 from firmware.flows.types import (
     DIGITS, LCD_COLS, LCD_ROWS, Action, AppChoice, AuthResult, Authorise, Beep, CancelTimers,
     CardInserted, CardRead, CardReadFailed, CardRemoved, CardSwiped, CheckLogin, CheckRisk,
-    Event, Idle, Key, LinkStatus, LoginResult, PinLength, PinVerified, Print, PrintDone, ReadCard,
-    ReaderStatus, RiskResult, Screen, SelectApp, Show, Shutdown, StartPin, StartTimer, StopPin,
-    SwipeFailed, Timeout, TxnSpec, VerifyPin, fit, wrap,
+    Event, Idle, Key, LinkStatus, LoginResult, PinLength, PinVerified, Print, PrintDone,
+    PrinterStatus, ReadCard, ReaderStatus, RiskResult, Screen, SelectApp, Show, Shutdown,
+    StartPin, StartTimer, StopPin, SwipeFailed, Timeout, TxnSpec, VerifyPin, fit, wrap,
 )
 from firmware.money import CURRENCIES, currency_alpha, format_amount
 from firmware.txnkinds import KINDS, role_allows
@@ -228,6 +228,7 @@ class SaleState:
     pin_offline: bool = False  # the PIN being entered goes to the card (VerifyPin)
     chip_failed: bool = False  # the chip read failed; a swipe is a fallback
     reader_fault: str = ""  # the card reader's last reported fault, "" = working
+    printer_fault: str = ""  # the printer's last reported fault, "" = printing
     note: str = ""  # shown on the PIN screen instead of "Enter PIN", or a keyed-entry error
     apps: int = 0  # how many applications CHOOSE_APP offers
     link: LinkStatus = LinkStatus(None)  # the acquirer link and queue, for the idle screen
@@ -270,6 +271,8 @@ def step(cfg: SaleConfig, state: SaleState, event: Event) -> Step:
         return _shutdown(state)
     if isinstance(event, ReaderStatus):
         return _reader_status(cfg, state, event.fault)
+    if isinstance(event, PrinterStatus):
+        return _printer_status(state, event.fault)
     if isinstance(event, LinkStatus):
         return _link_status(state, event)
     moved = _HANDLERS[state.phase](cfg, state, event)
@@ -306,8 +309,12 @@ def idle_screen(state: SaleState) -> Screen:
     lines = ["Key in amount", fit(f"{word}  queued {link.queued}")]
     if state.reader_fault:
         lines.append(fit("Reader: " + state.reader_fault))
+    if state.printer_fault:
+        lines.append(fit("Printer: " + state.printer_fault))
     if link.alerts:
         lines.append(fit(f"! {link.alerts} alert{'s' if link.alerts > 1 else ''}: support"))
+    if len(lines) > LCD_ROWS:  # the faults matter more than the prompt
+        lines.remove("Key in amount")
     word = "TRAINING  " if state.training else "KPOS     "
     title = fit(f"{word}op {state.operator}") if state.operator else word.strip()
     return Screen(title, tuple(lines))
@@ -455,7 +462,8 @@ def _is_timeout(state: SaleState, event: Event, name: str) -> bool:
 
 def _to_idle(state: SaleState, *first: Action) -> Step:
     idle = SaleState(card_present=state.card_present, token=state.token,
-                     reader_fault=state.reader_fault, link=state.link,
+                     reader_fault=state.reader_fault, printer_fault=state.printer_fault,
+                     link=state.link,
                      operator=state.operator, role=state.role, training=state.training)
     return idle, [*first, CancelTimers(), Show(idle_screen(idle)), Idle()]
 
@@ -554,6 +562,13 @@ def _reader_status(cfg: SaleConfig, state: SaleState, fault: str) -> Step:
     elif state.phase == "PRESENT_CARD":
         actions.append(Show(_present_screen(cfg, state)))
     return state, actions + ([Beep("error")] if fault else [])
+
+
+def _printer_status(state: SaleState, fault: str) -> Step:
+    if fault == state.printer_fault:
+        return state, []
+    state = replace(state, printer_fault=fault)
+    return state, [Show(idle_screen(state))] if state.phase == "IDLE" else []
 
 
 def _link_status(state: SaleState, link: LinkStatus) -> Step:

@@ -56,10 +56,10 @@ from firmware.flows.sale import (
 from firmware.flows.types import (
     DIGITS, LCD_COLS, Action, AuthResult, BarcodeScanned, BasketSaved, Beep, CancelTimers,
     CardInserted, CardRemoved, CardSwiped, CashDone, CodeScanned, Event, FindTxn, Idle, Key,
-    LinkStatus, ListTxns, LoginResult, Logout, OpenDrawer, OriginalRef, PayCash, Print, PrintDone,
-    QrPay, QrProgress, ReaderStatus, Reprint, RunTask, SaveBasket, Screen, SetTraining, Show,
-    Shutdown, StartTimer, TaskDone, Timeout, TrainingSet, TxnFound, TxnPage, TxnSpec, TxnSummary,
-    fit, wrap,
+    LinkStatus, ListTxns, LoginResult, Logout, OpenDrawer, OriginalRef, PayCash, Print,
+    PrintDone, PrinterStatus, QrPay, QrProgress, ReaderStatus, Reprint, RunTask, SaveBasket,
+    Screen, SetTraining, Show, Shutdown, StartTimer, TaskDone, Timeout, TrainingSet, TxnFound,
+    TxnPage, TxnSpec, TxnSummary, fit, wrap,
 )
 from firmware.money import CURRENCIES, currency_alpha, format_amount
 from firmware.txnkinds import KINDS, ROLES, role_allows
@@ -251,7 +251,7 @@ def resting(state: ShellState) -> bool:
 
 def step(cfg: ShellConfig, state: ShellState, event: Event) -> Step:
     """The next state and the actions for `event`."""
-    if isinstance(event, (LinkStatus, ReaderStatus)):
+    if isinstance(event, (LinkStatus, ReaderStatus, PrinterStatus)):
         return _status(cfg, state, event)
     if state.phase == "CARD":
         return _in_card(cfg, state, event)

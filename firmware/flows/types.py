@@ -22,7 +22,7 @@ __all__ = [
     "AuthResult", "PrintDone", "Timeout", "Shutdown", "Event",
     "OriginalRef", "TxnSpec", "TxnSummary", "LoginResult", "TxnFound", "TxnPage", "CodeScanned",
     "QrProgress", "RiskResult", "TaskDone", "RISK_ACTIONS", "TASKS", "BarcodeScanned",
-    "BasketLine", "BasketSaved", "CashDone", "TrainingSet",
+    "BasketLine", "BasketSaved", "CashDone", "TrainingSet", "PrinterStatus",
     "Show", "Beep", "StartTimer", "CancelTimers", "ReadCard", "SelectApp", "StartPin", "StopPin",
     "VerifyPin", "Authorise", "Print", "Idle", "CheckLogin", "Logout", "FindTxn", "ListTxns",
     "Reprint", "RunTask", "QrPay", "CheckRisk", "SaveBasket", "PayCash", "OpenDrawer",
@@ -238,6 +238,14 @@ class ReaderStatus:
 
 
 @dataclass(frozen=True)
+class PrinterStatus:
+    """The printer's health changed: fault "" = printing, else a short operator text
+    ("paper out"); receipts that could not print wait in the journal meanwhile."""
+
+    fault: str
+
+
+@dataclass(frozen=True)
 class LinkStatus:
     """The acquirer link and the store-and-forward queue, for the idle screen."""
 
@@ -392,7 +400,7 @@ class TaskDone:
 Event = Union[Key, PinLength, CardInserted, CardRemoved, CardRead, CardReadFailed, AppChoice,
               PinVerified, CardSwiped, SwipeFailed, ReaderStatus, LinkStatus, AuthResult, PrintDone,
               Timeout, Shutdown, LoginResult, TxnFound, TxnPage, CodeScanned, QrProgress, RiskResult,
-              TaskDone, BarcodeScanned, BasketSaved, CashDone, TrainingSet]
+              TaskDone, BarcodeScanned, BasketSaved, CashDone, TrainingSet, PrinterStatus]
 
 
 # ---- actions (outputs the app executes, in order) ----
