@@ -7,8 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# pcscd + vsmartcard-vpcd: the real PC/SC stack the tests drive; libpcsclite-dev + swig build pyscard.
-APT_PACKAGES=(python3 python3-venv python3-dev gcc pcscd vsmartcard-vpcd libpcsclite-dev swig)
+# pcscd + vsmartcard-vpcd: the real PC/SC stack the tests drive; libpcsclite-dev + swig build pyscard;
+# fonts-wqy-microhei: the CJK font Chinese screens are drawn with (as on a provisioned Pi).
+APT_PACKAGES=(python3 python3-venv python3-dev gcc pcscd vsmartcard-vpcd libpcsclite-dev swig
+              fonts-wqy-microhei)
 VENV=.venv
 
 say() { printf '\033[1mdev.sh:\033[0m %s\n' "$*" >&2; }
