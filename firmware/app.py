@@ -438,6 +438,11 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
             self._bridge.post(PrinterStatus(""))
             await self._print_backlog()
 
+    def _receipt_qr(self, record) -> str:
+        """[receipt] qr filled in for `record` ("" when not configured)."""
+        template = self.cfg.receipt.qr
+        return template.format(**_qr_fields(self.cfg, record)) if template else ""
+
     def receipt_data(self, record, original=None, basket: dict | None = None, *,
                      reprint: bool = False) -> ReceiptData:
         """What the receipt of journal row `record` prints; `original`: the row it names
@@ -458,6 +463,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
         if record.kind == "cash":
             extra.update(tendered=record.tendered, change=record.tendered - record.amount)
         return ReceiptData(
+            footer=self.cfg.receipt.footer, qr=self._receipt_qr(record),
             reprint=reprint, wallet=record.wallet, target_pan=record.target_pan,
             auto_refund=record.kind == "qr_refund", training=self.training, **extra,
             merchant_name=merchant_name, merchant_id=t.merchant_id, terminal_id=t.terminal_id,
@@ -472,6 +478,12 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
             tc=record.arqc, ac_type=record.cryptogram_type or "ARQC", tvr=record.tvr, tsi=record.tsi,
             offline=record.offline_code is not None, pin_verified=record.cvm in ("online_pin", "offline_pin"),
             no_cvm=record.cvm == "none")
+
+
+def _qr_fields(cfg: Config, record) -> dict:
+    t = cfg.terminal
+    return {"merchant_id": t.merchant_id, "terminal_id": t.terminal_id, "batch": record.batch,
+            "stan": f"{record.stan:06d}", "rrn": record.rrn or "", "amount": record.amount}
 
 
 def _offline_auth(code: str | None) -> str | None:

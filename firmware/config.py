@@ -223,6 +223,7 @@ class PrinterConfig:
 class ReceiptConfig:
     footer: str  # "" for none; may hold "\n"
     drawer: bool  # kick the cash drawer (ESC/POS pulse through the printer) on a cash payment
+    qr: str  # QR code content under each receipt, "" = none; RECEIPT_QR_FIELDS placeholders
 
 
 @dataclass(frozen=True)
@@ -644,9 +645,18 @@ def _printer(s: _Section, devices: DevicesConfig) -> PrinterConfig:
     )
 
 
+RECEIPT_QR_FIELDS = ("merchant_id", "terminal_id", "batch", "stan", "rrn", "amount")
+
+
 def _receipt(s: _Section) -> ReceiptConfig:
+    qr = s.str_("qr", "", maxlen=300)
+    try:
+        qr.format(**{name: "0" for name in RECEIPT_QR_FIELDS})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise s.error("qr", f"placeholders may be {{{'}, {'.join(RECEIPT_QR_FIELDS)}}}, "
+                            f"got {qr!r} ({exc})") from None
     return ReceiptConfig(footer=s.str_("footer", "", maxlen=200, multiline=True),
-                         drawer=s.bool_("drawer", False))
+                         drawer=s.bool_("drawer", False), qr=qr)
 
 
 def _basket(s: _Section) -> BasketConfig:

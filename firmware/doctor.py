@@ -252,7 +252,11 @@ def check_keypad(cfg: Config) -> tuple[str, str]:
     if d.keypad == "console":
         return OK, "console"
     if d.keypad == "evdev":
-        return _input_device(d.keypad_device, "keypad")
+        from firmware.hal.keypad import EvdevKeypad
+        status, detail = _input_device(d.keypad_device, "keypad")
+        if status == OK:
+            EvdevKeypad(d.keypad_device)  # DeviceError without the evdev package; opens nothing
+        return status, detail
     users, clash = _gpio_users(_feedback_pins(d) | {"keypad row": d.keypad_rows,
                                                     "keypad column": d.keypad_cols})
     if clash:

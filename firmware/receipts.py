@@ -188,6 +188,8 @@ class ReceiptData:
     tendered: int | None = None  # cash: what the customer handed over
     change: int | None = None  # cash: tendered - amount
     training: bool = False  # training mode: not a payment
+    footer: str = ""  # [receipt] footer: the merchant's closing lines ("\n" = a new line)
+    qr: str = ""  # the QR code printed under the receipt ("" = none): [receipt] qr filled in
 
     def __post_init__(self) -> None:
         cash = self.txn_type == "CASH"
@@ -400,6 +402,10 @@ def layout(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) -
         lines += styled("bold", _center(label("not_payment"), width))
     lines += rule
     lines += _cardholder_block(data, copy, label, width)
+    for part in data.footer.split("\n") if data.footer else ():
+        lines += styled("normal", _center(part, width))
+    if data.qr:
+        lines.append(("qr", data.qr))  # render() prints the code itself; the preview a mark
     return lines
 
 
@@ -467,8 +473,9 @@ def render(
 
 
 def lines_text(lines: list[Line]) -> str:
-    """Laid-out lines as text, one per printed line (previews of receipts and reports)."""
-    return "".join(text + "\n" for _style, text in lines)
+    """Laid-out lines as text, one per printed line (previews of receipts and reports); a
+    QR code shows as [QR] and its content."""
+    return "".join((f"[QR] {text}" if style == "qr" else text) + "\n" for style, text in lines)
 
 
 def render_lines(lines: list[Line], encoding: str = "GB18030") -> bytes:
@@ -482,6 +489,11 @@ def render_lines(lines: list[Line], encoding: str = "GB18030") -> bytes:
     printer._raw(cjk_on)
     style = "normal"  # the state ESC @ leaves
     for number, (line_style, text) in enumerate(lines, start=1):
+        if line_style == "qr":  # the printer's own QR generator (GS ( k), centred
+            printer.set(align="center")
+            printer.qr(text, size=5, native=True)
+            printer.set(align="left")
+            continue
         if line_style != style:
             printer.set(**STYLES[line_style])
             style = line_style

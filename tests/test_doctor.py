@@ -7,6 +7,8 @@ the state dir, a 0600 copy of the test TMK and the acquirer port are always over
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib.util
 import json
 import os
 import queue
@@ -16,12 +18,15 @@ import sys
 import threading
 import time
 import tomllib
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from firmware.config import load_config
-from firmware.doctor import FAIL, OK, WARN, Result, check_card_reader, run_checks
+from firmware import doctor
+from firmware.doctor import (BUS_HINT, CHECKS, FAIL, OK, RELEASE_YEAR, WARN, Result,
+                             check_card_reader, check_clock, check_keypad, main, run_checks)
 from firmware.flows.types import CardInserted, CardRemoved
 from firmware.journal import Journal
 from firmware.sim.acquirer import AcquirerSimulator
@@ -29,10 +34,14 @@ from firmware.sim.catalog import load_catalog
 from firmware.vault import Vault
 from conftest import REPO, SIM_TOML
 from pcscd_fixture import READER, pcscd, vpcd_lock  # noqa: F401  (fixtures)
+from test_printer_escpos import NetPrinter
 
 EVENT_TIMEOUT = 5.0  # s
 
 SIM_HINT = " (kpos sim starts its own acquirer simulator on a free port)"
+NAMES = ["data_dir", "journal", "tmk", "vault_key", "capk", "card_reader", "magstripe", "printer",
+         "display", "keypad", "buzzer_leds", "scanner", "disk", "clock", "acquirer"]
+PRINTER_TIMEOUT = 0.5  # s the doctor waits for the fake printer's status answers
 
 
 def free_port() -> int:
@@ -99,8 +108,7 @@ def test_all_ok_with_the_acquirer_simulator_listening(tmp_path):
             await acquirer.stop()
 
     results = asyncio.run(go())
-    assert [r.check for r in results] == ["data_dir", "journal", "tmk", "vault_key", "capk",
-                                          "card_reader", "magstripe", "printer", "acquirer"]
+    assert [r.check for r in results] == NAMES
     assert [r for r in results if r.status != OK] == []
     checks = by_check(results)
     assert checks["journal"].detail.endswith("journal.db integrity ok")
@@ -159,8 +167,6 @@ def test_world_readable_tmk_is_a_warning_and_the_key_is_never_shown(tmp_path):
      "magstripe", FAIL, "could not open port /dev/kpos-no-such-tty"),
     ({"devices": {"magstripe": "wedge", "magstripe_port": "/dev/input/kpos-no-such-event"}},
      "magstripe", FAIL, "wedge input device '/dev/input/kpos-no-such-event' does not exist"),
-    ({"devices": {"printer": "network"}, "printer": {"host": "192.0.2.7"}},
-     "printer", WARN, "backend 'network' not available in this release"),
     ({"emv": {"capk_file": "/nonexistent/capk.toml"}}, "capk", FAIL, "/nonexistent/capk.toml"),
     ({"security": {"tmk_file": "/nonexistent/tmk.key"}}, "tmk", FAIL, "cannot read"),
 ])
@@ -271,7 +277,7 @@ def test_cli_exit_0_when_nothing_fails(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == f"OK   config: {path}"
-    assert len(lines) == 10 and all(line.startswith("OK   ") for line in lines), lines
+    assert len(lines) == 1 + len(NAMES) and all(line.startswith("OK   ") for line in lines), lines
 
 
 def test_cli_exit_1_and_json_when_the_acquirer_is_down(tmp_path):
@@ -279,7 +285,7 @@ def test_cli_exit_1_and_json_when_the_acquirer_is_down(tmp_path):
     done = kpos_doctor("--config", str(write_config(tmp_path, port)), "--json")
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
-    assert [set(item) for item in report] == [{"check", "status", "detail"}] * 10
+    assert [set(item) for item in report] == [{"check", "status", "detail"}] * (1 + len(NAMES))
     assert report[-1] == {"check": "acquirer", "status": "FAIL",
                           "detail": f"127.0.0.1:{port}: Connection refused" + SIM_HINT}
     assert {item["status"] for item in report[:-1]} == {"OK"}
@@ -294,3 +300,165 @@ def test_cli_exit_2_with_the_config_error(tmp_path):
     done = kpos_doctor("--config", str(bad), "--json")
     assert done.returncode == 2
     assert json.loads(done.stdout)[0]["status"] == "FAIL"
+
+
+# ---- devices, disk and clock: each fault in turn, through main() ---------------------------
+
+
+def doctor_run(tmp_path, capsys, checks=CHECKS, **sections) -> tuple[int, dict[str, str]]:
+    """main() on sim.toml + `sections` with a listening acquirer: (exit code, check -> line)."""
+    with socket.create_server(("127.0.0.1", 0)) as acquirer:
+        code = main(write_config(tmp_path, acquirer.getsockname()[1], **sections), checks=checks)
+    lines = capsys.readouterr().out.splitlines()
+    return code, {line[5:].split(":", 1)[0]: line for line in lines}
+
+
+def replaced(name: str, check) -> tuple:
+    return tuple((n, check if n == name else c) for n, c in CHECKS)
+
+
+def test_healthy_simulated_terminal_is_all_ok(tmp_path, capsys):
+    code, lines = doctor_run(tmp_path, capsys)
+    assert code == 0 and list(lines) == ["config", *NAMES], lines
+    assert all(line.startswith("OK   ") for line in lines.values()), lines
+    assert lines["display"] == "OK   display: console"
+    assert lines["buzzer_leds"] == "OK   buzzer_leds: none configured"
+    assert lines["scanner"] == "OK   scanner: sim: the simulator console types the codes"
+    assert lines["disk"].endswith(" MB free")
+
+
+@pytest.fixture
+def net_printer():
+    server = NetPrinter()
+    yield server
+    server.close()
+
+
+def printer_sections(port: int) -> dict:
+    return {"devices": {"printer": "network"},
+            "printer": {"host": "127.0.0.1", "port": port, "timeout": PRINTER_TIMEOUT}}
+
+
+@pytest.mark.parametrize("state,code,line", [
+    ("ok", 0, "OK   printer: network 127.0.0.1:{port}: ready"),
+    ("paper out", 1, "FAIL printer: network 127.0.0.1:{port}: paper out: load paper"),
+    ("cover open", 1, "FAIL printer: network 127.0.0.1:{port}: cover open: close the cover"),
+    ("offline", 1, "FAIL printer: network 127.0.0.1:{port}: offline: check cable/power/IP"),
+])
+def test_network_printer_status(tmp_path, capsys, net_printer, state, code, line):
+    net_printer.fake.state = state
+    got, lines = doctor_run(tmp_path, capsys, **printer_sections(net_printer.port))
+    assert (got, lines["printer"]) == (code, line.format(port=net_printer.port))
+    assert net_printer.fake.data == b""  # asked, never printed on
+
+
+def test_network_printer_not_listening_is_offline(tmp_path, capsys):
+    port = free_port()
+    code, lines = doctor_run(tmp_path, capsys, **printer_sections(port))
+    assert code == 1
+    assert lines["printer"] == f"FAIL printer: network 127.0.0.1:{port}: offline: check cable/power/IP"
+
+
+def test_file_printer_missing_is_a_fail_and_not_created(tmp_path, capsys):
+    device = tmp_path / "lp0"
+    code, lines = doctor_run(tmp_path, capsys, devices={"printer": "file"},
+                             printer={"file": str(device)})
+    assert code == 1 and not device.exists()
+    assert lines["printer"] == (f"FAIL printer: file {device}: does not exist: "
+                                "check cable/power and [printer] file")
+
+
+@pytest.mark.parametrize("display,missing", [
+    ("hd44780", "display 'hd44780' at I2C 10:0x27: [Errno 2] No such file or directory: "
+                "'/dev/i2c-10'"),
+    ("luma", "display 'luma' ssd1306: I2C device not found: /dev/i2c-10"),
+])
+def test_display_whose_bus_is_missing(tmp_path, capsys, display, missing):
+    assert not Path("/dev/i2c-10").exists()
+    code, lines = doctor_run(tmp_path, capsys,
+                             devices={"display": display, "display_kind": "ssd1306",
+                                      "display_port": 10})
+    assert (code, lines["display"]) == (1, f"FAIL display: {missing}: {BUS_HINT}")
+
+
+GPIO_KEYPAD = {"keypad": "gpio", "pin_factory": "mock"}
+
+
+def test_gpio_keypad_and_feedback_pins_on_the_mock_factory(tmp_path, capsys):
+    code, lines = doctor_run(tmp_path, capsys, devices={**GPIO_KEYPAD, "buzzer_pin": 26,
+                                                        "led_green": 17, "led_red": 27})
+    assert code == 0, lines
+    assert lines["keypad"] == "OK   keypad: mock: GPIO 5, 6, 13, 19, 12, 16, 20, 21 free"
+    assert lines["buzzer_leds"] == "OK   buzzer_leds: mock: GPIO 26, 17, 27 free"
+
+
+def test_gpio_keypad_with_an_unknown_pin_factory(tmp_path, capsys):
+    def keypad(cfg):
+        devices = dataclasses.replace(cfg.devices, pin_factory="nope")
+        return check_keypad(dataclasses.replace(cfg, devices=devices))
+
+    code, lines = doctor_run(tmp_path, capsys, replaced("keypad", keypad), devices=GPIO_KEYPAD)
+    assert code == 1
+    assert lines["keypad"] == ("FAIL keypad: [devices] pin_factory 'nope': not one of "
+                               "['lgpio', 'mock', 'rpigpio']: fix [devices] pin_factory (lgpio on a Pi 5)")
+
+
+def test_pin_wired_to_keypad_and_buzzer(tmp_path, capsys):
+    code, lines = doctor_run(tmp_path, capsys, devices={**GPIO_KEYPAD, "buzzer_pin": 12})
+    assert code == 1
+    assert lines["keypad"] == ("FAIL keypad: GPIO12 is both buzzer and keypad column: "
+                               "fix the pins in [devices]")
+
+
+def test_evdev_keypad_path_missing(tmp_path, capsys):
+    code, lines = doctor_run(tmp_path, capsys, devices={"keypad": "evdev",
+                                                        "keypad_device": "/dev/input/kpos-nope"})
+    assert code == 1
+    assert lines["keypad"] == ("FAIL keypad: keypad input device '/dev/input/kpos-nope' does not "
+                               "exist: plug it in or fix [devices] (ls /dev/input/by-id)")
+
+
+def test_evdev_keypad_present_needs_the_evdev_package(tmp_path, capsys):
+    device = tmp_path / "event7"
+    device.write_bytes(b"")
+    code, lines = doctor_run(tmp_path, capsys, devices={"keypad": "evdev",
+                                                        "keypad_device": str(device)})
+    if importlib.util.find_spec("evdev") is None:
+        assert (code, lines["keypad"]) == (1, "FAIL keypad: keypad backend \"evdev\" needs the "
+                                               "Python package evdev (pip install evdev)")
+    else:
+        assert (code, lines["keypad"]) == (0, f"OK   keypad: keypad input device {device}")
+
+
+@pytest.mark.parametrize("port,code,line", [
+    ("loop://", 0, "OK   scanner: serial loop:// opens at 9600 baud"),
+    ("/dev/kpos-no-such-scanner", 1,
+     "FAIL scanner: [Errno 2] could not open port /dev/kpos-no-such-scanner: [Errno 2] No such "
+     "file or directory: '/dev/kpos-no-such-scanner': plug in the scanner or fix its port in "
+     "[devices] (ls /dev/serial/by-id; the kpos user in group dialout)"),
+])
+def test_serial_scanner_port(tmp_path, capsys, port, code, line):
+    got, lines = doctor_run(tmp_path, capsys, devices={"scanner": "serial", "scanner_port": port})
+    assert (got, lines["scanner"]) == (code, line)
+
+
+@pytest.mark.parametrize("free_mb,code,status", [(150, 0, "OK  "), (50, 0, "WARN"), (5, 1, "FAIL")])
+def test_low_disk(tmp_path, capsys, monkeypatch, free_mb, code, status):
+    usage = doctor.shutil.disk_usage
+    monkeypatch.setattr(doctor.shutil, "disk_usage",
+                        lambda path: usage(path)._replace(free=free_mb * 2**20))
+    got, lines = doctor_run(tmp_path, capsys)
+    assert got == code and lines["disk"].startswith(f"{status} disk: {tmp_path}: {free_mb} MB free")
+    hint = ": free space (kpos backup to a USB stick, then delete old backups and logs)"
+    assert lines["disk"].endswith(hint) == (status != "OK  ")
+
+
+def test_clock_before_the_release_year_is_a_warning(tmp_path, capsys):
+    def clock(cfg):
+        return check_clock(cfg, now=lambda: datetime(2020, 1, 1, 0, 0, 5))
+
+    code, lines = doctor_run(tmp_path, capsys, replaced("clock", clock))
+    assert code == 0  # a warning is not a failure
+    assert lines["clock"] == (f"WARN clock: 2020-01-01 00:00:05 is before {RELEASE_YEAR}: the clock "
+                              "is not set (no RTC, no NTP yet): check the network and timedatectl")
+    assert check_clock(None, now=lambda: datetime(RELEASE_YEAR, 1, 1)) == (OK, f"{RELEASE_YEAR}-01-01 00:00:00")

@@ -659,3 +659,14 @@ def test_sim_printer_write_failure_is_a_printer_error(tmp_path):
 def test_sim_printer_refuses_paths_as_names(tmp_path, name):
     with pytest.raises(ValueError):
         SimPrinter(tmp_path).print_receipt(b"x", "x\n", name)
+
+
+def test_the_footer_and_the_qr_code_print_under_the_receipt():
+    data = dataclasses.replace(SALE, footer="Thank you\nWelcome back", qr="https://example.com/r?s=000042")
+    tail = preview(data, "customer").splitlines()[-3:]
+    assert [line.strip() for line in tail] == ["Thank you", "Welcome back",
+                                                "[QR] https://example.com/r?s=000042"]
+    raw = render(data, "customer")
+    assert b"\x1d(k" in raw and b"https://example.com/r?s=000042" in raw  # GS ( k: the printer's QR
+    assert raw.index(b"Welcome back") < raw.index(b"\x1d(k") < raw.rindex(b"\x1dV")  # then the cut
+    assert b"\x1d(k" not in render(SALE, "customer")  # none unless configured
