@@ -470,7 +470,7 @@ def _devices(s: _Section) -> DevicesConfig:
     scanner = s.str_("scanner", "none", choices=("none", "serial", "sim"))
     keypad = s.str_("keypad", choices=("console", "gpio", "evdev"))
     rows = _pins(s, "keypad_rows", "5,6,13,19", (4,))
-    cols = _pins(s, "keypad_cols", "12,16,20,21", (3, 4))
+    cols = _pins(s, "keypad_cols", "26,16,20,21", (3, 4))
     return DevicesConfig(  # no defaults: simulation is never picked silently
         card_reader=s.str_("card_reader", choices=("sim", "pcsc")),
         keypad=keypad,

@@ -238,9 +238,9 @@ def check_printer(cfg: Config) -> tuple[str, str]:
 def check_display(cfg: Config) -> tuple[str, str]:
     if cfg.devices.display == "console":
         return OK, "console"
-    from firmware.hal import _display
+    from firmware.hal import build_display
     try:
-        display = _display(cfg.devices)
+        display = build_display(cfg.devices)
     except DeviceError as exc:
         return FAIL, _hinted(str(exc), BUS_HINT)
     display.close()

@@ -385,11 +385,11 @@ GPIO_KEYPAD = {"keypad": "gpio", "pin_factory": "mock"}
 
 
 def test_gpio_keypad_and_feedback_pins_on_the_mock_factory(tmp_path, capsys):
-    code, lines = doctor_run(tmp_path, capsys, devices={**GPIO_KEYPAD, "buzzer_pin": 26,
+    code, lines = doctor_run(tmp_path, capsys, devices={**GPIO_KEYPAD, "buzzer_pin": 12,
                                                         "led_green": 17, "led_red": 27})
     assert code == 0, lines
-    assert lines["keypad"] == "OK   keypad: mock: GPIO 5, 6, 13, 19, 12, 16, 20, 21 free"
-    assert lines["buzzer_leds"] == "OK   buzzer_leds: mock: GPIO 26, 17, 27 free"
+    assert lines["keypad"] == "OK   keypad: mock: GPIO 5, 6, 13, 19, 26, 16, 20, 21 free"
+    assert lines["buzzer_leds"] == "OK   buzzer_leds: mock: GPIO 12, 17, 27 free"
 
 
 def test_gpio_keypad_with_an_unknown_pin_factory(tmp_path, capsys):
@@ -404,9 +404,9 @@ def test_gpio_keypad_with_an_unknown_pin_factory(tmp_path, capsys):
 
 
 def test_pin_wired_to_keypad_and_buzzer(tmp_path, capsys):
-    code, lines = doctor_run(tmp_path, capsys, devices={**GPIO_KEYPAD, "buzzer_pin": 12})
+    code, lines = doctor_run(tmp_path, capsys, devices={**GPIO_KEYPAD, "buzzer_pin": 26})
     assert code == 1
-    assert lines["keypad"] == ("FAIL keypad: GPIO12 is both buzzer and keypad column: "
+    assert lines["keypad"] == ("FAIL keypad: GPIO26 is both buzzer and keypad column: "
                                "fix the pins in [devices]")
 
 

@@ -7,7 +7,7 @@ starts its own when the terminal attaches it.
 """
 from __future__ import annotations
 
-__all__ = ["DeviceError", "build_devices", "pcsc_module", "READER_CONTACTLESS"]
+__all__ = ["DeviceError", "build_devices", "build_display", "pcsc_module", "READER_CONTACTLESS"]
 
 
 class DeviceError(RuntimeError):
@@ -20,7 +20,7 @@ def build_devices(cfg):
 
     d = cfg.devices
     reader = _reader(cfg)
-    display = _display(d)
+    display = build_display(d)
     if d.printer == "sim":
         from firmware.hal.printer_sim import SimPrinter
         printer = SimPrinter(cfg.terminal.data_dir / "receipts")
@@ -71,7 +71,7 @@ def _sound_and_light(outputs: list):
     return feedback
 
 
-def _display(d):
+def build_display(d):
     """The display [devices] display names: console, a luma panel or an HD44780 LCD."""
     if d.display == "console":
         from firmware.hal.console import ConsoleDisplay
