@@ -397,7 +397,8 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
         lang = self.cfg.terminal.language
         try:
             for copy in copies:
-                raw = render(data, copy, lang=lang, encoding=pcfg.encoding, width=pcfg.width)
+                raw = render(data, copy, lang=lang, encoding=pcfg.encoding, width=pcfg.width,
+                             logo=self.cfg.receipt.logo)
                 text = preview(data, copy, lang=lang, width=pcfg.width)
                 name = f"{'T-' if self.training else ''}{record.batch:06d}-{record.stan:06d}-{copy}"
                 await self.printer_worker.run(self.devices.printer.print_receipt, raw, text, name,

@@ -224,6 +224,7 @@ class ReceiptConfig:
     footer: str  # "" for none; may hold "\n"
     drawer: bool  # kick the cash drawer (ESC/POS pulse through the printer) on a cash payment
     qr: str  # QR code content under each receipt, "" = none; RECEIPT_QR_FIELDS placeholders
+    logo: Path | None  # the merchant's logo (PNG/BMP, <= 384 px wide), printed at the top
 
 
 @dataclass(frozen=True)
@@ -656,7 +657,7 @@ def _receipt(s: _Section) -> ReceiptConfig:
         raise s.error("qr", f"placeholders may be {{{'}, {'.join(RECEIPT_QR_FIELDS)}}}, "
                             f"got {qr!r} ({exc})") from None
     return ReceiptConfig(footer=s.str_("footer", "", maxlen=200, multiline=True),
-                         drawer=s.bool_("drawer", False), qr=qr)
+                         drawer=s.bool_("drawer", False), qr=qr, logo=s.path("logo", ""))
 
 
 def _basket(s: _Section) -> BasketConfig:

@@ -39,6 +39,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from escpos.printer import Dummy
 
@@ -466,10 +467,12 @@ def preview(data: ReceiptData, copy: str, *, lang: str = "en", width: int = 32) 
 
 
 def render(
-    data: ReceiptData, copy: str, *, lang: str = "en", encoding: str = "GB18030", width: int = 32
+    data: ReceiptData, copy: str, *, lang: str = "en", encoding: str = "GB18030", width: int = 32,
+    logo: Path | None = None,
 ) -> bytes:
-    """The receipt as ESC/POS bytes (see the module docstring for the exact sequence)."""
-    return render_lines(layout(data, copy, lang=lang, width=width), encoding)
+    """The receipt as ESC/POS bytes (see the module docstring for the exact sequence);
+    `logo`: an image printed centred above it (the merchant's logo)."""
+    return render_lines(layout(data, copy, lang=lang, width=width), encoding, logo=logo)
 
 
 def lines_text(lines: list[Line]) -> str:
@@ -478,13 +481,16 @@ def lines_text(lines: list[Line]) -> str:
     return "".join((f"[QR] {text}" if style == "qr" else text) + "\n" for style, text in lines)
 
 
-def render_lines(lines: list[Line], encoding: str = "GB18030") -> bytes:
-    """Laid-out (style, text) lines as ESC/POS bytes: init, the lines, feed and cut. Any
-    slip built from `center`/`pair`/`wrap_text` lines (reports too) prints through here."""
+def render_lines(lines: list[Line], encoding: str = "GB18030", *, logo: Path | None = None) -> bytes:
+    """Laid-out (style, text) lines as ESC/POS bytes: init, [the logo image, centred,]
+    the lines, feed and cut. Any slip built from `center`/`pair`/`wrap_text` lines (reports
+    too) prints through here."""
     _check_in("encoding", encoding, ENCODINGS)
     cjk_on, cjk_off = ENCODINGS[encoding] if not all(t.isascii() for _s, t in lines) else (b"", b"")
     printer = Dummy(profile="default")
     printer.hw("INIT")
+    if logo is not None:  # GS v 0 raster, python-escpos converts and dithers the image
+        printer.image(str(logo), center=True)
     printer.charcode("CP437")
     printer._raw(cjk_on)
     style = "normal"  # the state ESC @ leaves

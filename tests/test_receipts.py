@@ -670,3 +670,15 @@ def test_the_footer_and_the_qr_code_print_under_the_receipt():
     assert b"\x1d(k" in raw and b"https://example.com/r?s=000042" in raw  # GS ( k: the printer's QR
     assert raw.index(b"Welcome back") < raw.index(b"\x1d(k") < raw.rindex(b"\x1dV")  # then the cut
     assert b"\x1d(k" not in render(SALE, "customer")  # none unless configured
+
+
+def test_the_merchant_logo_prints_as_a_raster_image_above_the_receipt(tmp_path):
+    from PIL import Image, ImageDraw
+    logo = tmp_path / "logo.png"
+    image = Image.new("1", (96, 32), 1)
+    ImageDraw.Draw(image).rectangle((8, 8, 88, 24), fill=0)
+    image.save(logo)
+    raw = render(SALE, "customer", logo=logo)
+    assert raw.startswith(b"\x1b@") and b"\x1dv0" in raw  # ESC @, then GS v 0 raster
+    assert raw.index(b"\x1dv0") < raw.index(SALE.merchant_name.encode())
+    assert b"\x1dv0" not in render(SALE, "customer")
