@@ -18,7 +18,7 @@ import logging
 import threading
 from typing import Callable
 
-__all__ = ["DeviceThread", "RETRY_S", "POLL_S"]
+__all__ = ["DeviceThread", "EvdevGrab", "RETRY_S", "POLL_S"]
 
 RETRY_S = 1.0  # seconds between attempts to open a missing device
 POLL_S = 0.1  # read timeout: how soon the thread notices close()
@@ -73,3 +73,20 @@ class DeviceThread:
 
     def _pump(self, device) -> None:
         raise NotImplementedError
+
+
+class EvdevGrab:
+    """Mixin for a DeviceThread reading an evdev input device (`self._evdev`: the evdev
+    module): `_open()` grabs the device, so its keystrokes reach no console."""
+
+    device: str
+    _evdev: object
+
+    @contextlib.contextmanager
+    def _open(self):
+        device = self._evdev.InputDevice(self.device)
+        try:
+            device.grab()
+            yield device
+        finally:
+            device.close()

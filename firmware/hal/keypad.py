@@ -29,7 +29,6 @@ are ignored. A missing or unplugged keypad sets `fault` and is retried (DeviceTh
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import select
 import threading
@@ -38,7 +37,7 @@ from typing import Callable, Sequence
 
 from firmware.flows.types import DIGITS, KEYS, Key
 from firmware.hal import DeviceError
-from firmware.hal.devthread import POLL_S, DeviceThread
+from firmware.hal.devthread import POLL_S, DeviceThread, EvdevGrab
 
 __all__ = ["MatrixKeypad", "EvdevKeypad", "KeyDebouncer", "pin_factory", "key_names", "evdev_key",
            "LABELS", "KEYMAP_4X4", "KEYMAP_3X4", "EVDEV_KEYS", "SCAN_S", "DEBOUNCE_S"]
@@ -196,7 +195,7 @@ class MatrixKeypad:
         return frozenset(down)
 
 
-class EvdevKeypad(DeviceThread):
+class EvdevKeypad(EvdevGrab, DeviceThread):
     """A USB keypad at `device_path` (/dev/input/by-id/...-event-kbd); `keymap` maps evdev
     key names (KEY_KP1 ...) to KEYS names, EVDEV_KEYS when None."""
 
@@ -216,15 +215,6 @@ class EvdevKeypad(DeviceThread):
         if bad:
             raise DeviceError(f"[devices] keypad_map: unknown key {bad[0]!r}")
         super().__init__(device_path, on_fault, log)
-
-    @contextlib.contextmanager
-    def _open(self):
-        device = self._evdev.InputDevice(self.device)
-        try:
-            device.grab()
-            yield device
-        finally:
-            device.close()
 
     def _pump(self, device) -> None:
         ecodes = self._evdev.ecodes

@@ -11,7 +11,6 @@ and reasons only, never track data.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import re
@@ -23,7 +22,7 @@ from typing import Callable
 
 from firmware.flows.types import CardSwiped, SwipeFailed
 from firmware.hal import DeviceError
-from firmware.hal.devthread import POLL_S, DeviceThread
+from firmware.hal.devthread import POLL_S, DeviceThread, EvdevGrab
 from firmware.magstripe import UNREADABLE, swipe_event
 
 __all__ = ["SerialSwipeReader", "EvdevSwipeReader", "WedgeDecoder", "LineBuffer", "key_char",
@@ -175,7 +174,7 @@ def key_char(name: str, shift: bool) -> str | None:
     return pair[shift] if pair else None
 
 
-class EvdevSwipeReader(_SwipeThread):
+class EvdevSwipeReader(EvdevGrab, _SwipeThread):
     """A keyboard-wedge reader on its own input event device (e.g. /dev/input/by-id/...-kbd).
 
     The device is grabbed, so its keystrokes reach no console. DeviceError at construction
@@ -187,15 +186,6 @@ class EvdevSwipeReader(_SwipeThread):
         super().__init__(device_path, today, on_fault)
         self._evdev = _require("evdev", "wedge")
         self._clock = clock
-
-    @contextlib.contextmanager
-    def _open(self):
-        device = self._evdev.InputDevice(self.device)
-        try:
-            device.grab()
-            yield device
-        finally:
-            device.close()
 
     def _pump(self, device) -> None:
         ecodes = self._evdev.ecodes
