@@ -240,7 +240,7 @@ def check_display(cfg: Config) -> tuple[str, str]:
         return OK, "console"
     from firmware.hal import build_display
     try:
-        display = build_display(cfg.devices)
+        display = build_display(cfg.devices, cfg.terminal.language)
     except DeviceError as exc:
         return FAIL, _hinted(str(exc), BUS_HINT)
     display.close()

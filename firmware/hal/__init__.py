@@ -20,7 +20,7 @@ def build_devices(cfg):
 
     d = cfg.devices
     reader = _reader(cfg)
-    display = build_display(d)
+    display = build_display(d, cfg.terminal.language)
     if d.printer == "sim":
         from firmware.hal.printer_sim import SimPrinter
         printer = SimPrinter(cfg.terminal.data_dir / "receipts")
@@ -71,15 +71,17 @@ def _sound_and_light(outputs: list):
     return feedback
 
 
-def build_display(d):
-    """The display [devices] display names: console, a luma panel or an HD44780 LCD."""
+def build_display(d, language: str = "en"):
+    """The display [devices] display names: console, a luma panel (its screens in
+    `language`, [terminal] language: "zh" draws the Chinese UI) or an HD44780 LCD."""
     if d.display == "console":
         from firmware.hal.console import ConsoleDisplay
         return ConsoleDisplay()
     if d.display == "luma":
         from firmware.hal.display_luma import build_luma
         return build_luma(d.display_kind, port=d.display_port,
-                          address=d.display_address or 0x3C, rotate=d.display_rotate)
+                          address=d.display_address or 0x3C, rotate=d.display_rotate,
+                          lang=language)
     if d.display == "hd44780":
         from firmware.hal.display_lcd import build_hd44780
         return build_hd44780(address=d.display_address or 0x27, cols=d.display_cols,

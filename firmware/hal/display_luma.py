@@ -18,11 +18,12 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from firmware.flows import zh
 from firmware.flows.types import LinkStatus, Screen
 from firmware.hal import DeviceError
 from firmware.hal.render import CJK_FONTS, find_cjk_font, render
 
-__all__ = ["LumaDisplay", "FrameDisplay", "ScreenWorker", "build_luma", "KINDS"]
+__all__ = ["LumaDisplay", "FrameDisplay", "ScreenWorker", "build_luma", "KINDS", "LANGS"]
 
 log = logging.getLogger("kpos.display")
 
@@ -33,6 +34,7 @@ KINDS = {
     "ssd1306": ("luma.oled.device", "ssd1306", "i2c", "luma.oled"),
 }
 BUSES = ("spi", "i2c")
+LANGS = ("en", "zh")
 
 
 class ScreenWorker:
@@ -134,15 +136,21 @@ class FrameDisplay:
 
 class LumaDisplay(FrameDisplay):
     """Shows screens on a luma device (anything with `size`, `mode`, `display(image)`,
-    `cleanup()`: a real panel or luma.core.device.dummy)."""
+    `cleanup()`: a real panel or luma.core.device.dummy). lang "zh": screens are drawn
+    in Chinese (firmware.flows.zh.translate, on the worker thread); "en": as given."""
 
     def __init__(self, device, *, font: str | Path | None = None,
-                 cjk_font: str | Path | None = None, what: str = "display"):
+                 cjk_font: str | Path | None = None, what: str = "display", lang: str = "en"):
+        if lang not in LANGS:
+            raise ValueError(f"{what}: lang {lang!r} not in {LANGS}")
         self.device = device
         self._fonts = {"font": font, "cjk_font": cjk_font}
+        self._translate = zh.translate if lang == "zh" else None
         super().__init__(what)
 
     def _draw(self, screen, qr, status) -> None:
+        if self._translate is not None:
+            screen = self._translate(screen)
         image = render(screen, self.device.size, mode=self.device.mode, status=status, qr=qr,
                        **self._fonts)
         self.device.display(image)
@@ -154,13 +162,16 @@ class LumaDisplay(FrameDisplay):
 def build_luma(kind: str, *, bus: str | None = None, port: int | None = None,
                address: int = 0x3C, spi_device: int = 0, width: int | None = None,
                height: int | None = None, rotate: int = 0, font: str | None = None,
-               cjk_fonts=CJK_FONTS, gpio=None, interface=None) -> LumaDisplay:
+               cjk_fonts=CJK_FONTS, gpio=None, interface=None, lang: str = "en") -> LumaDisplay:
     """A LumaDisplay on a `kind` panel (KINDS). bus: "spi" | "i2c" (None: the kind's usual);
     port: SPI port (default 0) or I2C bus (default 1); address: I2C address; rotate: 0..3
     quarter turns; gpio: an RPi.GPIO-compatible module (None: luma imports RPi.GPIO);
-    interface: a ready luma serial interface (tests pass luma.core.interface.serial.noop())."""
+    interface: a ready luma serial interface (tests pass luma.core.interface.serial.noop());
+    lang: "en" | "zh" (LANGS), the language screens are drawn in."""
     if kind not in KINDS:
         raise DeviceError(f"display 'luma': kind {kind!r} not in {tuple(KINDS)}")
+    if lang not in LANGS:
+        raise DeviceError(f"display 'luma': lang {lang!r} not in {LANGS}")
     module, cls, usual_bus, package = KINDS[kind]
     what = f"display 'luma' {kind}"
     if font is not None and not Path(font).is_file():
@@ -179,7 +190,7 @@ def build_luma(kind: str, *, bus: str | None = None, port: int | None = None,
         raise DeviceError(f"{what} needs {exc.name or package} (pip install kpos[pi]): {exc}") from exc
     except (OSError, LumaError, ValueError) as exc:
         raise DeviceError(f"{what}: {exc}") from exc
-    return LumaDisplay(device, font=font, cjk_font=find_cjk_font(cjk_fonts), what=what)
+    return LumaDisplay(device, font=font, cjk_font=find_cjk_font(cjk_fonts), what=what, lang=lang)
 
 
 def _interface(bus: str, port: int | None, address: int, spi_device: int, gpio):
