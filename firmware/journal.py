@@ -440,17 +440,22 @@ class Journal:
         """Persist a request before it is sent: txn 'SENDING', sealed request, ARMED reversal
         (when `reversible`). `extra`: the original it names, the wallet."""
         def seal_and_arm(db: sqlite3.Connection, txn_id: int, now: str) -> None:
-            blob = self._vault.seal(_encode_request(request), aad=_aad(txn_id))
-            db.execute("INSERT INTO sealed_request (txn_id, blob) VALUES (?, ?)", (txn_id, blob))
-            if reversible:
-                db.execute("INSERT INTO reversal (txn_id, status, created_at, updated_at) "
-                           "VALUES (?, 'ARMED', ?, ?)", (txn_id, now, now))
+            self._seal_and_arm(db, txn_id, now, request, reversible)
 
         txn_id = self._insert_txn(kind=kind, stan=stan, batch=batch, amount=amount,
                                   currency=currency, card=card, request=request, operator=operator,
                                   status="SENDING", code=None, then=seal_and_arm, extra=extra)
         log.info("txn %d %s STAN %06d batch %d amount %d recorded (SENDING)", txn_id, kind, stan, batch, amount)
         return txn_id
+
+    def _seal_and_arm(self, db: sqlite3.Connection, txn_id: int, now: str, request: dict,
+                      reversible: bool) -> None:
+        """Inside a write: the request sealed for `txn_id`, and its reversal ARMED."""
+        blob = self._vault.seal(_encode_request(request), aad=_aad(txn_id))
+        db.execute("INSERT INTO sealed_request (txn_id, blob) VALUES (?, ?)", (txn_id, blob))
+        if reversible:
+            db.execute("INSERT INTO reversal (txn_id, status, created_at, updated_at) "
+                       "VALUES (?, 'ARMED', ?, ?)", (txn_id, now, now))
 
     def _insert_txn(self, *, kind: str, stan: int, batch: int, amount: int, currency: int,
                     card: CardData | None, request: dict, operator: str, status: str,
@@ -589,7 +594,7 @@ class Journal:
                        **{k: v for k, v in zip(("arqc", "tvr", "tsi", "cryptogram_type"),
                                                _chip_columns(card)) if v is not None})
             self._move_reversal(db, txn_id, "offline", "CANCELLED")
-            self._queue_advice(db, txn_id, advice, code, self._stamp())
+            self._queue_advice(db, txn_id, advice, f"approved offline ({code})", self._stamp())
         log.info("txn %d approved offline (%s), advice queued", txn_id, code)
 
     def record_offline_approval(
@@ -602,16 +607,18 @@ class Journal:
         txn_id = self._insert_txn(kind=kind, stan=stan, batch=batch, amount=amount,
                                   currency=currency, card=card, request=advice, operator=operator,
                                   status="APPROVED", code=code, extra=extra,
-                                  then=lambda db, txn_id, now: self._queue_advice(db, txn_id, advice, code, now))
+                                  then=lambda db, txn_id, now: self._queue_advice(
+                                      db, txn_id, advice, f"approved offline ({code})", now))
         log.info("txn %d %s STAN %06d approved offline (%s), advice queued", txn_id, kind, stan, code)
         return txn_id
 
-    def _queue_advice(self, db: sqlite3.Connection, txn_id: int, advice: dict, code: str,
+    def _queue_advice(self, db: sqlite3.Connection, txn_id: int, advice: dict, detail: str,
                       now: str) -> None:
+        """Inside a write: `advice` sealed for `txn_id` (replacing its request) and PENDING."""
         blob = self._vault.seal(_encode_request(advice), aad=_aad(txn_id))
         db.execute("INSERT OR REPLACE INTO sealed_request (txn_id, blob) VALUES (?, ?)", (txn_id, blob))
         db.execute("INSERT INTO advice (txn_id, status, detail, created_at, updated_at) "
-                   "VALUES (?, 'PENDING', ?, ?, ?)", (txn_id, f"approved offline ({code})", now, now))
+                   "VALUES (?, 'PENDING', ?, ?, ?)", (txn_id, detail, now, now))
 
     def pending_advices(self, limit: int | None = None) -> list[PendingAdvice]:
         """Advices waiting to be forwarded, oldest first (lowest txn id), unsealed."""
@@ -958,10 +965,7 @@ class Journal:
         """record_request for a QR payment (reversal ARMED), with the masked code and the
         entry mode in the card columns, in the same commit."""
         def seal_arm_and_mark(db: sqlite3.Connection, txn_id: int, now: str) -> None:
-            blob = self._vault.seal(_encode_request(request), aad=_aad(txn_id))
-            db.execute("INSERT INTO sealed_request (txn_id, blob) VALUES (?, ?)", (txn_id, blob))
-            db.execute("INSERT INTO reversal (txn_id, status, created_at, updated_at) "
-                       "VALUES (?, 'ARMED', ?, ?)", (txn_id, now, now))
+            self._seal_and_arm(db, txn_id, now, request, True)
             db.execute("UPDATE txn SET masked_pan = ?, entry_mode = ? WHERE id = ?",
                        (masked_code, entry_mode, txn_id))
 
@@ -994,11 +998,7 @@ class Journal:
             db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (payment_id,))
             db.execute("UPDATE txn SET masked_pan = ?, entry_mode = ? WHERE id = ?",
                        (payment.masked_pan, payment.entry_mode, refund_id))
-            blob = self._vault.seal(_encode_request(refund), aad=_aad(refund_id))
-            db.execute("INSERT INTO sealed_request (txn_id, blob) VALUES (?, ?)", (refund_id, blob))
-            db.execute("INSERT INTO advice (txn_id, status, detail, created_at, updated_at) "
-                       "VALUES (?, 'PENDING', 'refund of a QR payment paid late', ?, ?)",
-                       (refund_id, now, now))
+            self._queue_advice(db, refund_id, refund, "refund of a QR payment paid late", now)
 
         refund_id = self._insert_txn(
             kind="qr_refund", stan=stan, batch=batch, amount=payment.amount,
