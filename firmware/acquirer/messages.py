@@ -201,11 +201,20 @@ def is_echo(fields: dict) -> bool:
 def sale_request(ids: TerminalIds, *, stan: int, batch: int, amount: int, currency: int,
                  card: CardData, pin_block: bytes | None, now: datetime) -> dict:
     """0200 sale (消费): processing code 000000, 60.1 = 22."""
-    msg = {
-        "t": "0200",
+    msg = {**_card_request("0200", _PROCESSING_SALE, _MSG_TYPE_SALE, ids, stan=stan, batch=batch,
+                           currency=currency, card=card, now=now),
+           "4": _amount(amount), **_card_fields(card, pin_block)}
+    return _in_field_order(msg)
+
+
+def _card_request(mti: str, processing: str, msg_type: str, ids: TerminalIds, *, stan: int,
+                  batch: int, currency: int, card: CardData, now: datetime) -> dict:
+    """The fields every card request carries: MTI, PAN, processing code, trace, expiry,
+    entry mode, condition code, terminal and merchant ids, currency, 60 (type + batch)."""
+    return {
+        "t": mti,
         "2": card.pan,
-        "3": _PROCESSING_SALE,
-        "4": _amount(amount),
+        "3": processing,
         **_trace(stan, now),
         "14": card.expiry,
         "22": card.entry_mode,
@@ -213,10 +222,8 @@ def sale_request(ids: TerminalIds, *, stan: int, batch: int, amount: int, curren
         "41": ids.terminal_id,
         "42": ids.merchant_id,
         "49": _currency(currency),
-        "60": _MSG_TYPE_SALE + _batch(batch) + _MGMT_NONE,
-        **_card_fields(card, pin_block),
+        "60": msg_type + _batch(batch) + _MGMT_NONE,
     }
-    return _in_field_order(msg)
 
 
 def _card_fields(card: CardData, pin_block: bytes | None) -> dict:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from firmware.acquirer.messages import (
-    MessageError, TerminalIds, _amount, _batch, _card_fields, _currency, _in_field_order,
-    _trace,
+    MessageError, TerminalIds, _amount, _batch, _card_fields, _card_request, _currency,
+    _in_field_order,
 )
 from firmware.cardsafe import luhn_ok
 from firmware.emv.card import CardData
@@ -51,7 +51,6 @@ WIRE: dict[str, Wire] = {
 }
 COMPLETION_ADVICE = Wire("0220", "000000", "24")  # a completion sent store-and-forward
 _SALE_ADVICE_TYPE = "30"  # 60.1 of messages.advice_request (an offline sale)
-_MGMT_NONE = "000"  # 60.3
 
 COMPLETION_TOLERANCE_PCT = 15  # a completion may exceed its pre-auth by this much
 
@@ -83,17 +82,8 @@ def txn_request(ids: TerminalIds, kind: str, *, stan: int, batch: int, amount: i
     an 0220 (60.1 24) for the store-and-forward queue."""
     wire = _wire(kind, advice)
     msg = {
-        "t": wire.mti,
-        "2": card.pan,
-        "3": wire.processing,
-        **_trace(stan, now),
-        "14": card.expiry,
-        "22": card.entry_mode,
-        "25": "00",
-        "41": ids.terminal_id,
-        "42": ids.merchant_id,
-        "49": _currency(currency),
-        "60": wire.msg_type + _batch(batch) + _MGMT_NONE,
+        **_card_request(wire.mti, wire.processing, wire.msg_type, ids, stan=stan, batch=batch,
+                        currency=currency, card=card, now=now),
         **_amount_field(kind, amount, original),
         **_verification(kind, card, pin_block),
         **_original_fields(kind, original),
