@@ -126,13 +126,10 @@ def verdict(response: dict) -> str:
 
 def _header(ids: messages.TerminalIds, mti: str, stan: int, batch: int, mgmt: str,
             now: datetime) -> dict:
-    if not isinstance(stan, int) or not 1 <= stan <= 999999:
-        raise messages.MessageError(f"field 11: STAN {stan!r} outside 1..999999")
-    if not isinstance(batch, int) or not 1 <= batch <= 999999:
+    if not isinstance(batch, int) or not 1 <= batch <= 999999:  # a settled batch is never 0
         raise messages.MessageError(f"field 60: batch {batch!r} outside 1..999999")
-    return {"t": mti, "11": f"{stan:06d}", "12": now.strftime("%H%M%S"),
-            "13": now.strftime("%m%d"), "41": ids.terminal_id, "42": ids.merchant_id,
-            "60": f"{_MSG_TYPE}{batch:06d}{mgmt}"}
+    return {"t": mti, **messages._trace(stan, now), "41": ids.terminal_id,
+            "42": ids.merchant_id, "60": _MSG_TYPE + messages._batch(batch) + mgmt}
 
 
 def settlement_request(ids: messages.TerminalIds, *, stan: int, batch: int,
