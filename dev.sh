@@ -11,6 +11,9 @@ cd "$(dirname "$0")"
 # fonts-wqy-microhei: the CJK font Chinese screens are drawn with (as on a provisioned Pi).
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pcscd vsmartcard-vpcd libpcsclite-dev swig
               fonts-wqy-microhei)
+# The tests only: deploy.sh is tested against a real sshd on 127.0.0.1 (openssh-server,
+# rsync, openssl for the release signature) and builds a Mender artifact (mender-artifact).
+APT_TEST_PACKAGES=(openssh-server openssh-client rsync openssl mender-artifact)
 VENV=.venv
 
 say() { printf '\033[1mdev.sh:\033[0m %s\n' "$*" >&2; }
@@ -62,6 +65,7 @@ case "$cmd" in
     need_apt; setup_venv test
     exec "$VENV/bin/kpos" sim "$@" ;;
   test)
+    APT_PACKAGES+=("${APT_TEST_PACKAGES[@]}")
     need_apt; setup_venv test
     exec "$VENV/bin/python" -m pytest "$@" ;;
   *)
