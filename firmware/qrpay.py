@@ -34,7 +34,7 @@ from firmware.acquirer import messages
 from firmware.acquirer.codes import APPROVED_CODES
 from firmware.acquirer.link import NoResponse, NotSent
 from firmware.acquirer.messages import (
-    TerminalIds, _amount, _batch, _currency, _in_field_order, _trace,
+    TerminalIds, amount_field, batch_field, currency_field, in_field_order, trace_fields,
 )
 from firmware.journal import Journal, TxnRecord
 from firmware.wallet import (
@@ -63,25 +63,25 @@ def original_data(batch: int, stan: int, mmdd: str) -> str:
     """Field 61 naming a payment: its batch (6) + STAN (6) + date MMDD (4)."""
     if not (1 <= stan <= 999999 and len(mmdd) == 4 and mmdd.isdigit()):
         raise messages.MessageError(f"field 61: STAN {stan!r} or date {mmdd!r} out of range")
-    return _batch(batch) + f"{stan:06d}" + mmdd
+    return batch_field(batch) + f"{stan:06d}" + mmdd
 
 
 def payment_request(ids: TerminalIds, *, stan: int, batch: int, amount: int, currency: int,
                     code: str, now: datetime) -> dict:
     """0200 QR payment: 3 = 000000, 22 = 031, 57 = the payment code, 60.1 = 60."""
-    return _in_field_order({
-        "t": "0200", "3": PROCESSING_PAY, "4": _amount(amount), **_trace(stan, now),
+    return in_field_order({
+        "t": "0200", "3": PROCESSING_PAY, "4": amount_field(amount), **trace_fields(stan, now),
         "22": ENTRY_QR, "25": "00", "41": ids.terminal_id, "42": ids.merchant_id,
-        "49": _currency(currency), CODE_FIELD: code, "60": MSG_PAY + _batch(batch) + _MGMT_NONE,
+        "49": currency_field(currency), CODE_FIELD: code, "60": MSG_PAY + batch_field(batch) + _MGMT_NONE,
     })
 
 
 def query_request(payment: dict, *, stan: int, batch: int, now: datetime) -> dict:
     """0200 query of `payment` (its 0200): 60.1 = 61, 61 names it, a STAN of its own; no code."""
-    return _in_field_order({
-        "t": "0200", "3": PROCESSING_PAY, "4": payment["4"], **_trace(stan, now),
+    return in_field_order({
+        "t": "0200", "3": PROCESSING_PAY, "4": payment["4"], **trace_fields(stan, now),
         "41": payment["41"], "42": payment["42"], "49": payment["49"],
-        "60": MSG_QUERY + _batch(batch) + _MGMT_NONE,
+        "60": MSG_QUERY + batch_field(batch) + _MGMT_NONE,
         "61": payment["60"][2:8] + payment["11"] + payment["13"],
     })
 
@@ -92,15 +92,15 @@ def refund_advice(ids: TerminalIds, payment: TxnRecord, *, rrn: str | None, stan
     amount, 39 = 00 (store-and-forward), 60.1 = 63, 61 names the payment, 37 its RRN
     when known; no code (the wallet refunds the payer of the order)."""
     msg = {
-        "t": "0220", "3": PROCESSING_REFUND, "4": _amount(payment.amount), **_trace(stan, now),
+        "t": "0220", "3": PROCESSING_REFUND, "4": amount_field(payment.amount), **trace_fields(stan, now),
         "22": ENTRY_QR, "25": "00", "39": "00", "41": ids.terminal_id, "42": ids.merchant_id,
-        "49": _currency(payment.currency), "60": MSG_REFUND + _batch(batch) + _MGMT_NONE,
+        "49": currency_field(payment.currency), "60": MSG_REFUND + batch_field(batch) + _MGMT_NONE,
         "61": original_data(payment.batch, payment.stan,
                             payment.created_at[5:7] + payment.created_at[8:10]),
     }
     if rrn:
         msg["37"] = rrn
-    return _in_field_order(msg)
+    return in_field_order(msg)
 
 
 # ---- the payment (loop) ------------------------------------------------------------------

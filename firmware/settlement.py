@@ -128,8 +128,8 @@ def _header(ids: messages.TerminalIds, mti: str, stan: int, batch: int, mgmt: st
             now: datetime) -> dict:
     if not isinstance(batch, int) or not 1 <= batch <= 999999:  # a settled batch is never 0
         raise messages.MessageError(f"field 60: batch {batch!r} outside 1..999999")
-    return {"t": mti, **messages._trace(stan, now), "41": ids.terminal_id,
-            "42": ids.merchant_id, "60": _MSG_TYPE + messages._batch(batch) + mgmt}
+    return {"t": mti, **messages.trace_fields(stan, now), "41": ids.terminal_id,
+            "42": ids.merchant_id, "60": _MSG_TYPE + messages.batch_field(batch) + mgmt}
 
 
 def settlement_request(ids: messages.TerminalIds, *, stan: int, batch: int,

@@ -26,6 +26,9 @@ __all__ = [
     "reversal_request", "advice_request", "ADVICE_CODES", "is_echo",
     "REVERSAL_REASONS", "response_mti", "match_response", "parse_working_keys",
     "working_keys_field", "describe",
+    # field builders the other message modules (txn_messages, qrpay, settlement) share
+    "trace_fields", "amount_field", "batch_field", "currency_field", "card_request",
+    "card_fields", "in_field_order",
 ]
 
 MAX_FRAME = 8192  # bytes of message after the 2-byte length
@@ -174,10 +177,10 @@ def signon_request(ids: TerminalIds, *, stan: int, batch: int, now: datetime,
         raise MessageError("field 63: operator code must be 1-3 ASCII characters")
     return {
         "t": "0800",
-        **_trace(stan, now),
+        **trace_fields(stan, now),
         "41": ids.terminal_id,
         "42": ids.merchant_id,
-        "60": _MSG_TYPE_MGMT + _batch(batch) + _MGMT_SIGNON_DOUBLE,
+        "60": _MSG_TYPE_MGMT + batch_field(batch) + _MGMT_SIGNON_DOUBLE,
         "63": operator.ljust(3),
     }
 
@@ -186,10 +189,10 @@ def echo_request(ids: TerminalIds, *, stan: int, batch: int, now: datetime) -> d
     """0800 echo test (60.3 = 301): is the host there? Answered 0810 with 39 = 00."""
     return {
         "t": "0800",
-        **_trace(stan, now),
+        **trace_fields(stan, now),
         "41": ids.terminal_id,
         "42": ids.merchant_id,
-        "60": _MSG_TYPE_MGMT + _batch(batch) + _MGMT_ECHO,
+        "60": _MSG_TYPE_MGMT + batch_field(batch) + _MGMT_ECHO,
     }
 
 
@@ -201,32 +204,32 @@ def is_echo(fields: dict) -> bool:
 def sale_request(ids: TerminalIds, *, stan: int, batch: int, amount: int, currency: int,
                  card: CardData, pin_block: bytes | None, now: datetime) -> dict:
     """0200 sale (消费): processing code 000000, 60.1 = 22."""
-    msg = {**_card_request("0200", _PROCESSING_SALE, _MSG_TYPE_SALE, ids, stan=stan, batch=batch,
-                           currency=currency, card=card, now=now),
-           "4": _amount(amount), **_card_fields(card, pin_block)}
-    return _in_field_order(msg)
+    msg = {**card_request("0200", _PROCESSING_SALE, _MSG_TYPE_SALE, ids, stan=stan, batch=batch,
+                          currency=currency, card=card, now=now),
+           "4": amount_field(amount), **card_fields(card, pin_block)}
+    return in_field_order(msg)
 
 
-def _card_request(mti: str, processing: str, msg_type: str, ids: TerminalIds, *, stan: int,
-                  batch: int, currency: int, card: CardData, now: datetime) -> dict:
+def card_request(mti: str, processing: str, msg_type: str, ids: TerminalIds, *, stan: int,
+                 batch: int, currency: int, card: CardData, now: datetime) -> dict:
     """The fields every card request carries: MTI, PAN, processing code, trace, expiry,
     entry mode, condition code, terminal and merchant ids, currency, 60 (type + batch)."""
     return {
         "t": mti,
         "2": card.pan,
         "3": processing,
-        **_trace(stan, now),
+        **trace_fields(stan, now),
         "14": card.expiry,
         "22": card.entry_mode,
         "25": "00",
         "41": ids.terminal_id,
         "42": ids.merchant_id,
-        "49": _currency(currency),
-        "60": msg_type + _batch(batch) + _MGMT_NONE,
+        "49": currency_field(currency),
+        "60": msg_type + batch_field(batch) + _MGMT_NONE,
     }
 
 
-def _card_fields(card: CardData, pin_block: bytes | None) -> dict:
+def card_fields(card: CardData, pin_block: bytes | None) -> dict:
     """Fields 23, 35, 52, 55 of a request whose card is read and verified as for a sale
     (PAN sequence number, track 2, PIN block, chip data), each when there is one."""
     msg: dict = {}
@@ -243,7 +246,7 @@ def _card_fields(card: CardData, pin_block: bytes | None) -> dict:
     return msg
 
 
-def _in_field_order(msg: dict) -> dict:
+def in_field_order(msg: dict) -> dict:
     """`msg` with the MTI first, then the fields in ascending number (the wire order)."""
     return dict(sorted(msg.items(), key=lambda kv: -1 if kv[0] == "t" else int(kv[0])))
 
@@ -284,16 +287,16 @@ def advice_request(original: dict, *, code: str, icc_data: bytes | None,
     msg["60"] = _MSG_TYPE_OFFLINE_SALE + batch + _MGMT_NONE
     if icc_data is not None:
         msg["55"] = bytes(icc_data)
-    return _in_field_order(msg)
+    return in_field_order(msg)
 
 
-def _trace(stan: int, now: datetime) -> dict:
+def trace_fields(stan: int, now: datetime) -> dict:
     if not isinstance(stan, int) or not 1 <= stan <= 999999:
         raise MessageError(f"field 11: STAN {stan!r} outside 1..999999")
     return {"11": f"{stan:06d}", "12": now.strftime("%H%M%S"), "13": now.strftime("%m%d")}
 
 
-def _amount(amount: int) -> str:
+def amount_field(amount: int) -> str:
     if not isinstance(amount, int) or isinstance(amount, bool):
         raise MessageError(f"field 4: amount must be int minor units, got {type(amount).__name__}")
     if not 0 < amount <= 999_999_999_999:
@@ -301,13 +304,13 @@ def _amount(amount: int) -> str:
     return f"{amount:012d}"
 
 
-def _batch(batch: int) -> str:
+def batch_field(batch: int) -> str:
     if not isinstance(batch, int) or not 0 <= batch <= 999999:
         raise MessageError(f"field 60: batch {batch!r} outside 0..999999")
     return f"{batch:06d}"
 
 
-def _currency(currency: int) -> str:
+def currency_field(currency: int) -> str:
     if not isinstance(currency, int) or not 0 < currency <= 999:
         raise MessageError(f"field 49: currency {currency!r} is not an ISO 4217 number")
     return f"{currency:03d}"

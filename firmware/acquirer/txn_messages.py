@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from firmware.acquirer.messages import (
-    MessageError, TerminalIds, _amount, _batch, _card_fields, _card_request, _currency,
-    _in_field_order,
+    MessageError, TerminalIds, amount_field, batch_field, card_fields, card_request, currency_field,
+    in_field_order,
 )
 from firmware.cardsafe import luhn_ok
 from firmware.emv.card import CardData
@@ -82,14 +82,14 @@ def txn_request(ids: TerminalIds, kind: str, *, stan: int, batch: int, amount: i
     an 0220 (60.1 24) for the store-and-forward queue."""
     wire = _wire(kind, advice)
     msg = {
-        **_card_request(wire.mti, wire.processing, wire.msg_type, ids, stan=stan, batch=batch,
-                        currency=currency, card=card, now=now),
+        **card_request(wire.mti, wire.processing, wire.msg_type, ids, stan=stan, batch=batch,
+                       currency=currency, card=card, now=now),
         **_amount_field(kind, amount, original),
         **_verification(kind, card, pin_block),
         **_original_fields(kind, original),
         **_target(kind, target_pan),
     }
-    return _in_field_order(msg)
+    return in_field_order(msg)
 
 
 def _wire(kind: str, advice: bool) -> Wire:
@@ -111,7 +111,7 @@ def _amount_field(kind: str, amount: int, original: OriginalRef | None) -> dict:
     if original and original.amount and kind == "completion" and amount > completion_limit(
             original.amount):
         raise MessageError(f"field 4: completion above the pre-auth + {COMPLETION_TOLERANCE_PCT}%")
-    return {"4": _amount(amount)}
+    return {"4": amount_field(amount)}
 
 
 def completion_limit(preauth_amount: int) -> int:
@@ -122,7 +122,7 @@ def completion_limit(preauth_amount: int) -> int:
 def _verification(kind: str, card: CardData, pin_block: bytes | None) -> dict:
     """A PIN kind's 23, 35, 52, 55 as a sale's; the others read the card for its PAN only."""
     if KINDS[kind].card == "pin":
-        return _card_fields(card, pin_block)
+        return card_fields(card, pin_block)
     if pin_block is not None:
         raise MessageError(f"field 52: a {kind} carries no PIN block")
     return {}
@@ -175,7 +175,7 @@ def original_field(original: OriginalRef) -> str:
     if not isinstance(original.stan, int) or not 0 <= original.stan <= 999999:
         raise MessageError(f"field 61: original STAN {original.stan!r} outside 0..999999")
     try:
-        batch = _batch(original.batch)
+        batch = batch_field(original.batch)
     except MessageError:
         raise MessageError(f"field 61: original batch {original.batch!r} outside 0..999999"
                            ) from None
@@ -187,7 +187,7 @@ def balance_field(currency: int, amount: int) -> str:
     if not isinstance(amount, int) or abs(amount) > 999_999_999_999:
         raise MessageError(f"field 54: balance {amount!r} is not 12-digit minor units")
     sign = "C" if amount >= 0 else "D"
-    return f"{_BALANCE_ACCOUNT}{_BALANCE_AVAILABLE}{_currency(currency)}{sign}{abs(amount):012d}"
+    return f"{_BALANCE_ACCOUNT}{_BALANCE_AVAILABLE}{currency_field(currency)}{sign}{abs(amount):012d}"
 
 
 def parse_balance(f54: str) -> tuple[int, int]:
