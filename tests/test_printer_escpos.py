@@ -1,8 +1,8 @@
-"""python-escpos printer backends against fake printers: a TCP printer on 127.0.0.1 and a
-pty serial printer, both answering DLE EOT real-time status queries; the file backend."""
+"""python-escpos printer backends against fake printers: a TCP printer on 127.0.0.1, a pty
+serial printer and a USB printer on a fake pyusb backend (tests/test_printer_usb.py), all
+answering DLE EOT real-time status queries; the file backend."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import select
 import socket
@@ -156,10 +156,19 @@ def pty():
     server.close()
 
 
-@pytest.fixture(params=["network", "serial"])
+@pytest.fixture
+def usb():
+    from test_printer_usb import usb_link  # that module imports this one
+
+    device, printer = usb_link()
+    yield device, printer
+    printer.close()
+
+
+@pytest.fixture(params=["network", "serial", "usb"])
 def link(request):
-    """(fake printer server, EscposPrinter on it) for each transport that reads back."""
-    return request.getfixturevalue({"network": "net", "serial": "pty"}[request.param])
+    """(fake printer, EscposPrinter on it) for each transport that reads back."""
+    return request.getfixturevalue({"network": "net", "serial": "pty", "usb": "usb"}[request.param])
 
 
 def test_is_a_printer(net):
@@ -267,23 +276,12 @@ def test_file_backend_missing_device_is_offline(tmp_path):
     assert exc.value.reason == OFFLINE
 
 
-def _has_pyusb() -> bool:
-    return importlib.util.find_spec("usb") is not None
+def test_usb_backend_without_pyusb_is_a_device_error(monkeypatch):
+    from escpos.printer import Usb
 
-
-USB_CFG = printer_config(usb_vendor=0x0416, usb_product=0x5011)
-
-
-@pytest.mark.skipif(_has_pyusb(), reason="pyusb is installed")
-def test_usb_backend_without_pyusb_is_a_device_error():
+    monkeypatch.setattr(Usb, "is_usable", staticmethod(lambda: False))  # `import usb` failed
     with pytest.raises(DeviceError, match="pyusb"):
-        build_escpos(USB_CFG, "usb")
-
-
-@pytest.mark.skipif(not _has_pyusb(), reason="pyusb is not installed")
-def test_usb_backend_builds_without_opening():
-    printer = build_escpos(USB_CFG, "usb")
-    assert printer.device == "usb 0416:5011" and not printer.query
+        build_escpos(printer_config(usb_vendor=0x0416, usb_product=0x5011), "usb")
 
 
 def test_unknown_backend_is_a_device_error():
