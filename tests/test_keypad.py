@@ -1,14 +1,21 @@
 """Keypads: the debouncer (bounce, two keys, ghosting), the key maps, the GPIO matrix keypad
-on gpiozero's MockFactory with a simulated key matrix, and the evdev keypad (skipped
-without evdev). Waits are bounded queue reads, never sleeps."""
+on gpiozero's MockFactory with a simulated key matrix, and the evdev keypad on stand-in
+input devices that the test plugs in, types into and unplugs (FakeInputDevice,
+InputDevices: the scanner and stripe reader tests use them too). Waits are bounded queue
+reads, never sleeps."""
 from __future__ import annotations
 
-import importlib.util
+import errno
+import logging
+import os
 import queue
+import sys
 import threading
 import time
 
+import evdev
 import pytest
+from evdev import ecodes
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from firmware.flows.types import Key
@@ -16,6 +23,7 @@ from firmware.hal import DeviceError
 from firmware.hal.keypad import (
     EVDEV_KEYS, KEYMAP_3X4, KEYMAP_4X4, EvdevKeypad, KeyDebouncer, MatrixKeypad, evdev_key,
     key_names, pin_factory)
+from firmware.hal.wedge import key_char
 
 ROWS, COLS = [5, 6, 13, 19], [12, 16, 20, 21]
 WAIT = 3.0  # seconds to wait for a key that must come
@@ -293,12 +301,126 @@ def test_building_starts_no_thread(factory):
     keypad.close()
 
 
-# ---- the evdev keypad ----
+# ---- the evdev keypad, on stand-in input devices ----
 
-def test_evdev_keypad_names_the_missing_package():
-    if importlib.util.find_spec("evdev") is not None:
-        pytest.skip("evdev is installed: the missing-package error cannot be seen")
-    with pytest.raises(DeviceError, match="pip install evdev"):
+class FakeInputDevice:
+    """Stands in for an open evdev.InputDevice: `fd` (a pipe) turns readable when the test
+    `send`s events, `read()` returns them, as the real one, and raises OSError ENODEV once
+    `unplug`ged and drained. Records grab() and close()."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd, self._wake = os.pipe()
+        self.grabbed = self.closed = self.gone = False
+        self._events: list = []
+        self._lock = threading.Lock()
+
+    def send(self, events: list) -> None:
+        with self._lock:
+            self._events += events
+            os.write(self._wake, b"!")
+
+    def unplug(self) -> None:
+        with self._lock:
+            self.gone = True
+            os.write(self._wake, b"!")  # stays readable from now on
+
+    def read(self):
+        with self._lock:
+            events, self._events = self._events, []
+            if not events and self.gone:
+                raise OSError(errno.ENODEV, "No such device")
+            if not self.gone:
+                os.read(self.fd, 4096)
+            if not events:
+                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+            return iter(events)
+
+    def grab(self) -> None:
+        self.grabbed = True
+
+    def close(self) -> None:
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                os.close(self.fd)
+                os.close(self._wake)
+
+
+class InputDevices:
+    """evdev.InputDevice while a test runs (`input_devices` fixture): opens the devices the
+    test plugged in at their paths; a path with none is FileNotFoundError, as on Linux.
+    `opened` gets each device as the code under test opens it."""
+
+    def __init__(self):
+        self.plugged: dict[str, FakeInputDevice] = {}
+        self.opened: queue.Queue = queue.Queue()
+
+    def __call__(self, path) -> FakeInputDevice:
+        device = self.plugged.get(str(path))
+        if device is None or device.gone:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        self.opened.put(device)
+        return device
+
+    def plug(self, path: str) -> FakeInputDevice:
+        self.plugged[path] = FakeInputDevice(path)
+        return self.plugged[path]
+
+
+@pytest.fixture
+def input_devices(monkeypatch):
+    devices = InputDevices()
+    monkeypatch.setattr(evdev, "InputDevice", devices)
+    yield devices
+    for device in devices.plugged.values():
+        device.close()
+
+
+def key(name: str, *values: int) -> list:
+    """The events a USB keyboard sends for key `name` going through `values` (1 down, 2
+    auto-repeat, 0 up): a scan code, the key, a report, each time."""
+    code = ecodes.ecodes[name]
+    return [event for value in values for event in (
+        evdev.InputEvent(1700000000, 0, ecodes.EV_MSC, ecodes.MSC_SCAN, 0x70000 + code),
+        evdev.InputEvent(1700000000, 0, ecodes.EV_KEY, code, value),
+        evdev.InputEvent(1700000000, 0, ecodes.EV_SYN, ecodes.SYN_REPORT, 0))]
+
+
+def taps(*names: str) -> list:
+    return [event for name in names for event in key(name, 1, 0)]
+
+
+# character -> (evdev key name, shift) on the US layout, CR typed as Enter
+CHAR_KEYS = {key_char(name, shift): (name, shift) for name in ecodes.ecodes
+             if name.startswith("KEY_") and not name.startswith("KEY_KP")
+             for shift in (True, False) if key_char(name, shift)} | {"\r": ("KEY_ENTER", False)}
+
+
+def typing(text: str) -> list:
+    """The events of a US keyboard typing `text` (shift pressed around shifted characters)."""
+    events = []
+    for char in text:
+        name, shift = CHAR_KEYS[char]
+        tapped = taps(name)
+        events += key("KEY_LEFTSHIFT", 1) + tapped + key("KEY_LEFTSHIFT", 0) if shift else tapped
+    return events
+
+
+PAD = "/dev/input/by-id/usb-Keypad-event-kbd"
+
+
+def start_pad(path: str = PAD):
+    keypad = EvdevKeypad(path)
+    events, faults = queue.Queue(), queue.Queue()
+    keypad._on_fault = faults.put
+    keypad.attach(events.put, lambda: None)
+    return keypad, events, faults
+
+
+def test_evdev_keypad_names_the_missing_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "evdev", None)  # import evdev: ImportError
+    with pytest.raises(DeviceError, match=r'keypad backend "evdev" .*pip install evdev'):
         EvdevKeypad("/dev/input/event0")
 
 
@@ -314,6 +436,48 @@ def test_evdev_key_codes(names, key):
     assert evdev_key(names, EVDEV_KEYS) == key
 
 
-def test_evdev_keypad_posts_key_downs():
-    pytest.importorskip("evdev", reason="evdev is not installed (Linux-only, optional): "
-                        "reading a real input device is not tested here")
+def test_evdev_keypad_bad_map_names_the_config_key():
+    with pytest.raises(DeviceError, match="keypad_map: unknown key 'OK'"):
+        EvdevKeypad(PAD, {"KEY_KPENTER": "OK"})
+
+
+def test_evdev_keypad_posts_key_downs_only(input_devices, no_card_data_in_logs):
+    pad = input_devices.plug(PAD)
+    keypad, events, faults = start_pad()
+    try:
+        assert faults.get(timeout=WAIT) == ""
+        assert pad.grabbed
+        pad.send(taps("KEY_KP1", "KEY_2", "KEY_KPENTER", "KEY_ENTER", "KEY_ESC", "KEY_BACKSPACE",
+                      "KEY_DELETE", "KEY_KPASTERISK", "KEY_F1", "KEY_A", "KEY_MUTE", "KEY_LEFTSHIFT"))
+        pad.send(key("KEY_KP5", 1, 2, 2, 2, 0) + key("KEY_3", 0) + taps("KEY_KP9"))
+        got = [events.get(timeout=WAIT).key for _ in range(10)]
+        assert got == ["1", "2", "ENTER", "ENTER", "CANCEL", "BACK", "CLEAR", "CLEAR", "MENU",
+                       "5"]  # KEY_A, KEY_MUTE, shift: not keypad keys; held 5: once; 3 up: none
+        assert events.get(timeout=WAIT) == Key("9")
+    finally:
+        keypad.close()
+    assert not keypad._thread.is_alive() and pad.closed
+    assert events.empty()
+
+
+def test_evdev_keypad_unplugged_is_a_fault_and_comes_back(input_devices, caplog):
+    keypad, events, faults = start_pad()
+    try:
+        assert faults.get(timeout=WAIT) == "keypad offline"  # not plugged in yet
+        assert any(r.levelno == logging.WARNING and PAD in r.getMessage() for r in caplog.records)
+        pad = input_devices.plug(PAD)
+        assert faults.get(timeout=WAIT) == ""
+        pad.send(taps("KEY_KP4"))
+        assert events.get(timeout=WAIT) == Key("4")
+        pad.unplug()  # mid-read: the next read is ENODEV
+        assert faults.get(timeout=WAIT) == "keypad offline"
+        assert keypad.fault == "keypad offline" and pad.closed
+        again = input_devices.plug(PAD)
+        assert faults.get(timeout=WAIT) == ""
+        assert again.grabbed
+        again.send(taps("KEY_KP7"))
+        assert events.get(timeout=WAIT) == Key("7")
+    finally:
+        keypad.close()
+    assert not keypad._thread.is_alive()
+    assert events.empty()

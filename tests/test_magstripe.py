@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import io
 import logging
 import os
 import queue
+import sys
 import threading
 from dataclasses import replace
 from datetime import date
 from types import SimpleNamespace
 
 import pytest
+from evdev import ecodes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,14 +25,17 @@ from firmware.hal.console import HELP, ConsolePanel, parse_console_line
 from firmware.hal.reader_sim import SimCardReader
 from firmware.hal.swipe import (
     OFFLINE, EvdevSwipeReader, LineBuffer, SerialSwipeReader, WedgeDecoder, build_swipe_reader,
-    key_char,
 )
+from firmware.hal.wedge import key_char, typed_chars
 from firmware.magstripe import (
     UNREADABLE, SwipeError, Track2, chip_card, parse_swipe, parse_track2, swipe_event, track_data,
 )
 from firmware.sim.catalog import load_catalog
 from firmware.sim.script import ScriptError, parse_script, run_script
+from tests import test_keypad
+from tests.test_keypad import FakeInputDevice, key, taps, typing
 
+input_devices = test_keypad.input_devices  # the fixture: stand-ins for evdev.InputDevice
 TODAY = date(2025, 6, 15)
 PAN = "6226090000000014"  # catalog "approve"
 WAIT = 3.0  # seconds to wait for an event that must come
@@ -46,7 +50,6 @@ PAN13 = with_luhn("422222222222")
 PAN19 = with_luhn("621234567890123456")
 BAD_LUHN = PAN[:-1] + "5"
 TEST_PANS = (PAN, PAN13, PAN19, BAD_LUHN)
-HAVE_EVDEV = importlib.util.find_spec("evdev") is not None
 
 
 @pytest.fixture(autouse=True)
@@ -326,16 +329,67 @@ def test_wedge_over_long_input_is_dropped():
     ("KEY_5", True, "%"), ("KEY_5", False, "5"), ("KEY_SEMICOLON", False, ";"),
     ("KEY_SLASH", True, "?"), ("KEY_EQUAL", False, "="), ("KEY_6", True, "^"),
     ("KEY_B", True, "B"), ("KEY_KP7", False, "7"), ("KEY_ENTER", False, "\n"),
+    ("KEY_KPENTER", False, "\n"), ("KEY_TAB", False, "\t"), ("KEY_RIGHTBRACE", False, "]"),
     ("KEY_F1", False, None), ("KEY_LEFTSHIFT", True, None),
 ])
 def test_key_char_us_layout(name, shift, char):
     assert key_char(name, shift) == char
 
 
-@pytest.mark.skipif(HAVE_EVDEV, reason="python-evdev is installed")
-def test_evdev_reader_without_evdev_names_the_package():
-    with pytest.raises(DeviceError, match="evdev"):
+def chars_of(events: list) -> str:
+    """What typed_chars makes of `events` sent to a device that is then unplugged."""
+    device = FakeInputDevice("/dev/input/event9")
+    device.send(events)
+    device.unplug()
+    out: list[str] = []
+    with pytest.raises(OSError, match="No such device"):
+        out.extend(typed_chars(device, ecodes, threading.Event()))
+    device.close()
+    return "".join(out)
+
+
+def test_typed_chars_shift_and_keys_that_type_nothing():
+    assert chars_of(typing("%B6;?^Z=\n")) == "%B6;?^Z=\n"
+    assert chars_of(key("KEY_RIGHTSHIFT", 1, 2, 2) + taps("KEY_5", "KEY_F1")
+                    + key("KEY_RIGHTSHIFT", 0) + taps("KEY_5")) == "%5"
+    assert chars_of(key("KEY_7", 1, 2, 2, 0) + key("KEY_8", 0) + taps("KEY_KP9", "KEY_ESC",
+                                                                      "KEY_MUTE")) == "79"
+
+
+def test_typed_chars_stop_ends_it():
+    device = FakeInputDevice("/dev/input/event9")
+    stop = threading.Event()
+    stop.set()
+    assert list(typed_chars(device, ecodes, stop)) == []
+    device.close()
+
+
+def test_evdev_reader_without_evdev_names_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "evdev", None)  # import evdev: ImportError
+    with pytest.raises(DeviceError, match=r'magstripe backend "wedge" .*pip install evdev'):
         EvdevSwipeReader("/dev/input/event0")
+
+
+def test_evdev_reader_posts_swipes(input_devices):
+    path = "/dev/input/by-id/usb-MagTek_Swipe_Reader-event-kbd"
+    device = input_devices.plug(path)
+    events, faults = queue.Queue(), queue.Queue()
+    reader = EvdevSwipeReader(path, today=lambda: TODAY, on_fault=faults.put)
+    reader.attach(events.put, lambda: None)
+    try:
+        assert faults.get(timeout=WAIT) == ""
+        assert device.grabbed
+        device.send(typing("1250\n" + track_data(PAN, "3012", "201", "ZHANG/SAN").decode()))
+        swiped = events.get(timeout=WAIT)  # the keypad-like digits before it are no swipe
+        assert isinstance(swiped, CardSwiped) and swiped.card.pan == PAN and swiped.chip
+        device.send(typing(f";{PAN}=2001101?\n"))
+        assert events.get(timeout=WAIT) == SwipeFailed("card expired")
+        device.unplug()
+        assert faults.get(timeout=WAIT) == OFFLINE
+    finally:
+        reader.close()
+    assert not reader._thread.is_alive() and device.closed
+    assert events.empty()
 
 
 def test_build_swipe_reader(sim_config):
@@ -348,10 +402,9 @@ def test_build_swipe_reader(sim_config):
     assert (reader.device, reader.baudrate) == ("loop://", 19200)
     with pytest.raises(DeviceError, match="magstripe_port"):
         build_swipe_reader(replace(devices, magstripe="wedge", magstripe_port=""))
-    if not HAVE_EVDEV:
-        with pytest.raises(DeviceError, match="evdev"):
-            build_swipe_reader(replace(devices, magstripe="wedge",
+    wedge = build_swipe_reader(replace(devices, magstripe="wedge",
                                        magstripe_port="/dev/input/event0"))
+    assert isinstance(wedge, EvdevSwipeReader) and wedge.device == "/dev/input/event0"
 
 
 # ---- simulator: reader, console, script ----

@@ -1,11 +1,13 @@
 """QR / barcode scanner: the line decoder (payment codes and product barcodes), the serial
-scanner over a pty and pyserial's loop://, the fault when unplugged, and the config choice.
+scanner over a pty and pyserial's loop://, the keyboard-wedge scanner on stand-in evdev
+input devices, the fault when unplugged, and the config choice.
 Waits are bounded queue reads, never sleeps."""
 from __future__ import annotations
 
 import logging
 import os
 import queue
+import sys
 from dataclasses import replace
 
 import pytest
@@ -14,7 +16,9 @@ from hypothesis import strategies as st
 
 from firmware.flows.types import BarcodeScanned, CodeScanned
 from firmware.hal import DeviceError
-from firmware.hal.scanner import OFFLINE, CodeDecoder, SerialScanner, build_scanner
+from firmware.hal.scanner import OFFLINE, CodeDecoder, EvdevScanner, SerialScanner, build_scanner
+from tests import test_keypad
+from tests.test_keypad import taps, typing
 
 WECHAT = "134567890123456780"
 ALIPAY = "2812345678901234"
@@ -22,6 +26,7 @@ UNIONPAY = "6212345678901234560"
 CODES = (WECHAT, ALIPAY, UNIONPAY)
 EAN13, UPC_A, EAN8 = "4006381333931", "036000291452", "73513537"
 WAIT = 3.0  # seconds to wait for an event that must come
+input_devices = test_keypad.input_devices  # the fixture: stand-ins for evdev.InputDevice
 
 
 @pytest.fixture(autouse=True)
@@ -200,3 +205,66 @@ def test_build_scanner(sim_config):
                                     scanner_baudrate=19200))
     assert isinstance(scanner, SerialScanner)
     assert (scanner.device, scanner.baudrate, scanner.fault) == ("loop://", 19200, "scanner starting")
+    wedge = build_scanner(replace(devices, scanner="wedge", scanner_port=GM65))
+    assert isinstance(wedge, EvdevScanner)
+    assert (wedge.device, wedge.fault) == (GM65, "scanner starting")
+    with pytest.raises(DeviceError, match="scanner_port"):
+        build_scanner(replace(devices, scanner="wedge", scanner_port=""))
+
+
+# ---- the keyboard-wedge scanner ----
+
+GM65 = "/dev/input/by-id/usb-GM65_Barcode_Scanner-event-kbd"
+
+
+def test_wedge_scanner_names_the_missing_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "evdev", None)  # import evdev: ImportError
+    with pytest.raises(DeviceError, match=r'scanner backend "wedge" .*pip install evdev'):
+        EvdevScanner(GM65)
+
+
+def test_wedge_scanner_posts_good_codes_only(input_devices, no_card_data_in_logs, caplog):
+    device = input_devices.plug(GM65)
+    scanner = EvdevScanner(GM65)
+    events, faults = start(scanner)
+    try:
+        assert faults.get(timeout=WAIT) == ""
+        assert device.grabbed
+        device.send(typing(f"]Q1{WECHAT}\n"))  # shift for Q
+        assert events.get(timeout=WAIT) == CodeScanned(WECHAT)
+        device.send(typing("Hello world\n" + "7" * 80 + "\n12345\n]q1!" + ALIPAY[1:] + "\n"))
+        device.send(typing(f"{ALIPAY}\t]E0{EAN13}") + taps("KEY_KPENTER"))
+        assert events.get(timeout=WAIT) == CodeScanned(ALIPAY)  # nothing came before it
+        assert events.get(timeout=WAIT) == BarcodeScanned(EAN13)
+        device.send(taps(*(f"KEY_KP{d}" for d in UNIONPAY), "KEY_ENTER"))
+        assert events.get(timeout=WAIT) == CodeScanned(UNIONPAY)  # keypad digits
+        device.send(typing(UNIONPAY[:8]))  # a partial line, then the scanner closes
+    finally:
+        scanner.close()
+    assert not scanner._thread.is_alive() and device.closed
+    assert events.empty()  # the partial line never reaches the flow
+    assert "partial 8-byte line dropped" in caplog.text
+    assert "134567********6780" in caplog.text  # good codes are logged masked
+
+
+def test_wedge_scanner_unplugged_is_a_fault_and_comes_back(input_devices, caplog):
+    scanner = EvdevScanner(GM65)
+    events, faults = start(scanner)
+    try:
+        assert faults.get(timeout=WAIT) == OFFLINE  # not plugged in yet
+        assert any(r.levelno == logging.WARNING and GM65 in r.getMessage()
+                   for r in caplog.records)
+        device = input_devices.plug(GM65)
+        assert faults.get(timeout=WAIT) == ""
+        device.send(typing(UNIONPAY[:9]))
+        device.unplug()  # mid-code: the partial code is dropped
+        assert faults.get(timeout=WAIT) == OFFLINE
+        assert scanner.fault == OFFLINE and device.closed
+        again = input_devices.plug(GM65)
+        assert faults.get(timeout=WAIT) == ""
+        again.send(typing(UNIONPAY[9:] + "\n" + WECHAT + "\n"))  # 10 digits: no code
+        assert events.get(timeout=WAIT) == CodeScanned(WECHAT)
+    finally:
+        scanner.close()
+    assert not scanner._thread.is_alive()
+    assert events.empty()

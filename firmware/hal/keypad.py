@@ -30,7 +30,6 @@ are ignored. A missing or unplugged keypad sets `fault` and is retried (DeviceTh
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
 from typing import Callable, Sequence
@@ -38,6 +37,7 @@ from typing import Callable, Sequence
 from firmware.flows.types import DIGITS, KEYS, Key
 from firmware.hal import DeviceError
 from firmware.hal.devthread import POLL_S, DeviceThread, EvdevGrab
+from firmware.hal.wedge import import_evdev, key_events
 
 __all__ = ["MatrixKeypad", "EvdevKeypad", "KeyDebouncer", "pin_factory", "key_names", "evdev_key",
            "LABELS", "KEYMAP_4X4", "KEYMAP_3X4", "EVDEV_KEYS", "SCAN_S", "DEBOUNCE_S"]
@@ -204,12 +204,7 @@ class EvdevKeypad(EvdevGrab, DeviceThread):
 
     def __init__(self, device_path: str, keymap: dict[str, str] | None = None, *,
                  on_fault: Callable[[str], None] | None = None):
-        try:
-            import evdev
-        except ImportError as exc:
-            raise DeviceError("keypad backend \"evdev\" needs the Python package evdev "
-                              "(pip install evdev)") from exc
-        self._evdev = evdev
+        self._evdev = import_evdev('keypad backend "evdev"')
         self._keymap = EVDEV_KEYS if keymap is None else keymap
         bad = [name for name in self._keymap.values() if name not in KEYS]
         if bad:
@@ -217,20 +212,15 @@ class EvdevKeypad(EvdevGrab, DeviceThread):
         super().__init__(device_path, on_fault, log)
 
     def _pump(self, device) -> None:
-        ecodes = self._evdev.ecodes
-        while not self._stop.is_set():
-            if not select.select([device.fd], [], [], POLL_S)[0]:
-                continue
-            for event in device.read():
-                if event.type == ecodes.EV_KEY and event.value == 1:  # 1 down, 2 repeat
-                    name = evdev_key(ecodes.KEY.get(event.code, ()), self._keymap)
-                    if name:
-                        self._post(Key(name))
+        for names, value in key_events(device, self._evdev.ecodes, self._stop):
+            name = evdev_key(names, self._keymap) if value == 1 else None  # 2: auto-repeat
+            if name:
+                self._post(Key(name))
 
 
 def evdev_key(names: str | Sequence[str], keymap: dict[str, str]) -> str | None:
-    """The KEYS name of an evdev key code's name(s) (ecodes.KEY gives a list for codes
-    with aliases), None for a key the map does not hold."""
+    """The KEYS name of an evdev key code's name(s) (a code with aliases has
+    several), None for a key the map does not hold."""
     found = [keymap[name] for name in ([names] if isinstance(names, str) else names)
              if name in keymap]
     return found[0] if found else None

@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib
 import logging
 import re
-import select
-import string
 import time
 from datetime import date
 from typing import Callable
@@ -23,9 +21,10 @@ from typing import Callable
 from firmware.flows.types import CardSwiped, SwipeFailed
 from firmware.hal import DeviceError
 from firmware.hal.devthread import POLL_S, DeviceThread, EvdevGrab
+from firmware.hal.wedge import import_evdev, typed_chars
 from firmware.magstripe import UNREADABLE, swipe_event
 
-__all__ = ["SerialSwipeReader", "EvdevSwipeReader", "WedgeDecoder", "LineBuffer", "key_char",
+__all__ = ["SerialSwipeReader", "EvdevSwipeReader", "WedgeDecoder", "LineBuffer",
            "build_swipe_reader", "LINE_MAX", "OFFLINE", "STARTING"]
 
 log = logging.getLogger("kpos.swipe")
@@ -156,24 +155,6 @@ class WedgeDecoder:
         return None
 
 
-# evdev key name -> (plain, with shift) on the US layout that wedge readers type in.
-_KEYS = {
-    **{f"KEY_{d}": (d, s) for d, s in zip("1234567890", "!@#$%^&*()")},
-    **{f"KEY_KP{d}": (d, d) for d in string.digits},
-    **{f"KEY_{c}": (c.lower(), c) for c in string.ascii_uppercase},
-    "KEY_SPACE": (" ", " "), "KEY_MINUS": ("-", "_"), "KEY_EQUAL": ("=", "+"),
-    "KEY_SEMICOLON": (";", ":"), "KEY_COMMA": (",", "<"), "KEY_DOT": (".", ">"),
-    "KEY_SLASH": ("/", "?"), "KEY_ENTER": ("\n", "\n"), "KEY_KPENTER": ("\n", "\n"),
-}
-SHIFT_KEYS = ("KEY_LEFTSHIFT", "KEY_RIGHTSHIFT")
-
-
-def key_char(name: str, shift: bool) -> str | None:
-    """The character an evdev key name types (US layout), or None for other keys."""
-    pair = _KEYS.get(name)
-    return pair[shift] if pair else None
-
-
 class EvdevSwipeReader(EvdevGrab, _SwipeThread):
     """A keyboard-wedge reader on its own input event device (e.g. /dev/input/by-id/...-kbd).
 
@@ -184,30 +165,16 @@ class EvdevSwipeReader(EvdevGrab, _SwipeThread):
                  on_fault: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         super().__init__(device_path, today, on_fault)
-        self._evdev = _require("evdev", "wedge")
+        self._evdev = import_evdev('magstripe backend "wedge"')
         self._clock = clock
 
     def _pump(self, device) -> None:
-        ecodes = self._evdev.ecodes
         decoder = WedgeDecoder(self._clock)
-        shift = False
-        while not self._stop.is_set():
-            if not select.select([device.fd], [], [], POLL_S)[0]:
-                continue
-            for event in device.read():
-                if event.type != ecodes.EV_KEY:
-                    continue
-                name = ecodes.KEY.get(event.code, "")
-                name = name[0] if isinstance(name, list) else name  # aliased codes
-                if name in SHIFT_KEYS:
-                    shift = event.value != 0  # value: 1 down, 2 auto-repeat, 0 up
-                elif event.value == 1:
-                    self._key(decoder, key_char(name, shift))
+        for char in typed_chars(device, self._evdev.ecodes, self._stop):
+            text = decoder.feed(char)
+            if text is not None:
+                self._swipe(text)
 
-    def _key(self, decoder: WedgeDecoder, char: str | None) -> None:
-        text = decoder.feed(char) if char is not None else None
-        if text is not None:
-            self._swipe(text)
 
 def build_swipe_reader(devices_cfg, *, today: Callable[[], date] = date.today,
                        on_fault: Callable[[str], None] | None = None):
