@@ -12,8 +12,9 @@ cd "$(dirname "$0")"
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pcscd vsmartcard-vpcd libpcsclite-dev swig
               fonts-wqy-microhei)
 # The tests only: deploy.sh is tested against a real sshd on 127.0.0.1 (openssh-server,
-# rsync, openssl for the release signature) and builds a Mender artifact (mender-artifact).
-APT_TEST_PACKAGES=(openssh-server openssh-client rsync openssl mender-artifact)
+# rsync, openssl for the release signature) and builds a Mender artifact (mender-artifact);
+# the simulator's browser panel is tested in headless Chromium (chromium, driven by Playwright).
+APT_TEST_PACKAGES=(openssh-server openssh-client rsync openssl mender-artifact chromium)
 VENV=.venv
 
 say() { printf '\033[1mdev.sh:\033[0m %s\n' "$*" >&2; }
