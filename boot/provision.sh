@@ -14,7 +14,7 @@
 # /etc/kpos (0755) with keys/ (0700 kpos), /var/lib/kpos (0700 kpos); the release in
 # /opt/kpos/releases/<v>/.venv, /opt/kpos/current -> releases/<v>; units, udev rules and
 # the config.txt fragment installed; kpos.service, kpos-backup.timer and pcscd enabled.
-# The terminal starts at the next boot once /etc/kpos/keys/tmk.key is in place.
+# The terminal starts at the next boot once its master key is loaded (`kpos keys load`).
 set -euo pipefail
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -139,8 +139,8 @@ services() {
     else
         run systemctl --root="$ROOT" enable pcscd.socket kpos.service kpos-backup.timer
     fi
-    [ -e "$ROOT/etc/kpos/keys/tmk.key" ] \
-        || echo "next: put the terminal master key in /etc/kpos/keys/tmk.key (kpos, 0600)," \
+    [ -e "$ROOT/var/lib/kpos/keys/tmk" ] \
+        || echo "next: load the terminal master key (sudo -u kpos kpos keys load ...)," \
                 "edit /etc/kpos/terminal.toml, run kpos doctor, then reboot"
 }
 

@@ -17,6 +17,9 @@ sent) a chip or contactless sale may still be approved within the [offline] caps
 card (TC: Y1 at the first GENERATE AC, Y3 at the second) or by store-and-forward (00, the
 ARQC goes to the host later). The approval, its sealed 0220 advice and the journal row
 commit together before the customer sees "APPROVED".
+Field update (firmware.update.HoldGate): one terminal per data_dir (flock on kpos.lock,
+else StartupFault); under a hold from `kpos update hold` the resting terminal shows
+"Updating" and starts nothing new, finishes what is in flight, then acknowledges.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import Any, Callable
 
 from firmware import crashpoint
 from firmware.acquirer import messages
+from firmware.acquirer.tls import TlsClient
 from firmware.app_card import CardWork
 from firmware.app_checkout import CheckoutWork
 from firmware.app_menu import MenuWork
@@ -35,7 +39,7 @@ from firmware.app_training import TrainingWork
 from firmware.basket import load_products
 from firmware.bridge import EventBridge, Worker, WorkerTimeout
 from firmware.clock import SystemClock
-from firmware.config import Config, read_tmk
+from firmware.config import Config
 from firmware.emv.kernel import EmvSession, kernel_params
 from firmware.emv.oda import load_capks
 from firmware.flows import sale, shell
@@ -52,6 +56,8 @@ from firmware.journal import JOURNAL_NAME, Journal
 from firmware.notify import Notifier, watchdog_interval, watchdog_pings
 from firmware.operators import OPERATORS_NAME, OperatorStore
 from firmware.keys import SessionKeys
+from firmware.keyload import terminal_master_key
+from firmware.update import AlreadyRunning, HoldGate, InstanceLock, read_hold
 from firmware.receipts import ReceiptData, preview, render
 from firmware.vault import Vault
 from firmware.wallet import ENTRY_QR
@@ -83,7 +89,7 @@ class _Stop:
     """Sentinel event: stop when the flow is idle."""
 
 
-class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
+class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork, HoldGate):
     def __init__(self, cfg: Config, devices: Devices, *, clock=None):
         self.cfg = cfg
         self.devices = devices
@@ -101,7 +107,8 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
             discount_percent=cfg.basket.discount_percent,
             discount_amount=cfg.basket.discount_amount)
         self.ids = messages.TerminalIds(cfg.terminal.terminal_id, cfg.terminal.merchant_id)
-        self.link = self._make_link(cfg.acquirer.host, cfg.acquirer.port)
+        self.link = self._make_link(cfg.acquirer.host, cfg.acquirer.port,
+                                    TlsClient.from_config(cfg.acquirer))
         self.saf = self._make_saf(self.link, self.journal_call)
         self._saf_task: asyncio.Task | None = None
         self.journal_worker = Worker("journal")
@@ -111,6 +118,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
         self.operators: OperatorStore | None = None
         self.operator, self.role = self._default_operator()  # who is logged in
         self._daily_signon: asyncio.Task | None = None
+        self._hold_watch: asyncio.Task | None = None  # firmware.update.HoldGate._watch_holds
         self._background: set[asyncio.Task] = set()  # housekeeping that never holds up a stop
         self.notifier = Notifier.from_env()  # systemd Type=notify (a no-op elsewhere)
         self._printer_fault = ""  # why the last print failed, "" = printing
@@ -135,6 +143,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
         self._timers: list[asyncio.TimerHandle] = []
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
+        self._instance: InstanceLock | None = None  # the data_dir's kpos.lock, while running
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -164,8 +173,13 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
 
     async def _start(self) -> None:
         data_dir = self.cfg.terminal.data_dir
+        try:  # first, before any device shows anything: one terminal per data_dir
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self._instance = InstanceLock.acquire(data_dir)
+        except (AlreadyRunning, OSError) as exc:
+            raise StartupFault(str(exc)) from exc
         try:
-            tmk = read_tmk(self.cfg)
+            tmk = terminal_master_key(self.cfg)  # stored (kpos keys load), else tmk_file
             self._kernel = kernel_params(self.cfg, load_capks(self.cfg.emv.capk_file))
             vault = Vault.open(self.cfg.security.vault_key_file)
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -185,13 +199,16 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
             source.attach(self._bridge.post, self.request_stop)
         self.devices.reader.attach(self._bridge.post)
         self.state, actions = shell.start(self.flow_cfg)
-        self._execute_all(actions)
+        self._hold = read_hold(data_dir)  # restarted under a hold: "Updating" from the start
+        self._execute_all(self._under_hold(actions))
         self._spawn(self._connect(), "sign-on")
         self._spawn(self._print_backlog(), "print-backlog")
         self._start_saf()
         loop = asyncio.get_running_loop()
         self._daily_signon = loop.create_task(self._sign_on_daily(), name="daily-sign-on")
         self._daily_signon.add_done_callback(self._task_done)
+        self._hold_watch = loop.create_task(self._watch_holds(), name="update-hold")  # HoldGate
+        self._hold_watch.add_done_callback(self._task_done)
         self.ready.set()
         self.notifier.ready(f"terminal {self.ids.terminal_id} ready")
         interval = watchdog_interval()
@@ -219,7 +236,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
         self.pinpad.wipe()
         await self._close_training()  # the real journal, link and SAF are back for the close
         for task in [*self._tasks, *self._background,
-                     *(t for t in (self._saf_task, self._daily_signon) if t)]:
+                     *(t for t in (self._saf_task, self._daily_signon, self._hold_watch) if t)]:
             task.cancel()
         await self.link.close()
         if self.journal is not None:
@@ -235,6 +252,8 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
             if close is not None:
                 close()
         self.notifier.close()
+        if self._instance is not None:
+            self._instance.release()
         self.stopped.set()
         log.info("terminal stopped")
 
@@ -286,16 +305,18 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork):
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
         if self._stopping and self._bridge is not None:
             self._bridge.post(_Wake())
+        self._key_change_if_idle()
 
     # ---- events and actions ----------------------------------------------------------
 
     def _dispatch(self, event: object) -> None:
-        if isinstance(event, _Wake):
+        if isinstance(event, _Wake) or self._held_back(event):
             return
         if isinstance(event, Key) and self.pinpad.active and event.key in PIN_KEYS:
             event = PinLength(self.pinpad.press(event.key))
         self.state, actions = shell.step(self.flow_cfg, self.state, event)
-        self._execute_all(actions)
+        self._execute_all(self._under_hold(actions))
+        self._key_change_if_idle()
 
     def _execute_all(self, actions: list) -> None:
         for action in actions:

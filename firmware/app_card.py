@@ -28,6 +28,8 @@ from firmware.journal import TxnExtra
 from firmware.notify import link_status
 from firmware.txnkinds import KINDS
 from firmware.keys import KeyCheckError, session_keys_from_working
+from firmware.keyload import key_change_requested
+from firmware.mac import MAC_FAILED, session_mac
 from firmware.saf import LinkState
 
 __all__ = ["CardWork", "READ_TIMEOUT"]
@@ -39,6 +41,9 @@ READ_TIMEOUT = 20.0  # s, one kernel step (e.g. SELECT .. CVM start) on the read
 
 class CardWork:
     """Terminal mixin: card sessions, sign-on and authorisation."""
+
+    _key_change_due = False  # the acquirer asked for new working keys (keyload.key_change_requested)
+    key_alert = ""  # operator alert: why the last delivered working keys were refused
     # ---- card ------------------------------------------------------------------------
 
     async def _read_card(self, amount: int) -> None:
@@ -123,9 +128,13 @@ class CardWork:
                 raise KeyCheckError(f"sign-on refused: {describe_code(response.get('39', '??'))}")
             working = messages.parse_working_keys(response)
             self.session_keys = session_keys_from_working(self._tmk, working)
+            self.link.mac = session_mac(self.cfg.security.mac, self.session_keys)
         except (KeyCheckError, messages.MessageError) as exc:
             log.warning("sign-on failed: %s", exc)
+            if response.get("39") == "00":  # keys delivered but not verified: never used
+                self._working_key_alert(exc)
             return "refused"
+        self.key_alert = ""
         log.info("signed on: %r", self.session_keys)
         await self._sync_batch(response, batch)
         self.signed_on.set()
@@ -150,7 +159,31 @@ class CardWork:
             self.saf.note_link(False)
             raise
         self.saf.note_link(True)
+        if key_change_requested(request, response):
+            log.info("acquirer asks for new working keys: sign-on at the next idle moment")
+            self._key_change_due = True
         return response
+
+    def _key_change_if_idle(self) -> None:
+        """Loop only (after each event and task): start the key change the acquirer asked
+        for once the terminal is at rest with nothing in flight."""
+        if self._key_change_due and self._quiet() and not self._stopping:
+            self._key_change_due = False
+            self._spawn_background(self._key_change(), "key-change")
+
+    async def _key_change(self) -> None:
+        """Sign on again while still signed on: a sale waits on the sign-on lock, and when
+        the new keys fail their check values the old (verified) keys stay in use."""
+        async with self._signon_lock:
+            log.info("key change sign-on: %s", await self._sign_on_now())
+
+    def _working_key_alert(self, exc: Exception) -> None:
+        """Delivered working keys failed their check: log, alert the operator (idle screen
+        alert count, service status) until a sign-on succeeds."""
+        self.key_alert = "working key check failed"
+        log.error("working key check failed: %s (keys in use: %r)", exc, self.session_keys)
+        self.notifier.status("alert: working key check failed")
+        self._link_status(self.saf.state)
 
     async def _connect(self) -> None:
         """At start: sign on, then send any reversal a previous run left pending."""
@@ -167,10 +200,15 @@ class CardWork:
                 log.info("scheduled sign-on: %s", await self._sign_on_now())
 
     def _link_status(self, state: LinkState) -> None:
-        """From the store-and-forward task: show the link and the queue on the idle screen."""
+        """From the store-and-forward task (loop thread, after each change): show the link
+        and the queue on the idle screen and on the display's status bar, if it has one."""
         if self._bridge is not None:
             stats = state.stats
-            self._bridge.post(LinkStatus(state.online, stats.queued, stats.alerts))
+            status = LinkStatus(state.online, stats.queued, stats.alerts + bool(self.key_alert))
+            self._bridge.post(status)
+            set_status = getattr(self.devices.display, "set_status", None)
+            if set_status is not None:  # graphic and character displays: their status bar
+                set_status(status)
             self.notifier.status(link_status(state.online, stats.queued, stats.alerts))
             if stats.reversals < self._reversals_queued:  # a QR cancel may have been answered
                 self._spawn_background(self._refund_paid_late(), "qr-late-refunds")  # "paid"
@@ -199,7 +237,8 @@ class CardWork:
         host_up = signon == "ok" and await self.saf.send_reversals()  # DESIGN §6.2: reversals first
         pin_block = None
         if cvm == "online_pin" and host_up and len(self.pinpad):
-            pin_block = self.pinpad.pin_block(card.pan, self.session_keys.pik)
+            pin_block = self.pinpad.pin_block(card.pan, self.session_keys.pik,
+                                              self.cfg.security.pin_format)
         self.pinpad.wipe()
         refusal = await self._offline_refusal(kind, amount, replace(card, cvm=cvm), "")
         if not host_up and refusal:  # decline now what the offline rules refuse (a swipe ...)
@@ -280,6 +319,7 @@ class CardWork:
         except NoResponse as exc:
             detail = exc.reason
             code = "98" if detail.startswith("no response") else "06"
+            code = "A0" if detail == MAC_FAILED else code  # a bad MAC is no answer either
             await self.journal_worker.run(
                 lambda: journal.record_no_response(txn_id, reason_code=code, detail=detail))
             self.saf.poke()

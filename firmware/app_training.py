@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from firmware.acquirer.link import AcquirerLink
+from firmware.acquirer.tls import TlsClient
 from firmware.flows.types import TrainingSet
 from firmware.journal import Journal, JournalError
 from firmware.saf import StoreAndForward
@@ -146,10 +147,12 @@ class TrainingWork:
 
     # ---- the acquirer side (one recipe for the real and the training one) ---------------
 
-    def _make_link(self, host: str, port: int) -> AcquirerLink:
+    def _make_link(self, host: str, port: int, tls: TlsClient | None = None) -> AcquirerLink:
+        """`tls`: the real acquirer's (TlsClient.from_config); the training host is plain
+        TCP on loopback."""
         acquirer = self.cfg.acquirer
         return AcquirerLink(host, port, connect_timeout=acquirer.connect_timeout,
-                            response_timeout=acquirer.response_timeout)
+                            response_timeout=acquirer.response_timeout, tls=tls)
 
     def _make_saf(self, link: AcquirerLink, journal_call) -> StoreAndForward:
         return StoreAndForward(link, journal_call, self.ids, self.cfg.saf,

@@ -18,6 +18,10 @@ backup | restore.
                  online backup: works next to a running terminal); --list shows them
 `kpos restore`   a backup onto this device (stop the terminal first): refused over a
                  journal with unsent items; --force replaces a journal without any
+`kpos update`    hold | release | snapshot: the terminal side of a field update (deploy.sh)
+`kpos health`    after an update: journal integrity and schema, queue kept, echo test
+`kpos selftest`  a new release before the switch: imports, config, one simulated sale
+`kpos keys`      load (the TMK from a TR-31 key block) | status | make-test-block (firmware.keyload)
 Exit codes: 0 ok, 1 scenario or doctor check failed, 2 bad usage or config, 3 terminal
 fault at start.
 """
@@ -60,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
     sim.add_argument("--pcsc", action="store_true",
                      help="read cards through pcscd and vsmartcard's vpcd (pcscd must be running)")
+    sim.add_argument("--panel-port", type=int, default=None, metavar="N",
+                     help="front panel in the browser on http://127.0.0.1:N/ (default 8470, "
+                          "a free one if taken; 0 = any free port)")
+    sim.add_argument("--no-panel", action="store_true", help="the console only, no browser panel")
+    sim.add_argument("--open", action="store_true", help="open the panel in the web browser")
     sim.set_defaults(handler=_cmd_sim)
 
     acq = sub.add_parser("acquirer", help="run the ISO 8583 acquirer simulator")
@@ -72,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     acq.add_argument("--fault", action="append", default=[], metavar="KNOBS",
                      help='fault knobs as in scenario scripts, e.g. "drop times 1 mti 0220" '
                           "(repeatable: the words add up; --delay/--drop add to them)")
+    acq.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
+    acq.add_argument("--tls-key", type=Path, help="... and this key (PEM, mode 0600)")
+    acq.add_argument("--tls-client-ca", type=Path,
+                     help="require client certificates signed by this CA (PEM)")
+    acq.add_argument("--make-test-pki", type=Path, metavar="DIR",
+                     help="write a TEST CA, server and client certificate and key into DIR, "
+                          "print the matching config, and exit")
     acq.set_defaults(handler=_cmd_acquirer)
 
     doc = sub.add_parser("doctor", help="check config, files, devices and the acquirer link")
@@ -166,6 +182,50 @@ def _parser() -> argparse.ArgumentParser:
     rst.add_argument("--force", action="store_true",
                      help="replace an existing journal and operator store (never one with unsent items)")
     rst.set_defaults(handler=_cmd_restore)
+
+    upd = sub.add_parser("update", help="field update: hold the terminal idle, release it, "
+                                        "snapshot its queue (firmware.update)")
+    upd.set_defaults(handler=_cmd_update)
+    upd_sub = upd.add_subparsers(dest="action", required=True)
+    device_opts = argparse.ArgumentParser(add_help=False)
+    device_opts.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
+    device_opts.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
+    upd_hold = upd_sub.add_parser("hold", parents=[device_opts], help="no new transaction; wait until nothing is in flight")
+    upd_hold.add_argument("--timeout", type=float, default=300.0, help="s to wait for idle (300)")
+    upd_hold.add_argument("--ttl", type=float, default=900.0,
+                          help="s after which the terminal ignores the hold (900)")
+    upd_sub.add_parser("release", parents=[device_opts], help="lift the hold (idempotent)")
+    upd_snap = upd_sub.add_parser("snapshot", parents=[device_opts], help="the unsent reversals and advices as JSON")
+    upd_snap.add_argument("--out", type=Path, required=True)
+
+    hlt = sub.add_parser("health", parents=[device_opts],
+                         help="after an update: journal, queue, echo test")
+    hlt.add_argument("--snapshot", type=Path, help="a `kpos update snapshot` file to compare")
+    hlt.add_argument("--timeout", type=float, default=20.0, help="s for the echo test (20)")
+    hlt.add_argument("--no-echo", action="store_true", help="skip the echo test")
+    hlt.set_defaults(handler=_cmd_health)
+
+    slf = sub.add_parser("selftest", help="imports, config, one simulated sale (a new release)")
+    slf.add_argument("--config", type=Path, help="the device config to load with this release")
+    slf.add_argument("--sim-config", type=Path, help="default: config/sim.toml of this release")
+    slf.set_defaults(handler=_cmd_selftest)
+
+    kys = sub.add_parser("keys", help="terminal master key: load a TR-31 block, status, test block")
+    kys.set_defaults(handler=_cmd_keys)
+    kys_sub = kys.add_subparsers(dest="action", required=True)
+    kys_load = kys_sub.add_parser("load", parents=[device_opts], help="the TMK from a TR-31 key block")
+    block = kys_load.add_mutually_exclusive_group(required=True)
+    block.add_argument("--block", help="the TR-31 key block text")
+    block.add_argument("--block-file", type=Path, help="a file holding the TR-31 key block")
+    kbpk = kys_load.add_mutually_exclusive_group(required=True)
+    kbpk.add_argument("--kbpk-file", type=Path, help="the key block protection key, hex")
+    kbpk.add_argument("--kbpk-components", type=int, metavar="N",
+                      help="type N clear KBPK components (not shown), each checked by its KCV")
+    kys_sub.add_parser("status", parents=[device_opts], help="keys present, KCVs, when loaded")
+    kys_test = kys_sub.add_parser("make-test-block", parents=[device_opts],
+                                  help="TEST: the simulator's TMK in a TR-31 block")
+    kys_test.add_argument("--out", type=Path, required=True, help="the TR-31 block file")
+    kys_test.add_argument("--kbpk-out", type=Path, required=True, help="the KBPK file (hex, 0600)")
     return p
 
 
@@ -238,8 +298,10 @@ def _cmd_sim(args) -> int:
     if cfg is None:
         return 2
     _setup_logging("WARNING" if not args.script else "INFO", cfg.log.file or None)
+    from firmware.acquirer.tls import TlsError
     from firmware.app import StartupFault
     from firmware.hal.console import ConsoleDisplay, ConsolePanel
+    from firmware.sim.panel import DEFAULT_PORT, PanelScreen, serve_panel
     from firmware.sim.runner import sim_session
     from firmware.sim.script import ScriptError, load_script, run_script
     pcsc_error: tuple = ()
@@ -255,13 +317,20 @@ def _cmd_sim(args) -> int:
             print(f"scenario passed: {args.script}")
             return 0
         panel = _LatePanel()
-        async with sim_session(cfg, forward_display=ConsoleDisplay(), inputs=[panel],
+        screen = ConsoleDisplay() if args.no_panel else PanelScreen(ConsoleDisplay())
+        async with sim_session(cfg, forward_display=screen, inputs=[panel],
                                pcsc=args.pcsc) as session:
             panel.bind(ConsolePanel(session.reader))
             _install_signals(session.terminal.request_stop)
             print(f"KPOS simulator: acquirer on 127.0.0.1:{session.cfg.acquirer.port}, "
                   f"receipts in {session.receipts_dir}")
-            await session.terminal.stopped.wait()
+            if args.no_panel:
+                await session.terminal.stopped.wait()
+                return 0
+            port = DEFAULT_PORT if args.panel_port is None else args.panel_port
+            async with serve_panel(session, screen, port, open_browser=args.open) as front:
+                print(f"KPOS front panel: {front.url}")
+                await session.terminal.stopped.wait()
         return 0
 
     try:
@@ -271,6 +340,9 @@ def _cmd_sim(args) -> int:
         return 1
     except StartupFault as exc:
         print(f"kpos: terminal fault: {exc}", file=sys.stderr)
+        return 3
+    except TlsError as exc:  # the simulator's TLS files ([acquirer] tls = true)
+        print(f"kpos sim: simulator {exc.reason}", file=sys.stderr)
         return 3
     except pcsc_error as exc:
         print(f"kpos: --pcsc: {exc}. Needs pcscd with the vsmartcard vpcd driver "
@@ -307,10 +379,36 @@ def _cmd_acquirer(args) -> int:
         return 2
     faults.delay = args.delay or faults.delay
     faults.drop = args.drop or faults.drop
+    if args.make_test_pki:
+        return _make_test_pki(args.make_test_pki)
+    from firmware.acquirer.tls import TlsError, server_context
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        print("kpos acquirer: --tls-cert and --tls-key go together (and --tls-client-ca "
+              "needs them)", file=sys.stderr)
+        return 2
     try:
-        asyncio.run(serve(args.catalog, args.ledger, args.host, args.port, faults))
+        tls = server_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    except TlsError as exc:
+        print(f"kpos acquirer: {exc.reason}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(args.catalog, args.ledger, args.host, args.port, faults, tls))
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _make_test_pki(directory: Path) -> int:
+    """`kpos acquirer --make-test-pki DIR`: the files, then how to use them."""
+    from firmware.sim.pki import make_test_pki
+    pki = make_test_pki(directory.resolve())
+    print(f"TEST PKI written to {directory} (test keys, never for a real acquirer)\n"
+          f"simulator: kpos acquirer --tls-cert {pki.server_cert} --tls-key {pki.server_key} "
+          f"--tls-client-ca {pki.ca_file}\n"
+          f"terminal [acquirer]: tls = true, ca_file = \"{pki.ca_file}\", "
+          f"cert_file = \"{pki.client_cert}\", key_file = \"{pki.client_key}\", "
+          f"pin_sha256 = \"{pki.server_pin_sha256}\"\n"
+          f"(kpos sim with tls = true serves TLS from the same directory)")
     return 0
 
 
@@ -486,3 +584,53 @@ def _cmd_restore(args) -> int:
               f"opens only with the old device's vault key; copy it to "
               f"{cfg.security.vault_key_file} (0600) before the terminal starts", file=sys.stderr)
     return 0
+
+
+def _cmd_update(args) -> int:
+    cfg = _tool_config(args, "ERROR")
+    if cfg is None:
+        return 2
+    from firmware import update
+    if args.action == "hold":
+        return update.hold_command(cfg, timeout=args.timeout, ttl=args.ttl)
+    if args.action == "release":
+        return update.release_command(cfg)
+    return update.snapshot_command(cfg, args.out)
+
+
+def _cmd_health(args) -> int:
+    cfg = _tool_config(args, "ERROR")
+    if cfg is None:
+        return 2
+    from firmware.update import health_command
+    return health_command(cfg, snapshot=args.snapshot, timeout=args.timeout, echo=not args.no_echo)
+
+
+def _cmd_selftest(args) -> int:
+    _setup_logging("ERROR")
+    from firmware.selftest import selftest
+    return selftest(args.config, args.sim_config)
+
+
+def _cmd_keys(args) -> int:
+    cfg = _tool_config(args, "ERROR")
+    if cfg is None:
+        return 2
+    from firmware import keyload
+    if args.action == "status":
+        return keyload.status_command(cfg)
+    if args.action == "make-test-block":
+        return keyload.make_test_block_command(cfg, args.out, args.kbpk_out)
+    import getpass
+    from datetime import datetime
+    try:
+        block = args.block or args.block_file.read_text("ascii")
+        algorithm = keyload.tmk_algorithm(cfg)
+        kbpk = (keyload.read_hex_key(args.kbpk_file, "key block protection key")
+                if args.kbpk_file else
+                keyload.ask_components(args.kbpk_components, algorithm, secret=getpass.getpass,
+                                       ask=input, say=print))
+    except (OSError, UnicodeDecodeError, keyload.KeyLoadError) as exc:
+        print(f"refused: {getattr(exc, 'reason', None) or exc}; nothing stored")
+        return 1
+    return keyload.load_command(cfg, block, kbpk, now=datetime.now())

@@ -59,7 +59,9 @@ class AcquirerConfig:
     tls: bool
     ca_file: Path | None  # set when tls
     cert_file: Path | None  # set when tls
-    key_file: Path | None  # set when tls
+    key_file: Path | None  # set when tls; mode 0600 or stricter (checked at connect)
+    tls_server_name: str  # name the acquirer's certificate must carry; "" = host
+    pin_sha256: str  # "" or 64 lower-case hex: SHA-256 of the server key's SubjectPublicKeyInfo
     echo_interval: float  # seconds between echo tests (0800 / 301) while the link is idle
     signon_interval: float  # seconds: sign on again (new keys, batch number check) this often
 
@@ -89,8 +91,8 @@ class DevicesConfig:
     magstripe: str  # "none" | "serial" | "wedge": magnetic stripe reader backend
     magstripe_port: str  # serial port of a "serial" reader (a pyserial URL also works)
     magstripe_baudrate: int
-    scanner: str  # "none" | "serial" | "sim": the QR/barcode scanner backend
-    scanner_port: str  # serial port (or pyserial URL such as loop://) of a "serial" scanner
+    scanner: str  # "none" | "serial" | "wedge" (evdev keyboard) | "sim": the QR/barcode scanner
+    scanner_port: str  # "serial": port or pyserial URL; "wedge": its /dev/input/by-id/*-event-kbd
     scanner_baudrate: int
     display_kind: str  # luma panel: "st7789" | "ili9341" | "ssd1306"
     display_port: int  # SPI port (st7789, ili9341) or I2C bus (ssd1306, hd44780)
@@ -255,8 +257,11 @@ class BackupConfig:
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    tmk_file: Path  # terminal master key, hex; see read_tmk()
+    tmk_file: Path | None  # TMK as hex (simulator, development); None: only `kpos keys load`
+    # (firmware.keyload: a key stored in <data_dir>/keys/tmk wins over this file)
     vault_key_file: Path  # defaults to <data_dir>/keys/vault.key
+    pin_format: int = 0  # ISO 9564 PIN block: 0 (TDES working keys) or 4 (AES working keys)
+    mac: str = "retail"  # "retail" (TDES keys), "cmac" (AES keys), "none" (legacy simulator)
 
 
 @dataclass(frozen=True)
@@ -426,9 +431,17 @@ def _terminal(s: _Section) -> TerminalConfig:
         merchant_name_zh=s.text("merchant_name_zh", "", minlen=0, maxlen=40),
         currency=s.int_("currency", 156, choices=tuple(CURRENCIES)),
         operator=s.str_("operator", "01", pattern=r"[0-9]{2}", rule="2 digits"),
-        data_dir=s.path("data_dir", "/var/lib/kpos"),
+        data_dir=_data_dir(s),
         language=s.str_("language", "en", choices=("en", "zh")),
     )
+
+
+def _data_dir(s: _Section) -> Path:
+    """The state directory: every other state path hangs off it, so "" is an error."""
+    data_dir = s.path("data_dir", "/var/lib/kpos")
+    if data_dir is None:
+        raise s.error("data_dir", "must not be empty")
+    return data_dir
 
 
 def _acquirer(s: _Section) -> AcquirerConfig:
@@ -444,6 +457,9 @@ def _acquirer(s: _Section) -> AcquirerConfig:
         ca_file=s.path("ca_file", "", need=need),
         cert_file=s.path("cert_file", "", need=need),
         key_file=s.path("key_file", "", need=need),
+        tls_server_name=s.str_("tls_server_name", "", pattern=_HOST, rule=_HOST_RULE),
+        pin_sha256=s.str_("pin_sha256", "", pattern=r"[0-9a-fA-F]{64}",
+                          rule="64 hex digits (SHA-256)").lower(),
         echo_interval=s.float_("echo_interval", 60.0, 1, 3600),
         signon_interval=s.float_("signon_interval", 86_400.0, 60, 7 * 86_400),
     )
@@ -468,7 +484,7 @@ def _timeouts(s: _Section) -> TimeoutsConfig:
 
 def _devices(s: _Section) -> DevicesConfig:
     magstripe = s.str_("magstripe", "none", choices=("none", "serial", "wedge"))
-    scanner = s.str_("scanner", "none", choices=("none", "serial", "sim"))
+    scanner = s.str_("scanner", "none", choices=("none", "serial", "wedge", "sim"))
     keypad = s.str_("keypad", choices=("console", "gpio", "evdev"))
     rows = _pins(s, "keypad_rows", "5,6,13,19", (4,))
     cols = _pins(s, "keypad_cols", "26,16,20,21", (3, 4))
@@ -485,7 +501,8 @@ def _devices(s: _Section) -> DevicesConfig:
         magstripe_baudrate=s.int_("magstripe_baudrate", 9600, choices=_BAUDS),
         scanner=scanner,
         scanner_port=s.str_("scanner_port", "", maxlen=200,
-                            need='[devices] scanner = "serial"' if scanner == "serial" else ""),
+                            need=f'[devices] scanner = "{scanner}"'
+                            if scanner in ("serial", "wedge") else ""),
         scanner_baudrate=s.int_("scanner_baudrate", 9600, choices=_BAUDS),
         display_kind=s.str_("display_kind", "ssd1306", choices=("st7789", "ili9341", "ssd1306")),
         display_port=s.int_("display_port", 1, 0, 10),
@@ -681,9 +698,16 @@ def _backup(s: _Section) -> BackupConfig:
 
 
 def _security(s: _Section, terminal: TerminalConfig) -> SecurityConfig:
+    pin_format = s.int_("pin_format", 0, choices=(0, 4))
+    mac = s.str_("mac", "retail", choices=("retail", "cmac", "none"))
+    rule = {0: "retail", 4: "cmac"}[pin_format]  # the MAC rule of the working keys' cipher
+    if mac not in (rule, "none"):
+        raise s.error("mac", f"must be {rule!r} or 'none' with pin_format = {pin_format}, got {mac!r}")
     return SecurityConfig(
-        tmk_file=s.path("tmk_file"),
+        tmk_file=s.path("tmk_file", ""),
         vault_key_file=s.path("vault_key_file", "") or terminal.data_dir / "keys" / "vault.key",
+        pin_format=pin_format,
+        mac=mac,
     )
 
 
@@ -773,6 +797,9 @@ def read_tmk(cfg: Config) -> bytes:
     as a warning on a device config (one without [sim]).
     """
     path = cfg.security.tmk_file
+    if path is None:
+        raise ConfigError(f"{cfg.path}: [security] tmk_file: not set (a device loads its key "
+                          "with `kpos keys load`)")
     where = f"{path}: [security] tmk_file"
     try:
         mode = path.stat().st_mode

@@ -104,8 +104,18 @@ def check_journal(cfg: Config) -> tuple[str, str]:
 
 
 def check_tmk(cfg: Config) -> tuple[str, str]:
-    key = read_tmk(cfg)  # ConfigError names the file, never its content
+    from firmware.keyload import KeyLoadError, open_stored_tmk, stored_tmk
+    try:
+        info = stored_tmk(cfg)
+        if info is not None:  # loaded with `kpos keys load`: it wins over [security] tmk_file
+            open_stored_tmk(cfg)  # unseals and checks its KCV
+            return OK, f"loaded {info.loaded_at}: {info.length}-byte {info.algorithm} key, KCV {info.kcv}"
+    except KeyLoadError as exc:
+        return FAIL, f"{exc.reason} (load it again with `kpos keys load`)"
     path = cfg.security.tmk_file
+    if path is None:
+        return FAIL, "no terminal master key: load one with `kpos keys load` (docs/security.md)"
+    key = read_tmk(cfg)  # ConfigError names the file, never its content
     mode = stat.S_IMODE(path.stat().st_mode)
     detail = f"{path}: {len(key)}-byte key, mode {mode:04o}"
     if mode & 0o004:
@@ -230,6 +240,8 @@ def check_printer(cfg: Config) -> tuple[str, str]:
         reason = printer.status()
     finally:
         printer.close()
+    if printer.hint:  # names the device: "USB printer 0416:5011 not found: check the cable ..."
+        return FAIL, printer.hint
     if reason != STATUS_OK:
         return FAIL, f"{printer.device}: {reason}: {PRINTER_HINTS.get(reason, 'see the log')}"
     return OK, f"{printer.device}: ready" if printer.query else f"{printer.device}: opens"
@@ -285,6 +297,8 @@ def check_scanner(cfg: Config) -> tuple[str, str]:
         return OK, "none configured"
     if d.scanner == "sim":
         return OK, "sim: the simulator console types the codes"
+    if d.scanner == "wedge":
+        return _input_device(d.scanner_port, "scanner")
     return _serial_opens(d.scanner_port, d.scanner_baudrate, "scanner")
 
 
@@ -321,7 +335,27 @@ def check_acquirer(cfg: Config) -> tuple[str, str]:
         hint = " (kpos sim starts its own acquirer simulator on a free port)" if cfg.sim else ""
         return FAIL, f"{where}: {exc.strerror or exc}{hint}"
     took = (time.monotonic() - start) * 1000
-    return OK, f"{where} accepts connections ({took:.0f} ms{', TLS not checked' if a.tls else ''})"
+    if a.tls:
+        return _check_tls(cfg, where, took)
+    return OK, f"{where} accepts connections ({took:.0f} ms)"
+
+
+def _check_tls(cfg: Config, where: str, took: float) -> tuple[str, str]:
+    """The link's own TLS handshake (CA, host name, pin, client certificate); the reason
+    names the [acquirer] key or file to fix."""
+    import asyncio
+    from firmware.acquirer.tls import TlsClient, TlsError
+    a = cfg.acquirer
+    try:
+        asyncio.run(TlsClient.from_config(a).probe(a.host, a.port, a.connect_timeout))
+    except TlsError as exc:
+        return FAIL, f"{where}: {exc.reason}"
+    except TimeoutError:
+        return FAIL, (f"{where}: acquirer TLS: no handshake in {a.connect_timeout:.1f} s "
+                      "(does this port speak TLS? check [acquirer] tls and port)")
+    except OSError as exc:
+        return FAIL, f"{where}: {exc.strerror or exc}"
+    return OK, f"{where} accepts connections ({took:.0f} ms), TLS handshake and client certificate accepted"
 
 
 CHECKS: tuple[tuple[str, Check], ...] = (

@@ -3,7 +3,8 @@
 
 Contract: blocking sqlite3. Every call, `__init__` included, runs on the one journal worker
 thread; the connection keeps check_same_thread=True, so a call from any other thread raises
-sqlite3.ProgrammingError. WAL mode, synchronous=FULL, foreign keys on, secure_delete on.
+sqlite3.ProgrammingError. WAL mode, synchronous=FULL, foreign keys on, secure_delete on;
+the file is created 0600 (its -wal/-shm take that mode), whatever the umask.
 Each public write is one `BEGIN IMMEDIATE ... COMMIT` and has committed (fsync'd) before
 it returns: persist before send (invariant 1). Amounts are int minor units; times are
 ISO-8601 local time text from the injected `now()`.
@@ -17,12 +18,15 @@ Card data: clear columns hold the masked PAN only; the request fields needed to 
 (PAN, expiry, ICC data) are sealed with the Vault, aad bound to the txn id, and deleted once
 the acquirer acknowledges or nothing was sent. Track data and the PIN block are never
 stored (PCI DSS 3.3.1). The schema moves forward only (PRAGMA user_version); a journal
-written by a newer release is still opened, so a rolled-back release can drain its queue.
+written by a newer release is still opened, so a rolled-back release can drain its queue,
+unless one of its steps declared (MIN_READER, table schema_reader) that it needs a newer
+reader: then JournalError "journal schema N needs release with schema >= M", file untouched.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -46,6 +50,7 @@ __all__ = [
     "Alert",
     "Recovery",
     "MIGRATIONS",
+    "MIN_READER",
     "SCHEMA_VERSION",
     "NEVER_STORED_FIELDS",
     "REVERSAL_REASONS",
@@ -190,8 +195,18 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE txn ADD COLUMN basket_id INTEGER REFERENCES basket (id)",
         "ALTER TABLE txn ADD COLUMN tendered INTEGER",  # cash: the amount the customer gave
     ],
+    [  # 8: what an older release needs to read this journal (MIN_READER, written by _migrate)
+        """CREATE TABLE schema_reader (
+            version    INTEGER PRIMARY KEY,  -- the step that declared it
+            min_reader INTEGER NOT NULL      -- the least SCHEMA_VERSION that may open the journal
+        )""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# Steps an older release cannot work with: {step version: least reader SCHEMA_VERSION}. A step
+# that only adds tables, or columns with a default, is left out (every reader >= 8 copes).
+# Append with the step; _migrate records it in the journal, where older releases look.
+MIN_READER: dict[int, int] = {}
 
 # Legal transitions: (what, from status) -> allowed.  Data, checked in SQL by `_move`.
 _TXN_FROM = {"not_sent": ("SENDING",), "response": ("SENDING",), "no_response": ("SENDING",),
@@ -338,6 +353,7 @@ class Journal:
         self._vault = vault
         self._now = now
         self._db = _connect(self._path)
+        self._purge_due = False  # sealed card data deleted, its old copy still in the -wal file
         try:
             _check_integrity(self._db, self._path)
             _configure(self._db, self._path)
@@ -345,6 +361,27 @@ class Journal:
         except BaseException:
             self._db.close()
             raise
+        # Every deletion of sealed data (and a sealed request replaced by its advice) marks
+        # the -wal file for a purge (purge_card_data), whichever method did it.
+        self._db.create_function("kpos_sealed_gone", 0, self._sealed_gone)
+        self._db.execute("""CREATE TEMP TRIGGER sealed_gone AFTER DELETE ON sealed_request
+                            BEGIN SELECT kpos_sealed_gone(); END""")
+        self._db.execute("PRAGMA recursive_triggers = ON")  # INSERT OR REPLACE fires it too
+
+    def _sealed_gone(self) -> None:
+        self._purge_due = True
+
+    def purge_card_data(self) -> bool:
+        """Rid the -wal file of deleted sealed card data: a TRUNCATE checkpoint (its pages
+        copied into the main file, where secure_delete has zeroed the rows, and the -wal
+        emptied). Does nothing when nothing was deleted since the last purge. True when
+        nothing is left to purge; False when a reader kept the checkpoint from finishing
+        (the next call tries again). Blocking: one checkpoint, a few fsyncs."""
+        if not self._purge_due:
+            return True
+        busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        self._purge_due = bool(busy)
+        return not busy
 
     # -- counters ---------------------------------------------------------------------------
 
@@ -721,6 +758,27 @@ class Journal:
         log.info("%d expired item(s) queued again", n)
         return n
 
+    def schema(self) -> int:
+        """The journal's schema version (PRAGMA user_version; above SCHEMA_VERSION when a
+        newer release migrated it)."""
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    def queue_items(self) -> list[tuple[str, int]]:
+        """("reversal" | "advice", txn_id) of every item not yet acknowledged by the acquirer
+        (pending, or armed for a request in flight), oldest txn first."""
+        rows = self._db.execute(
+            "SELECT 'reversal', txn_id FROM reversal WHERE status IN ('ARMED', 'PENDING') "
+            "UNION ALL SELECT 'advice', txn_id FROM advice WHERE status = 'PENDING' "
+            "ORDER BY 2, 1").fetchall()
+        return [(kind, txn_id) for kind, txn_id in rows]
+
+    def missing_items(self, items: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Those of `items` (as queue_items gave them) whose row is gone from the journal;
+        one sent, expired or declined since is still there (kept, or an alert)."""
+        tables = {"reversal": "reversal", "advice": "advice"}
+        return [(kind, txn_id) for kind, txn_id in items if self._db.execute(
+            f"SELECT 1 FROM {tables[kind]} WHERE txn_id = ?", (txn_id,)).fetchone() is None]
+
     def queue_stats(self) -> QueueStats:
         """Pending reversals and advices, the advices' total and oldest time, open alerts."""
         reversals = self._db.execute("SELECT COUNT(*) FROM reversal WHERE status = 'PENDING'").fetchone()[0]
@@ -845,6 +903,7 @@ class Journal:
                 raise JournalError(f"txn {txn_id}: cannot mark {copy} copy printed: not in the journal")
 
     def close(self) -> None:
+        self.purge_card_data()
         self._db.close()
 
     # -- settlement and batch upload (firmware/settlement.py) ------------------------------
@@ -1120,8 +1179,9 @@ def open_existing(data_dir: Path, vault_key_file: Path) -> "Journal":
 
 def _connect(path: Path) -> sqlite3.Connection:
     try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # service user only; -wal/-shm copy it
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=True, timeout=5.0)
-    except sqlite3.Error as exc:
+    except (OSError, sqlite3.Error) as exc:
         raise JournalError(f"journal {path}: cannot open: {exc}") from exc
     db.row_factory = sqlite3.Row
     return db
@@ -1148,6 +1208,7 @@ def _configure(db: sqlite3.Connection, path: Path) -> None:
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
+        _check_reader(db, version)
         log.warning("journal %s: schema %d is newer than this release's %d; opening as is",
                     path, version, SCHEMA_VERSION)
         return
@@ -1156,12 +1217,24 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
         try:
             for statement in MIGRATIONS[target - 1]:
                 db.execute(statement)
+            if target in MIN_READER:
+                db.execute("INSERT INTO schema_reader (version, min_reader) VALUES (?, ?)",
+                           (target, MIN_READER[target]))
             db.execute(f"PRAGMA user_version = {target:d}")
         except sqlite3.Error as exc:
             db.execute("ROLLBACK")
             raise JournalError(f"journal {path}: migration to schema {target} failed: {exc}") from exc
         db.execute("COMMIT")
         log.info("journal %s: schema migrated to %d", path, target)
+
+
+def _check_reader(db: sqlite3.Connection, version: int) -> None:
+    """JournalError when a step of the newer `version` declared it needs a newer reader
+    than this release (nothing is written: the journal stays as the newer release left it)."""
+    need = db.execute("SELECT MAX(min_reader) FROM schema_reader").fetchone()[0] or 0
+    if need > SCHEMA_VERSION:
+        raise JournalError(f"journal schema {version} needs release with schema >= {need} "
+                           f"(this release: {SCHEMA_VERSION})")
 
 
 def _counter(db: sqlite3.Connection, name: str) -> int:

@@ -1,4 +1,5 @@
-"""Key crypto both sides share: TDES key wrap, key check values, ISO 9564 format 0 PIN blocks.
+"""Key crypto both sides share: TDES key wrap, key check values, ISO 9564 PIN blocks (format
+0 under a TDES PIK, format 4 under an AES PIK: 16-byte blocks; AES KCV = CMAC of zeros).
 
 Pure functions, any thread, non-blocking (microseconds of CPU). Keys are bytes: 16-byte
 double-length TDES keys (24-byte triple-length accepted). PIN blocks are 8 bytes.
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from cryptography.hazmat.primitives import cmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from psec import pinblock as _pinblock
 
 if TYPE_CHECKING:  # avoid an import cycle at run time; only attributes are used
@@ -31,6 +33,9 @@ __all__ = [
     "pin_block_iso2",
     "decrypt_pin_iso0",
     "random_key",
+    "aes_kcv",
+    "pin_block_iso4",
+    "decrypt_pin_iso4",
     "tdes_ecb_encrypt",
     "tdes_ecb_decrypt",
 ]
@@ -153,6 +158,35 @@ def decrypt_pin_iso0(block: bytes, pan: str, pik: bytes) -> str:
     except ValueError:
         # psec's message may quote decrypted PIN digits: replace it, keep no chain.
         raise ValueError("PIN block does not decode as ISO format 0 for this PAN") from None
+
+
+def aes_kcv(key: bytes) -> bytes:
+    """AES key check value: the first 3 bytes of AES-CMAC(key, 16 zero bytes)."""
+    c = cmac.CMAC(algorithms.AES(bytes(key)))
+    c.update(bytes(16))
+    return c.finalize()[:3]
+
+
+def pin_block_iso4(pin: bytearray | bytes | str, pan: str, pik: bytes) -> bytes:
+    """ISO 9564 format 4 PIN block for `pan` under an AES PIK (16 bytes; psec.pinblock:
+    the PIN field encrypted, XORed with the PAN field, encrypted again).
+
+    `pin` is ASCII digits (the PIN-entry buffer); the caller wipes its buffer afterwards.
+    """
+    return _pinblock.encipher_pinblock_iso_4(bytes(pik), _pin_text(pin), pan)
+
+
+def decrypt_pin_iso4(block: bytes, pan: str, pik: bytes) -> str:
+    """Decrypt a format 4 PIN block under the AES PIK and return the PIN (simulator side).
+
+    ValueError when the block is not 16 bytes or does not decode as format 4 for `pan`.
+    """
+    if len(block) != 16:
+        raise ValueError(f"PIN block must be 16 bytes, got {len(block)}")
+    try:
+        return _pinblock.decipher_pinblock_iso_4(bytes(pik), bytes(block), pan)
+    except ValueError:
+        raise ValueError("PIN block does not decode as ISO format 4 for this PAN") from None
 
 
 def _odd_parity(byte: int) -> int:

@@ -189,6 +189,9 @@ class StoreAndForward:
         self._clear_fault("queue")
         self._failures = 0
         self._due = self._last_traffic + self._echo_interval
+        # Acknowledged advices and reversals leave the -wal file with their ack (above);
+        # answered sales' sealed requests at the latest one echo interval after the answer.
+        await self._journal(lambda j: j.purge_card_data())
 
     async def _expire_probe_drain(self) -> bool:
         """One pass; False when it stopped short (the caller backs off)."""
@@ -307,7 +310,7 @@ class StoreAndForward:
                 log.warning("reversal of STAN %06d still pending", rev.stan)
                 return None
             code = response.get("39", "")
-            await self._journal(lambda j: j.record_reversal_acked(rev.txn_id, code))
+            await self._journal(lambda j: (j.record_reversal_acked(rev.txn_id, code), j.purge_card_data()))
             log.info("reversal acknowledged: %s", messages.describe(response))
         self._clear_fault("reversal data")
         return len(pending)
@@ -341,7 +344,7 @@ class StoreAndForward:
             return True
         finally:  # also when cancelled: what was answered is recorded
             if results:
-                await self._journal(lambda j: j.record_advice_results(results))
+                await self._journal(lambda j: (j.record_advice_results(results), j.purge_card_data()))
             log.info("advices forwarded: %d of %d answered", len(results), len(batch))
 
     async def _load(self, queue: str, fn: Callable[[Journal], list]) -> list | None:

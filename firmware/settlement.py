@@ -300,6 +300,7 @@ async def settle_command(cfg, *, operator: str) -> int:
     runs a Settlement with a StoreAndForward for the flush, prints the report. Exit code:
     0 settled, 1 not settled (the reason on stderr), 2 no journal or vault key."""
     from firmware.acquirer.link import AcquirerLink
+    from firmware.acquirer.tls import TlsClient
     from firmware.bridge import Worker
     from firmware.clock import SystemClock
     from firmware.saf import StoreAndForward
@@ -310,7 +311,8 @@ async def settle_command(cfg, *, operator: str) -> int:
         return 2
     link = AcquirerLink(cfg.acquirer.host, cfg.acquirer.port,
                         connect_timeout=cfg.acquirer.connect_timeout,
-                        response_timeout=cfg.acquirer.response_timeout)
+                        response_timeout=cfg.acquirer.response_timeout,
+                        tls=TlsClient.from_config(cfg.acquirer))
     call = lambda fn: worker.run(fn, journal)  # noqa: E731
     ids = messages.TerminalIds(cfg.terminal.terminal_id, cfg.terminal.merchant_id)
     saf = StoreAndForward(link, call, ids, cfg.saf, echo_interval=cfg.acquirer.echo_interval,

@@ -18,6 +18,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from firmware.files import write_private
+
 __all__ = ["Vault", "VaultError", "KEY_SIZE", "BLOB_VERSION"]
 
 KEY_SIZE = 32  # AES-256
@@ -88,40 +90,8 @@ def _read_key_file(key_path: Path) -> bytes:
 
 
 def _create_key_file(key_path: Path) -> None:
-    """Write a random key atomically: 0600 temp file, fsync, rename, fsync the directory."""
-    tmp = key_path.with_name(f".{key_path.name}.{os.getpid()}.tmp")
+    """Write a random key atomically (firmware.files.write_private: 0600, fsync'd, renamed)."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # independent of the umask
-            _write_all(fd, os.urandom(KEY_SIZE))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, key_path)
-        _fsync_dir(key_path.parent)
+        write_private(key_path, os.urandom(KEY_SIZE))
     except OSError as exc:
-        _unlink_quietly(tmp)
         raise VaultError(f"vault key {key_path}: cannot create: {exc.strerror or exc}") from exc
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    # Cleanup after a failed create; the original error is what gets raised.
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

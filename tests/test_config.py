@@ -70,7 +70,10 @@ def test_shipped_file_loads(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
     assert cfg.path == path
-    assert cfg.security.tmk_file.is_absolute() and cfg.terminal.data_dir.is_absolute()
+    assert cfg.terminal.data_dir.is_absolute() and cfg.security.vault_key_file.is_absolute()
+    # a device loads its TMK with `kpos keys load`; the simulator ships a TEST key file
+    assert (cfg.security.tmk_file is None) == (cfg.sim is None)
+    assert cfg.security.tmk_file is None or cfg.security.tmk_file.is_absolute()
 
 
 def test_terminal_toml_is_a_real_device():
@@ -82,7 +85,7 @@ def test_terminal_toml_is_a_real_device():
     assert cfg.emv.capk_file == TERMINAL_TOML.parent / "capk.toml"
     assert (cfg.emv.floor_limit, cfg.emv.cvm_limit, cfg.emv.contactless_limit) == (0, 100000, 500000)
     assert cfg.terminal.data_dir == Path("/var/lib/kpos")
-    assert cfg.security.tmk_file == Path("/etc/kpos/keys/tmk.key")
+    assert cfg.security.tmk_file is None  # loaded with `kpos keys load` into the data dir
     assert cfg.security.vault_key_file == Path("/var/lib/kpos/keys/vault.key")
     assert (cfg.acquirer.host, cfg.acquirer.port) == ("acquirer.example.net", 5000)
     assert (cfg.printer.usb_vendor, cfg.printer.usb_product) == (0x0416, 0x5011)
@@ -209,12 +212,24 @@ def test_unknown_key_in_file_is_named_even_when_it_hides_a_required_one(tmp_path
     ("printer", "usb_vendor", "0416", "must be a hex USB id like '0x0416', got '0416'"),
     ("printer", "baudrate", 9601, "must be one of 1200"),
     ("receipt", "footer", "a\tb", "must not hold control characters"),
-    ("security", "tmk_file", "", "must not be empty"),
+    ("security", "pin_format", 3, "must be one of 0, 4, got 3"),
+    ("security", "mac", "cbc", "must be one of 'retail', 'cmac', 'none', got 'cbc'"),
+    ("security", "mac", "cmac", "must be 'retail' or 'none' with pin_format = 0, got 'cmac'"),
 ])
 def test_bad_values_name_key_and_range(tmp_path, section, key, value, message):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path / "t.toml", minimal(**{section: {key: value}})))
     assert f"[{section}] {key}: {message}" in str(err.value)
+
+
+def test_security_pin_format_and_mac(tmp_path):
+    cfg = load_config(write(tmp_path / "t.toml", minimal()))
+    assert (cfg.security.pin_format, cfg.security.mac) == (0, "retail")
+    aes = minimal(security={"tmk_file": "keys/tmk.key", "pin_format": 4, "mac": "cmac"})
+    cfg = load_config(write(tmp_path / "a.toml", aes))
+    assert (cfg.security.pin_format, cfg.security.mac) == (4, "cmac")
+    with pytest.raises(ConfigError, match=r"\[security\] mac: must be 'cmac' or 'none' with pin_format = 4"):
+        load_config(write(tmp_path / "b.toml", minimal(security={"tmk_file": "k", "pin_format": 4})))
 
 
 def test_pin_max_below_pin_min(tmp_path):
@@ -242,7 +257,7 @@ def test_wrong_types(tmp_path, section, key, value, message):
 @pytest.mark.parametrize("section, key", [
     ("terminal", "merchant_id"), ("terminal", "terminal_id"), ("terminal", "merchant_name"),
     ("acquirer", "host"), ("acquirer", "port"), ("devices", "card_reader"),
-    ("devices", "printer"), ("security", "tmk_file"),
+    ("devices", "printer"),
 ])
 def test_missing_required_key(tmp_path, section, key):
     doc = minimal()
@@ -403,6 +418,14 @@ def test_serial_magstripe_needs_a_port(tmp_path):
         load_config(SIM_TOML, overrides={"devices": {"magstripe": "serial"}})
 
 
+def test_wedge_scanner_needs_its_input_device():
+    with pytest.raises(ConfigError, match=r'\[devices\] scanner_port: must be set when .*"wedge"'):
+        load_config(SIM_TOML, overrides={"devices": {"scanner": "wedge"}})
+    path = "/dev/input/by-id/usb-GM65-event-kbd"
+    cfg = load_config(SIM_TOML, overrides={"devices": {"scanner": "wedge", "scanner_port": path}})
+    assert (cfg.devices.scanner, cfg.devices.scanner_port) == ("wedge", path)
+
+
 @pytest.mark.parametrize("override, message", [
     ({"tac_online": "D84004F8"}, r"\[emv\] tac_online: .*10 hex digits"),
     ({"capabilities": "E0E8C0FF"}, r"\[emv\] capabilities: .*6 hex digits"),
@@ -418,3 +441,10 @@ def test_emv_section_rejects_bad_values(override, message):
 def test_emv_hex_codes_are_upper_cased():
     cfg = load_config(SIM_TOML, overrides={"emv": {"tac_denial": "00100000ab"}})
     assert cfg.emv.tac_denial == "00100000AB"
+
+
+def test_tmk_file_is_optional_and_read_tmk_says_how_to_load_a_key(tmp_path):
+    cfg = load_config(write(tmp_path / "t.toml", minimal(security={"tmk_file": ""})))
+    assert cfg.security.tmk_file is None  # a device loads its key: kpos keys load
+    with pytest.raises(ConfigError, match=r"\[security\] tmk_file: not set .*kpos keys load"):
+        read_tmk(cfg)

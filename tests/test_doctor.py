@@ -35,6 +35,7 @@ from firmware.vault import Vault
 from conftest import REPO, SIM_TOML
 from pcscd_fixture import READER, pcscd, vpcd_lock  # noqa: F401  (fixtures)
 from test_printer_escpos import NetPrinter
+from test_printer_usb import NOT_FOUND, UsbPrinter
 
 EVENT_TIMEOUT = 5.0  # s
 
@@ -146,6 +147,26 @@ def test_fresh_state_dir_is_ok_and_doctor_creates_nothing(tmp_path):
     assert checks["vault_key"].status == OK and "not created yet" in checks["vault_key"].detail
     assert checks["printer"].status == OK and "will be created" in checks["printer"].detail
     assert not cfg.terminal.data_dir.exists()
+
+
+def test_a_loaded_tmk_wins_and_a_missing_one_is_a_fault(tmp_path):
+    from firmware.keyload import store_tmk
+    from firmware.config import read_tmk
+
+    def check(cfg, name):
+        return by_check(run_checks(cfg))[name]
+
+    cfg = config(tmp_path, security={"tmk_file": ""})
+    tmk = check(cfg, "tmk")
+    assert tmk.status == FAIL and "kpos keys load" in tmk.detail
+    key = read_tmk(config(tmp_path))  # the simulator's TEST key, as a key block would carry it
+    info = store_tmk(cfg, key, "T", now=datetime(2026, 11, 22, 9, 30))
+    tmk = check(cfg, "tmk")
+    assert tmk.status == OK and f"KCV {info.kcv}" in tmk.detail and key.hex() not in tmk.detail.lower()
+    sealed = next((cfg.terminal.data_dir / "keys").glob("tmk*"))
+    sealed.write_bytes(sealed.read_bytes()[:-1] + b"\0")  # one byte of the seal changed
+    tmk = check(cfg, "tmk")
+    assert tmk.status == FAIL and "kpos keys load" in tmk.detail
 
 
 def test_world_readable_tmk_is_a_warning_and_the_key_is_never_shown(tmp_path):
@@ -366,6 +387,23 @@ def test_file_printer_missing_is_a_fail_and_not_created(tmp_path, capsys):
     assert code == 1 and not device.exists()
     assert lines["printer"] == (f"FAIL printer: file {device}: does not exist: "
                                 "check cable/power and [printer] file")
+
+
+@pytest.mark.parametrize("plugged,code,line", [
+    (True, 0, "OK   printer: usb 0416:5011: ready"),
+    (False, 1, f"FAIL printer: {NOT_FOUND}"),
+])
+def test_usb_printer(tmp_path, capsys, monkeypatch, plugged, code, line):
+    import usb.backend.libusb1
+
+    device = UsbPrinter()  # found by pyusb as its libusb1 backend
+    device.plugged = plugged
+    monkeypatch.setattr(usb.backend.libusb1, "get_backend", lambda *args, **kwargs: device)
+    got, lines = doctor_run(tmp_path, capsys, devices={"printer": "usb"},
+                            printer={"usb_vendor": "0x0416", "usb_product": "0x5011",
+                                     "timeout": PRINTER_TIMEOUT})
+    assert (got, lines["printer"]) == (code, line)
+    assert device.fake.data == b""  # asked, never printed on
 
 
 @pytest.mark.parametrize("display,missing", [

@@ -16,7 +16,7 @@ from firmware.flows import sale, shell
 from firmware.flows.types import (
     LCD_COLS, AuthResult, BasketSaved, CardInserted, CardRead, CardReadFailed, CardRemoved,
     CashDone, Key, LinkStatus, LoginResult, PinLength, PinVerified, PrintDone, RiskResult,
-    Screen, Timeout, TxnPage, TxnSummary,
+    Screen, Timeout, TxnPage, TxnSummary, wrap,
 )
 from firmware.flows.zh import PHRASES, translate, translate_text
 from firmware.hal import DeviceError
@@ -145,6 +145,25 @@ def test_phrases_and_templates(english, chinese):
 def test_a_wrapped_message_is_translated_whole():
     screen = Screen("DECLINED", ("Card does not match", "original", "Code 05"), "error")
     assert translate(screen) == Screen("交易失败", ("与原交易卡号不符", "代码 05"), "error")
+
+
+# firmware.limits and firmware.offline reasons as the flows show them: wrap(reason, 3)
+LIMIT_TEXTS = [
+    ("Over CONTACTLESS limit 1000.00", ("超出非接限额", "1000.00")),
+    ("Over UNIONPAY QR daily limit 100.00", ("超出银联二维码日限额", "100.00")),
+    ("Over QR limit 10.00", ("超出扫码限额 10.00",)),
+    ("Total 1234.00 in 10 min", ("合计 1234.00", "10分钟内")),
+    ("4 sales in 90 s", ("90秒内4笔",)),
+    ("Host unreachable\nOffline total full", ("主机无法连接", "脱机金额已满")),
+    ("Host unreachable\nPIN needs the host", ("主机无法连接", "联机密码需主机")),
+    ("Host unreachable\nNo pre-auth offline", ("主机无法连接", "预授权不能脱机")),
+    ("Host unreachable\nNo completion void offline", ("主机无法连接", "预授权完成撤销", "不能脱机")),
+]
+
+
+@pytest.mark.parametrize("english, chinese", LIMIT_TEXTS)
+def test_wrapped_limit_and_offline_texts_are_chinese_with_the_amount_kept(english, chinese):
+    assert translate(Screen("Refused", wrap(english, 3), "error")).lines == chinese
 
 
 def test_every_table_entry_fits_the_display():

@@ -18,7 +18,15 @@ Outcome rules (what the journal relies on, DESIGN §6):
   seen, transport closing), it is dropped and a new one opened: nothing was written on it,
   so this reconnect is safe and transparent. Once write() was called there is no retry.
 - MessageError from encoding the request propagates unchanged (a bug, not a link fault).
+- TLS (`tls`, firmware.acquirer.tls.TlsClient): a set-up, handshake or pin failure is
+  NotSent with the TlsClient's reason; never a fallback to plain TCP. The acquirer
+  refusing the client certificate after a TLS 1.3 handshake (an alert read in place of the
+  response) is NotSent too: the host refuses before it reads any application data.
 Failures are logged at WARNING on "kpos.acquirer" with `describe(request)` (log-safe).
+- MAC (`mac`, a firmware.mac.MacKey set at sign-on; None sends and accepts messages
+  without one): every request but network management gets field 64/128; its response
+  must carry a right MAC, else the outcome is unknown: NoResponse(MAC_FAILED) (the caller
+  reverses with reason A0; for exchange_many that request's entry is None).
 Crash points (firmware/crashpoint.py): "link.sent" once the request is written and
 drained, "link.received" once the matching response is read and checked.
 """
@@ -26,9 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 
 from firmware import crashpoint
+from firmware.mac import MAC_FAILED, MacKey, needs_mac
+from firmware.acquirer.tls import TlsClient, TlsError
 from firmware.acquirer.messages import (
     MessageError, decode, describe, encode, frame, match_response, read_frame,
 )
@@ -56,14 +65,15 @@ class NoResponse(LinkError):
 
 class AcquirerLink:
     def __init__(self, host: str, port: int, *, connect_timeout: float,
-                 response_timeout: float, ssl_context: ssl.SSLContext | None = None):
+                 response_timeout: float, tls: TlsClient | None = None):
         if connect_timeout <= 0 or response_timeout <= 0:
             raise ValueError("connect_timeout and response_timeout must be > 0 seconds")
         self._host = host
         self._port = port
         self._connect_timeout = connect_timeout
         self._response_timeout = response_timeout
-        self._ssl = ssl_context
+        self._tls = tls
+        self.mac: MacKey | None = None  # the session MAK, set at sign-on
         self._lock = asyncio.Lock()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -91,6 +101,8 @@ class AcquirerLink:
         by_stan = {str(r.get("11", "")): i for i, r in enumerate(requests)}
         if len(by_stan) != len(requests):
             raise ValueError("exchange_many: the requests' STANs must differ")
+        if self.mac is not None:
+            requests = [self.mac.sign(r) if needs_mac(r.get("t", "")) else r for r in requests]
         data = b"".join(frame(encode(r)) for r in requests)
         results: list[dict | None] = [None] * len(requests)
         what = describe(requests[0]) if single else f"{len(requests)} requests from {describe(requests[0])}"
@@ -127,7 +139,8 @@ class AcquirerLink:
                 await self._writer.drain()
                 crashpoint.hit("link.sent")
                 while waiting:
-                    response = decode(await read_frame(self._reader))
+                    raw = await read_frame(self._reader)
+                    response = decode(raw)
                     i = by_stan.get(str(response.get("11", "")))
                     if i is None and "11" not in response:  # cannot be matched: fail now
                         first = next(j for j in by_stan.values() if results[j] is None)
@@ -138,9 +151,11 @@ class AcquirerLink:
                                     describe(response))
                         continue
                     waiting -= 1
-                    mismatch = match_response(requests[i], response)
+                    mismatch = self._mac_fault(requests[i], raw, response) or match_response(
+                        requests[i], response)  # the MAC first: it covers the echoed fields
                     if mismatch is not None:  # that one's outcome is unknown; read on
-                        failure = f"mismatched response: {mismatch}"
+                        failure = (mismatch if mismatch == MAC_FAILED
+                                   else f"mismatched response: {mismatch}")
                         results[i] = None
                         by_stan.pop(str(response.get("11", "")))
                         continue
@@ -150,13 +165,24 @@ class AcquirerLink:
             return f"no response in {self._response_timeout:.1f} s"
         except asyncio.IncompleteReadError:
             return "connection closed by host"
-        except OSError as exc:
+        except OSError as exc:  # SSLError too; drain() may report the reader's as "lost"
+            refused = self._tls.refusal(self._reader.exception() or exc) if self._tls else ""
+            if refused:  # the host dropped the request unread (see the module contract)
+                log.warning("not sent: %s", refused)
+                raise NotSent(refused) from None
             return f"connection error: {exc}"
         except MessageError as exc:
             return f"malformed response: {exc}"
         if not failure:
             crashpoint.hit("link.received")
         return failure
+
+    def _mac_fault(self, request: dict, raw: bytes, response: dict) -> str | None:
+        """MAC_FAILED when the response to a MACed request lacks a right MAC, else None."""
+        mac = self.mac
+        if mac is None or not needs_mac(request.get("t", "")) or mac.verify(raw, response):
+            return None
+        return MAC_FAILED
 
     async def close(self) -> None:
         """Close the connection gracefully (idempotent)."""
@@ -177,14 +203,16 @@ class AcquirerLink:
         if self._writer is not None:
             return
         where = f"{self._host}:{self._port}"
+        opener = self._tls.open if self._tls else asyncio.open_connection
         try:
             self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port, ssl=self._ssl),
-                self._connect_timeout)
+                opener(self._host, self._port), self._connect_timeout)
         except TimeoutError:
             raise NotSent(
                 f"connect to {where} timed out after {self._connect_timeout:.1f} s") from None
-        except OSError as exc:  # includes ssl.SSLError
+        except TlsError as exc:
+            raise NotSent(exc.reason) from None
+        except OSError as exc:
             raise NotSent(f"connect to {where} failed: {exc}") from exc
         log.info("connected to acquirer %s", where)
 

@@ -389,7 +389,8 @@ def describe(fields: dict) -> str:
 def _describe_amount(value: object, currency: object) -> str:
     if not (isinstance(value, str) and value.isdigit() and value.isascii()):
         return repr(value)
-    code = int(currency) if isinstance(currency, str) and currency.isdigit() else 156
+    numeric = isinstance(currency, str) and currency.isdigit() and currency.isascii()
+    code = int(currency) if numeric else 156
     if code not in CURRENCIES:
         return f"{int(value)} minor ({currency})"
     return f"{format_amount(int(value), code)} {CURRENCIES[code][0]}"

@@ -416,7 +416,8 @@ def outcome_screen(result: AuthResult) -> Screen:
         code = (fit(f"Code {result.code}"),) if result.code else ()
         return Screen("DECLINED", (*wrap(result.message, 2), *code), "error")
     if result.outcome == "no_response":
-        return Screen("NO RESPONSE", ("Reversal pending",), "error")
+        why = ("Bad response MAC",) if result.code == "A0" else ()  # reversal reason A0
+        return Screen("NO RESPONSE", (*why, "Reversal pending"), "error")
     if result.outcome == "not_sent":
         return Screen("NOT SENT", ("Host unreachable", *wrap(result.message, 3)), "error")
     return Screen("ERROR", ("Unknown outcome", fit(result.outcome), "Check journal"), "error")

@@ -6,9 +6,11 @@ qrpay.py, the txnkinds labels, the response-code messages) through an exact-phra
 and the templated ones ("SALE CNY 12.50", "Wrong PIN: 2 left", "TXNS 1-4/5") through
 regex patterns; numbers, amounts, STANs and masked PANs pass through unchanged and
 unknown text stays as it is. A message the flow word-wrapped over several lines is
-rejoined and translated as one phrase when the table knows it. Every line of the result
-is at most 20 display columns (a CJK character takes 2, firmware.receipts.text_width),
-so at most 20 characters: a valid Screen; a longer one is cut with fit().
+rejoined and translated as one phrase when the table knows it (the limit texts with an
+amount, "Over CHIP limit 500.00", keep the amount on a line of its own). Every line of
+the result is at most 20 display columns (a CJK character takes 2,
+firmware.receipts.text_width), so at most 20 characters: a valid Screen; a longer one is
+cut with fit().
 Terms follow Chinese bank POS terminals (UnionPay): 消费, 撤销, 退货, 预授权, 签到, 结算.
 """
 from __future__ import annotations
@@ -118,6 +120,11 @@ PHRASES: dict[str, str] = {
     "Over contactless limit": "超出非接限额", "PAN fails the Luhn check": "卡号校验错误",
     "track 2 does not match the PAN": "二磁道与卡号不符", "offline tap not supported": "不支持脱机挥卡",
     "unreadable stripe": "磁条无法读取", "card expired": "卡已过期",
+    # offline refusals (firmware.offline.refusal)
+    "Online only": "仅限联机", "No swipe offline": "脱机不能刷卡", "No keying offline": "脱机不能手输",
+    "Entry not offline": "此方式不能脱机", "PIN needs the host": "联机密码需主机",
+    "Over offline limit": "超出脱机限额", "Offline count full": "脱机笔数已满",
+    "Offline total full": "脱机金额已满", "Queued too long": "脱机交易积压过久",
     # journal statuses (detail screen)
     "SENDING": "发送中", "FAILED": "失败", "UNKNOWN": "状态未知", "REVERSED": "已冲正",
 }
@@ -137,6 +144,12 @@ _PREFIXES = {
 _PREFIX = re.compile(r"(%s) (.+)" % "|".join(map(re.escape, sorted(_PREFIXES, key=len, reverse=True))))
 _KIND = "|".join(map(re.escape, sorted(_KIND_ZH, key=len, reverse=True)))
 _MONEY = r"[A-Z]{3} -?\d+(?:\.\d+)?"
+# the entry classes and wallets of firmware.limits (its _LABELS), in the limit texts
+_LIMIT_ZH = {"CHIP": "芯片卡", "CONTACTLESS": "非接", "SWIPE": "刷卡", "MANUAL": "手输",
+             "QR": "扫码", "WECHAT": "微信", "ALIPAY": "支付宝", "UNIONPAY QR": "银联二维码"}
+_LIMIT = "|".join(map(re.escape, sorted(_LIMIT_ZH, key=len, reverse=True)))
+_AMOUNT = r"-?\d+(?:\.\d+)?"  # firmware.money.format_amount without the currency
+_SPAN = r"\d+ min|[\d.]+ s"  # firmware.limits._span
 _WORDS = {"ONLINE": "联机", "OFFLINE": "脱机", "CONNECTING": "连接中",
           "KPOS": "KPOS", "TRAINING": "培训", "APPROVED": "成功", "OK": "成功"}
 
@@ -148,8 +161,20 @@ def _t(text: str) -> str:
     return next((zh for en, zh in PHRASES.items() if en.startswith(text[:-3])), text)
 
 
+def _span_zh(span: str) -> str:
+    """"10 min" -> "10分钟", "90 s" -> "90秒"."""
+    number, unit = span.split()
+    return number + ("分钟" if unit == "min" else "秒")
+
+
+def _one_line_or_two(head: str, tail: str) -> str:
+    """head + tail on one line when they fit it, else on two."""
+    return head + tail if text_width(head + tail) <= LCD_COLS else f"{head}\n{tail}"
+
+
 # (pattern, replacement): the first full match wins. Messages first: these may come
-# word-wrapped over several lines.
+# word-wrapped over several lines; a "\n" in a replacement starts a second line where the
+# wrapped English left room for it.
 _MESSAGES: tuple[tuple[re.Pattern, object], ...] = tuple((re.compile(p), r) for p, r in (
     (r"Wrong PIN: (\d+) left", lambda m: f"密码错误,剩{m[1]}次"),
     (r"Wrong password \((\d+) left\)", lambda m: f"密码错误,剩{m[1]}次"),
@@ -158,6 +183,13 @@ _MESSAGES: tuple[tuple[re.Pattern, object], ...] = tuple((re.compile(p), r) for 
     (r"Cannot (void|refund): (.+)", lambda m: f"不能{'撤销' if m[1] == 'void' else '退货'}:"
                                               f"{_t(m[2].upper())}"),
     (r"malformed .+", "卡片数据错误"),
+    (rf"No ((?i:{_KIND})) offline",
+     lambda m: _one_line_or_two(_KIND_ZH[m[1].upper()], "不能脱机")),
+    (rf"Over ({_LIMIT}) limit ({_AMOUNT})", lambda m: f"超出{_LIMIT_ZH[m[1]]}限额\n{m[2]}"),
+    (rf"Over ({_LIMIT}) daily limit ({_AMOUNT})",
+     lambda m: f"超出{_LIMIT_ZH[m[1]]}日限额\n{m[2]}"),
+    (rf"(\d+) sales in ({_SPAN})", lambda m: f"{_span_zh(m[2])}内{m[1]}笔"),
+    (rf"Total ({_AMOUNT}) in ({_SPAN})", lambda m: f"合计 {m[1]}\n{_span_zh(m[2])}内"),
 ))
 _PATTERNS: tuple[tuple[re.Pattern, object], ...] = _MESSAGES + tuple((re.compile(p), r) for p, r in (
     (rf"({_KIND}) ({_MONEY})", lambda m: f"{_KIND_ZH[m[1]]} {m[2]}"),  # SALE CNY 12.50
@@ -198,7 +230,7 @@ def _cut(text: str) -> str:
 def translate_text(text: str) -> str:
     """One line (or title) in Chinese: exact phrase, then a pattern, then a known prefix;
     unknown text unchanged. Always within LCD_COLS display columns."""
-    return _cut(_translate(text))
+    return _cut(_translate(text).replace("\n", " "))
 
 
 def _translate(text: str) -> str:
@@ -221,9 +253,16 @@ def _lines(lines: tuple[str, ...]) -> tuple[str, ...]:
     while i < len(lines):
         j = next((j for j in range(len(lines), i + 1, -1) if _is_message(" ".join(lines[i:j]))),
                  i + 1)
-        out.append(translate_text(" ".join(lines[i:j])))
+        out.extend(_rows(_translate(" ".join(lines[i:j])), j - i))
         i = j
     return tuple(out)
+
+
+def _rows(text: str, room: int) -> list[str]:
+    """A translation on its own lines ("\n") when `room` lines allow, else on one; each
+    cut to LCD_COLS display columns."""
+    parts = text.split("\n")
+    return [_cut(part) for part in (parts if len(parts) <= room else [" ".join(parts)])]
 
 
 def _is_message(text: str) -> bool:

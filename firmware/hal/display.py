@@ -62,6 +62,12 @@ class RecordingDisplay:
             shown = screen_text(self.current) if self.current else "(nothing)"
             raise TimeoutError(f"no screen with {text!r} within {timeout} s; showing:\n{shown}") from None
 
+    def set_status(self, status) -> None:
+        """The status bar (LinkStatus) goes on to a forward display that draws one."""
+        set_status = getattr(self._forward, "set_status", None)
+        if set_status is not None:
+            set_status(status)
+
     def close(self) -> None:
         if self._forward is not None:
             self._forward.close()

@@ -7,9 +7,11 @@ padded with spaces; characters outside printable ASCII show as "?" (the HD44780 
 no Chinese).
 
 CharLcdDisplay keeps the Display contract (display_luma.FrameDisplay): `show` never
-blocks; its worker writes the rows through RPLCD's CharLCD API (cursor_pos, write_string;
-RPLCD itself skips characters already on the glass). An I2C backpack takes ~100 ms for a
-full 20x4 screen. `build_hd44780(...)` imports RPLCD lazily; errors are DeviceError.
+blocks; `set_status(LinkStatus)` (loop thread, non-blocking) puts the link glyph in the
+title row from then on and redraws; its worker writes the rows through RPLCD's CharLCD
+API (cursor_pos, write_string; RPLCD itself skips characters already on the glass). An
+I2C backpack takes ~100 ms for a full 20x4 screen. `build_hd44780(...)` imports RPLCD
+lazily; errors are DeviceError.
 """
 from __future__ import annotations
 

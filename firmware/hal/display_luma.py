@@ -4,7 +4,9 @@ Display contract (firmware/hal/display.py): `show(screen)` runs on the loop and 
 blocks; it hands the screen to a ScreenWorker, whose daemon thread renders it (render.py)
 and sends it to the panel (tens of ms over SPI). Only the newest screen is drawn: one that
 arrives while a frame is being sent replaces any screen still waiting. A failed frame is
-logged with the device, sets `fault`, and the next screen tries again. `close()` (loop
+logged with the device, sets `fault`, and the next screen tries again. `set_status(status)`
+(loop thread, non-blocking; the terminal calls it after each change of the link or of the
+store-and-forward queue) sets the status bar and redraws the last screen. `close()` (loop
 thread) stops the worker within about a second and releases the panel.
 
 `build_luma(kind, ...)` imports luma lazily; a missing library, GPIO module or bus is a

@@ -6,7 +6,7 @@ replaces this class in a production deployment: the flow only ever sees the PIN'
 """
 from __future__ import annotations
 
-from firmware.keys import pin_block_iso0, pin_block_iso2
+from firmware.keys import pin_block_iso0, pin_block_iso2, pin_block_iso4
 
 __all__ = ["SoftPinPad", "PIN_KEYS"]
 
@@ -39,10 +39,12 @@ class SoftPinPad:
     def __len__(self) -> int:
         return len(self._buf)
 
-    def pin_block(self, pan: str, pik: bytes) -> bytes:
-        """ISO 9564 format 0 block under the session PIK; wipes the buffer either way."""
+    def pin_block(self, pan: str, pik: bytes, pin_format: int = 0) -> bytes:
+        """ISO 9564 block under the session PIK ([security] pin_format 0: TDES, 8 bytes;
+        4: AES, 16 bytes); wipes the buffer either way."""
+        build = {0: pin_block_iso0, 4: pin_block_iso4}[pin_format]
         try:
-            return pin_block_iso0(self._buf, pan, pik)
+            return build(self._buf, pan, pik)
         finally:
             self.wipe()
 

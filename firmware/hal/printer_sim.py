@@ -1,5 +1,6 @@
 """Simulated receipt printer: each receipt becomes <name>.bin (exact bytes) and <name>.txt.
 
+Files 0600 (mkstemp) in a 0700 out_dir (when it creates it).
 Blocking file I/O; printer worker thread only (tests may flip `paper` from their own
 thread: a single attribute write). Each file is written atomically (temp file in
 out_dir, fsync, os.replace, then fsync of the directory), so a power cut leaves
@@ -23,7 +24,7 @@ log = logging.getLogger("kpos.printer")
 class SimPrinter:
     def __init__(self, out_dir: Path, *, paper: bool = True):
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # service user only
         self.paper = paper
         self.printed: list[str] = []  # names printed, in order
         self.drawer_kicks = 0  # cash drawer pulses sent

@@ -11,7 +11,8 @@ answered with the recorded code and RRN and never debits twice.
 Fault knobs (`Faults`, protocol doc §10) are read once per request on the loop, so tests
 and scripts may change them at run time; delays are seconds. The network switch
 (go_down / go_up / restart) closes and reopens the listener on the same port with the
-same ledger. Logs (logger "kpos.sim.acquirer") carry messages.describe() output only,
+same ledger. Key knobs `key_change` / `bad_kcv` (docs/acquirer-protocol.md §3): the
+next answer asks for a new sign-on; sign-on answers carry a wrong MAK KCV. Logs (logger "kpos.sim.acquirer") carry messages.describe() output only,
 never a PAN, track 2, PIN block or ICC data. TEST HOST: catalog cards and keys only.
 
 Chip data (docs/acquirer-protocol.md §8): field 55 of a sale must agree with fields 4 and
@@ -22,6 +23,14 @@ with `issuer_script` an issuer script (72). Online PIN (field 52) is required wh
 CVM results (9F34) name online PIN or there is no field 55; a plain swipe (22 = 02x) of a
 chip card (service code 2xx/6xx) is declined 45; a swipe's track 2 (35) must agree with
 fields 2 and 14.
+TLS (`ssl_context`, firmware.acquirer.tls.server_context): every connection is TLS; a
+client whose handshake fails (no or untrusted client certificate, old version) never
+reaches the request loop, so no ISO 8583 byte is read from it.
+MAC (firmware.mac, docs/acquirer-protocol.md §MAC): a request carrying field 64/128 is
+checked under the terminal's session MAK (retail MAC for a TDES session, CMAC for an AES
+one); a bad MAC, or none when `require_mac` and the MTI needs one, is answered 39 = A0
+without any ledger decision. The response to a MACed request is MACed. A request without
+a MAC is answered without one (the legacy mode, terminal `[security] mac = "none"`).
 """
 from __future__ import annotations
 
@@ -34,7 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, TypeVar
 
-from firmware import keys
+from firmware import keys, mac
 from firmware.acquirer import messages
 from firmware.acquirer.messages import MessageError, WorkingKeys
 from firmware.cardsafe import mask_pan
@@ -57,12 +66,17 @@ log = logging.getLogger("kpos.sim.acquirer")
 T = TypeVar("T")
 
 NO_ANSWER = "no_response"  # decision: read the request, never answer (catalog term)
+# Test hook (tests/test_secrets_scan.py): with KPOS_SIM_PIN_BLOCKS=FILE in the environment,
+# every field 52 received is appended to FILE as hex, one a line, so a test can hunt for the
+# PIN blocks in what the terminal kept. FILE is the host's side: never in the terminal's dir.
+PIN_BLOCKS_ENV = "KPOS_SIM_PIN_BLOCKS"
 
 # Response field 39 codes the simulator decides itself.
 RC_APPROVED, RC_DO_NOT_HONOUR = "00", "05"
 RC_BAD_TERMINAL, RC_BAD_TXN, RC_BAD_CARD = "03", "12", "14"
 RC_FORMAT, RC_LOW_FUNDS, RC_EXPIRED, RC_WRONG_PIN = "30", "51", "54", "55"
 RC_PIN_TRIES, RC_SYSTEM, RC_DUPLICATE = "75", "96", "94"
+RC_BAD_MAC = "A0"  # the request's MAC failed
 RC_USE_CHIP = "45"  # UnionPay: "请使用芯片", a chip card read by its magnetic stripe
 
 SALE_PROCESSING_CODE = "000000"
@@ -227,19 +241,35 @@ def batch_of(req: dict) -> str:
     return req.get("60", "")[2:8]
 
 
+def _record_pin_block(path: str, block: bytes) -> None:
+    """The PIN_BLOCKS_ENV test hook: one small blocking append (test runs only)."""
+    with open(path, "a", encoding="ascii") as out:
+        out.write(bytes(block).hex() + "\n")
+
+
 class AcquirerSimulator:
     """The host. start() binds and returns the port; stop() closes connections and ledger;
     go_down() / go_up() / restart() switch the network (loop thread, all of them)."""
 
     def __init__(self, catalog: Catalog, ledger_path: Path, *, faults: Faults | None = None,
-                 clock: Callable[[], datetime] | None = None):
+                 clock: Callable[[], datetime] | None = None, ssl_context=None,
+                 require_mac: bool = False):
         self.catalog = catalog
         self.ledger_path = Path(ledger_path)
         self.faults = faults or Faults()
         self.clock = clock or datetime.now
+        self.ssl_context = ssl_context  # ssl.SSLContext: serve TLS; None: plain TCP
+        self.require_mac = require_mac  # True: a financial request without a MAC gets A0
+        self.mac_failures = 0  # requests answered A0 for their MAC
+        # Key management knobs (ledger thread reads them; tests and scripts set them):
+        self.key_change = False  # the next answer to a non-sign-on asks for a sign-on (60.3 003)
+        self.bad_kcv = False  # sign-on answers carry a wrong MAK check value (keys still set)
         self.host, self.port = "127.0.0.1", 0
         self.requests_seen = 0  # decodable requests read and decided, all connections
         self.requests_handled = 0  # of those, answered or not as decision and faults say
+        # loop thread: on_message("request" | "answer", fields) for every decoded request and
+        # every answer sent (the browser panel's message log; it masks card data itself)
+        self.on_message: Callable[[str, dict], None] | None = None
         self._server: asyncio.Server | None = None
         self._accepting = False  # False from go_down() until go_up(): connections are closed
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -314,12 +344,14 @@ class AcquirerSimulator:
             return
         self._accepting = True
         try:
-            self._server = await asyncio.start_server(self._serve_connection, self.host, self.port)
+            self._server = await asyncio.start_server(self._serve_connection, self.host, self.port,
+                                                      ssl=self.ssl_context)
         except OSError:
             self._accepting = False
             raise
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("acquirer simulator listening on %s:%d", self.host, self.port)
+        log.info("acquirer simulator listening on %s:%d%s", self.host, self.port,
+                 " (TLS)" if self.ssl_context else "")
 
     async def restart(self) -> None:
         """stop() then start() on the same host and port with the same ledger file."""
@@ -379,7 +411,8 @@ class AcquirerSimulator:
     async def _serve_one(self, reader, writer, peer) -> bool:
         """Read, decide and answer one request; False when the connection must end."""
         try:
-            req = messages.decode(await messages.read_frame(reader))
+            raw = await messages.read_frame(reader)
+            req = messages.decode(raw)
         except asyncio.IncompleteReadError:
             return False  # the terminal hung up
         except MessageError as exc:
@@ -391,8 +424,12 @@ class AcquirerSimulator:
             return False
         await self._count("requests_seen")
         log.info("request from %s: %s", peer, messages.describe(req))
+        if self.on_message is not None:
+            self.on_message("request", req)
+        if "52" in req and os.environ.get(PIN_BLOCKS_ENV):
+            _record_pin_block(os.environ[PIN_BLOCKS_ENV], req["52"])
         # queued now and shielded: a request read is decided even if the host goes down
-        resp = await asyncio.shield(self._ledger_job(lambda _: self._respond(req)))
+        resp = await asyncio.shield(self._ledger_job(lambda _: self._respond_maced(raw, req)))
         keep = await self._answer(writer, req, resp, faults)
         await self._count("requests_handled")
         return keep
@@ -410,6 +447,8 @@ class AcquirerSimulator:
             return True
         if faults.delay:
             await asyncio.sleep(faults.delay)  # the fault itself, not a wait for something
+        if self.on_message is not None:
+            self.on_message("answer", resp)
         data = messages.frame(self._answer_bytes(resp, faults))
         if faults.close_mid_frame:
             writer.write(data[:len(data) // 2])
@@ -433,6 +472,30 @@ class AcquirerSimulator:
         return messages.encode(resp)
 
     # decisions (ledger thread) --------------------------------------------------------
+
+    def _respond_maced(self, raw: bytes, req: dict) -> dict | None:
+        """_respond() behind the MAC check (module docstring). Ledger thread only."""
+        mti = req.get("t", "")
+        if not mac.needs_mac(mti) or mti[2:3] not in tuple("02468"):
+            return self._respond(req)
+        key = self._session_mac(req.get("41", ""))
+        maced = mac.mac_field(req) in req
+        if maced and (key is None or not key.verify(raw, req)) or not maced and self.require_mac:
+            self.mac_failures += 1
+            log.warning("MTI %s STAN %s: request MAC %s", mti, req.get("11"),
+                        "failed" if maced else "missing")
+            resp = {"t": messages.response_mti(mti), **echo(req, ECHO.get(mti, ECHO_OTHER)),
+                    "39": RC_BAD_MAC}
+        else:
+            resp = self._respond(req)
+        return key.sign(resp) if resp is not None and maced and key is not None else resp
+
+    def _session_mac(self, tid: str) -> mac.MacKey | None:
+        """The MacKey of `tid`'s last sign-on (a 32-byte MAK is AES: CMAC), None before it."""
+        session = self._ledger.session_keys(tid)
+        if session is None:
+            return None
+        return mac.MacKey("cmac" if len(session[1]) == 32 else "retail", session[1])
 
     def _respond(self, req: dict) -> dict | None:
         """The response fields for `req`, or None for no answer. Ledger thread only."""
@@ -459,7 +522,20 @@ class AcquirerSimulator:
             return {"t": resp_mti, **echo(req, ECHO.get(mti, ECHO_OTHER)), "39": RC_SYSTEM}
         if resp is not None:
             resp["t"] = resp_mti
+            self._key_knobs(req, resp)
         return resp
+
+    def _key_knobs(self, req: dict, resp: dict) -> None:
+        """Apply `key_change` (one answer, then off) and `bad_kcv` (last hex digit of 62)."""
+        signon = str(req.get("60", ""))[8:11] == SIGNON_DOUBLE_KEYS
+        if self.key_change and not signon:
+            self.key_change = False
+            resp["60"] = str(req.get("60", "00000000"))[:8].ljust(8, "0") + SIGNON_DOUBLE_KEYS
+            log.info("asking terminal %s for a new sign-on (60.3 %s)", req.get("41"),
+                     SIGNON_DOUBLE_KEYS)
+        if self.bad_kcv and signon and resp.get("62"):
+            last = resp["62"][-1]
+            resp["62"] = resp["62"][:-1] + ("0" if last != "0" else "1")
 
     def _network(self, req: dict, now: datetime) -> dict:
         """0800 by 60.3: sign-on (003), echo test (301, messages.is_echo), else 12."""
@@ -557,7 +633,8 @@ class AcquirerSimulator:
             log.warning("PIN block from terminal %s that never signed on", tid)
             return RC_SYSTEM, "no session key (never signed on)"
         try:
-            ok = keys.decrypt_pin_iso0(req["52"], card.pan, session[0]) == card.pin
+            decrypt = keys.decrypt_pin_iso4 if len(session[0]) == 32 else keys.decrypt_pin_iso0
+            ok = decrypt(req["52"], card.pan, session[0]) == card.pin  # 32 bytes: an AES PIK
         except ValueError as exc:
             log.info("PIN block for %s unreadable: %s", mask_pan(card.pan), exc)
             ok = False
@@ -804,9 +881,10 @@ def issuer_icc_data(req: Mapping[str, object], imk_ac: bytes, rc: str) -> bytes 
 
 
 async def serve(catalog_path: str | Path | None, ledger_path: str | Path, host: str, port: int,
-                faults: Faults | None = None) -> None:
+                faults: Faults | None = None, ssl_context=None) -> None:
     """`kpos acquirer`: run the simulator until this coroutine is cancelled."""
-    sim = AcquirerSimulator(load_catalog(catalog_path), Path(ledger_path), faults=faults)
+    sim = AcquirerSimulator(load_catalog(catalog_path), Path(ledger_path), faults=faults,
+                            ssl_context=ssl_context)
     await sim.start(host, port)
     try:
         await asyncio.Event().wait()  # forever, until cancelled

@@ -2,6 +2,9 @@
 
 Everything runs on the caller's asyncio loop. `SimSession` is also what the scenario runner
 and the end-to-end tests use, so the simulator a developer drives by hand is the one tested.
+With `[acquirer] tls = true` the simulator serves TLS from the test PKI layout
+(firmware.sim.pki, `kpos acquirer --make-test-pki DIR`): server.crt and server.key next to
+`ca_file`, client certificates signed by `ca_file` required (sim_tls_context).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from firmware.hal.reader_sim import SimCardReader
 from firmware.sim.acquirer import AcquirerSimulator, Faults
 from firmware.sim.catalog import Catalog, load_catalog
 
-__all__ = ["SimSession", "sim_session"]
+__all__ = ["SimSession", "sim_session", "sim_tls_context"]
 
 log = logging.getLogger("kpos.sim")
 
@@ -62,7 +65,8 @@ async def sim_session(cfg: Config, *, forward_display=None, inputs=(), faults: F
     reader, device_reader = _card_reader(catalog, pcsc, clock)
     data_dir = cfg.terminal.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    acquirer = AcquirerSimulator(catalog, cfg.sim.ledger, faults=faults)
+    acquirer = AcquirerSimulator(catalog, cfg.sim.ledger, faults=faults,
+                                 ssl_context=sim_tls_context(cfg))
     if start_acquirer:
         port = await acquirer.start("127.0.0.1", cfg.sim.acquirer_port)
         cfg = replace(cfg, acquirer=replace(cfg.acquirer, host="127.0.0.1", port=port))
@@ -88,6 +92,16 @@ async def sim_session(cfg: Config, *, forward_display=None, inputs=(), faults: F
             await acquirer.stop()
             if reader is not device_reader:
                 reader.close()
+
+
+def sim_tls_context(cfg: Config):
+    """The in-process simulator's server context when [acquirer] tls, else None (blocks
+    on small file reads; firmware.acquirer.tls.TlsError names a missing or bad file)."""
+    if not cfg.acquirer.tls:
+        return None
+    from firmware.acquirer.tls import server_context
+    pki = cfg.acquirer.ca_file.parent
+    return server_context(pki / "server.crt", pki / "server.key", cfg.acquirer.ca_file)
 
 
 def _card_reader(catalog: Catalog, pcsc: bool, clock=None):
