@@ -150,6 +150,21 @@ def chip_sale(amount: int, card: str = "approve", pin: str = "1234") -> str:
 """
 
 
+def offline_tap_sale(amount: int, card: str = "approve", queued: int = 1) -> str:
+    """Script: the acquirer goes down, a contactless sale of `amount` is approved offline,
+    receipts taken, card removed; `queued` advices wait."""
+    return f"""
+    acquirer down
+    keys {amount} ENTER
+    tap {card}
+    expect screen "Approved offline"
+    expect screen "Take receipts"
+    keys ENTER
+    remove
+    expect queue {queued}
+"""
+
+
 def tap_sale(amount: int, card: str = "approve") -> str:
     """Script: a contactless sale of `amount` under the CVM limit (no PIN), approved, back
     at the idle screen."""

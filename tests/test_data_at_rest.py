@@ -19,21 +19,11 @@ from firmware.config import load_config
 from firmware.journal import JOURNAL_NAME
 from firmware.sim.runner import sim_session
 from firmware.vault import Vault
-from scenario import chip_sale, play
+from scenario import chip_sale, offline_tap_sale, play
 from test_secrets_scan import pan_forms
 
 APPROVE = "6226090000000014"
-OFFLINE_SALE = """
-    expect signon
-    acquirer down
-    keys 4000 ENTER
-    tap approve
-    expect screen "Approved offline"
-    expect screen "Take receipts"
-    keys ENTER
-    remove
-    expect queue 1
-"""
+OFFLINE_SALE = "expect signon\n" + offline_tap_sale(4000)
 
 
 @pytest.fixture
