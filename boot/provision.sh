@@ -118,6 +118,12 @@ system_files() {
     run install -m 0644 "$SRC/boot/kpos.service" "$SRC/boot/kpos-backup.service" \
         "$SRC/boot/kpos-backup.timer" "$ROOT/etc/systemd/system/"
     run install -m 0644 "$SRC/boot/99-kpos.rules" "$ROOT/etc/udev/rules.d/99-kpos.rules"
+    # Mender-managed fleets (docs/fleet.md): the kpos update module, once the client is there
+    local module=$SRC/device/mender-kpos
+    [ -f "$module" ] || module=$SRC/deploy/mender/kpos
+    if [ -d "$ROOT/usr/share/mender/modules/v3" ]; then
+        run install -m 0755 "$module" "$ROOT/usr/share/mender/modules/v3/kpos"
+    fi
     local config=$ROOT/boot/firmware/config.txt cmdline=$ROOT/boot/firmware/cmdline.txt
     [ -e "$config" ] || config=$ROOT/boot/config.txt cmdline=$ROOT/boot/cmdline.txt
     if ! grep -q '^# BEGIN KPOS' "$config" 2>/dev/null; then

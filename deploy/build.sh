@@ -4,7 +4,7 @@
 # plus new, not-ignored files, never the repo itself), builds the kpos wheel and a wheelhouse of
 # every dependency except the hardware libraries the device takes from apt, signs a sha256
 # MANIFEST with ed25519 and writes DIR/kpos-<V>.tar (+ DIR/kpos-<V>.mender with --mender).
-# Layout: VERSION, release.json, wheels/, config/, boot/, device/kpos-device, MANIFEST(.sig). Blocking; needs git, openssl and pip's index
+# Layout: VERSION, release.json, wheels/, config/, boot/, device/kpos-device + mender-kpos, MANIFEST(.sig). Blocking; needs git, openssl and pip's index
 # (its cache keeps rebuilds quick). Exit 1 with a one-line reason on any failure.
 # keygen: makes the ed25519 signing key (0600) and KEY.pub; refuses to overwrite either.
 # Uses say/die/$REPO from deploy.sh; set -euo pipefail is on.
@@ -88,6 +88,8 @@ deploy_build() {
   [ -f "$work/src/deploy/device/kpos-device" ] \
     || die "deploy/device/kpos-device is missing: every bundle carries the device-side updater"
   install -m 0755 "$work/src/deploy/device/kpos-device" "$bundle/device/kpos-device"
+  # the Mender update module, for boot/provision.sh to install on Mender-managed terminals
+  install -m 0755 "$work/src/deploy/mender/kpos" "$bundle/device/mender-kpos"
   printf '%s\n' "$version" > "$bundle/VERSION"
   write_release_json "$py" "$work/src" "$bundle" "$version" "$platform"
   write_manifest "$bundle"

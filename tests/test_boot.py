@@ -225,6 +225,13 @@ def test_dry_run_prints_the_whole_plan_and_changes_nothing(fake_root, tmp_path):
     assert snapshot(fake_root) == before
 
 
+def test_the_mender_update_module_is_installed_only_where_the_client_is(fake_root, tmp_path):
+    module = f"{fake_root}/usr/share/mender/modules/v3/kpos"
+    assert not [line for line in plan(fake_root, tmp_path) if module in line]
+    (fake_root / "usr" / "share" / "mender" / "modules" / "v3").mkdir(parents=True)
+    assert f"+ install -m 0755 {BOOT.parent}/deploy/mender/kpos {module}" in plan(fake_root, tmp_path)
+
+
 def test_a_provisioned_root_gets_only_the_missing_steps(fake_root, tmp_path):
     (fake_root / "etc" / "passwd").write_text("kpos:x:999:999::/var/lib/kpos:/usr/sbin/nologin\n")
     (fake_root / "etc" / "group").write_text("gpio:x:997:pi,kpos\nkpos:x:999:\n")

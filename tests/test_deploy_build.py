@@ -64,6 +64,8 @@ def test_bundle_layout(release):
     assert (release.tree / "device/kpos-device").read_bytes() == \
         (REPO / "deploy/device/kpos-device").read_bytes()
     assert os.access(release.tree / "device/kpos-device", os.X_OK)
+    assert (release.tree / "device/mender-kpos").read_bytes() == (REPO / "deploy/mender/kpos").read_bytes()
+    assert os.access(release.tree / "device/mender-kpos", os.X_OK)
     assert len((release.tree / "MANIFEST.sig").read_bytes()) == 64
 
 
