@@ -7,6 +7,8 @@
 #   ./deploy.sh provision USER@HOST       first install on a fresh Raspberry Pi OS device
 #   ./deploy.sh push USER@HOST [BUNDLE]   copy, verify, install, switch when idle, health
 #                                         check; rolls back by itself when anything fails
+#       [--port N] [-i KEY] [--stage-only (install, no switch)] [--no-echo (no echo test)]
+#       [--idle-timeout S] [--ready-timeout S] [--health-timeout S]
 #   ./deploy.sh status USER@HOST          releases, service, queue, last update
 #   ./deploy.sh rollback USER@HOST        back to the previous release
 #
@@ -19,7 +21,7 @@ say() { printf 'deploy: %s\n' "$*" >&2; }
 die() { say "$1"; exit "${2:-1}"; }
 
 usage() {
-  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
