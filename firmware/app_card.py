@@ -116,8 +116,10 @@ class CardWork:
     async def _sign_on_now(self) -> str:
         stan = await self.journal_worker.run(self.journal.next_stan)
         batch = await self.journal_worker.run(self.journal.batch_no)
+        pin_format = self.cfg.security.pin_format  # 4: AES key blocks (60.3 004), else TDES
         request = messages.signon_request(self.ids, stan=stan, batch=batch, now=self.clock.now(),
-                                          operator=self.operator or self.cfg.terminal.operator)
+                                          operator=self.operator or self.cfg.terminal.operator,
+                                          pin_format=pin_format)
         try:
             response = await self._exchange(request)
         except (NotSent, NoResponse) as exc:
@@ -126,7 +128,7 @@ class CardWork:
         try:
             if response.get("39") != "00":
                 raise KeyCheckError(f"sign-on refused: {describe_code(response.get('39', '??'))}")
-            working = messages.parse_working_keys(response)
+            working = messages.parse_working_keys(response, pin_format)
             self.session_keys = session_keys_from_working(self._tmk, working)
             self.link.mac = session_mac(self.cfg.security.mac, self.session_keys)
         except (KeyCheckError, messages.MessageError) as exc:

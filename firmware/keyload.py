@@ -303,7 +303,7 @@ def make_test_block_command(cfg: Config, out: Path, kbpk_out: Path, *,
     if tmk is None:
         say(f"no simulator key for terminal {cfg.terminal.terminal_id}")
         return 1
-    algorithm = "T" if len(tmk) in KEY_LENGTHS["T"] else "A"
+    algorithm = "A" if catalog.pin_format(cfg.terminal.terminal_id) == 4 else "T"
     block, kbpk = make_test_block(tmk, algorithm)
     Path(out).write_text(block + "\n", "ascii")
     write_private(Path(kbpk_out), f"# TEST KBPK ONLY\n{kbpk.hex().upper()}\n".encode())

@@ -1,8 +1,11 @@
 """Key crypto both sides share: TDES key wrap, key check values, ISO 9564 PIN blocks (format
-0 under a TDES PIK, format 4 under an AES PIK: 16-byte blocks; AES KCV = CMAC of zeros).
+0 under a TDES PIK, format 4 under an AES PIK: 16-byte blocks; AES KCV = CMAC of zeros),
+and the AES working keys of a pin_format 4 sign-on: each a TR-31 version D key block under
+the AES TMK (psec.tr31; usage P0 for the PIK, M6 CMAC for the MAK), with a 3-byte AES KCV.
 
 Pure functions, any thread, non-blocking (microseconds of CPU). Keys are bytes: 16-byte
-double-length TDES keys (24-byte triple-length accepted). PIN blocks are 8 bytes.
+double-length TDES keys (24-byte triple-length accepted), or 32-byte AES-256 working keys.
+PIN blocks are 8 bytes (format 0) or 16 (format 4).
 Two-key TDES is handed to `cryptography` as k1|k2|k1 (24 bytes) so no deprecation warning
 is raised (FIELD-NOTES §5); psec.des is not used because it imports TripleDES from its old
 location, which warns in cryptography >= 43. psec.pinblock builds and parses the clear
@@ -18,9 +21,10 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from psec import pinblock as _pinblock
+from psec import tr31
 
 if TYPE_CHECKING:  # avoid an import cycle at run time; only attributes are used
-    from firmware.acquirer.messages import WorkingKeys
+    from firmware.acquirer.messages import AesWorkingKeys, WorkingKeys
 
 __all__ = [
     "KeyCheckError",
@@ -33,6 +37,11 @@ __all__ = [
     "pin_block_iso2",
     "decrypt_pin_iso0",
     "random_key",
+    "random_aes_key",
+    "AES_PIK_USAGE",
+    "AES_MAK_USAGE",
+    "wrap_aes_key",
+    "unwrap_aes_key",
     "aes_kcv",
     "pin_block_iso4",
     "decrypt_pin_iso4",
@@ -42,6 +51,9 @@ __all__ = [
 
 KCV_LEN = 4
 BLOCK = 8
+AES_KEY_LEN = 32  # AES-256 working keys
+AES_PIK_USAGE, AES_MAK_USAGE = "P0", "M6"  # TR-31 key usage: PIN encryption; CMAC
+_AES_MODES = {AES_PIK_USAGE: "E", AES_MAK_USAGE: "C"}  # TR-31 mode of use: encrypt; MAC
 
 
 class KeyCheckError(ValueError):
@@ -108,15 +120,23 @@ class SessionKeys:
 
     pik: bytes
     mak: bytes
+    algorithm: str = "T"  # "T": TDES keys (pin_format 0); "A": AES keys (pin_format 4)
 
     def __repr__(self) -> str:
-        return f"SessionKeys(pik_kcv={kcv(self.pik).hex().upper()}, mak_kcv={kcv(self.mak).hex().upper()})"
+        check = aes_kcv if self.algorithm == "A" else kcv
+        return (f"SessionKeys(pik_kcv={check(self.pik).hex().upper()}, "
+                f"mak_kcv={check(self.mak).hex().upper()})")
 
     __str__ = __repr__
 
 
-def session_keys_from_working(tmk: bytes, wk: WorkingKeys) -> SessionKeys:
-    """Unwrap the 0810's PIK and MAK under the terminal master key, checking both KCVs."""
+def session_keys_from_working(tmk: bytes, wk: WorkingKeys | AesWorkingKeys) -> SessionKeys:
+    """Unwrap the 0810's PIK and MAK under the terminal master key, checking both KCVs
+    (TDES keys under a TDES TMK; AES key blocks, `wk.pik_block`, under an AES TMK)."""
+    if hasattr(wk, "pik_block"):
+        pik = unwrap_aes_key(tmk, wk.pik_block, wk.pik_kcv, AES_PIK_USAGE, name="PIK")
+        mak = unwrap_aes_key(tmk, wk.mak_block, wk.mak_kcv, AES_MAK_USAGE, name="MAK")
+        return SessionKeys(pik=pik, mak=mak, algorithm="A")
     pik = unwrap_key(tmk, wk.pik_enc, wk.pik_kcv, name="PIK")
     mak = unwrap_key(tmk, wk.mak_enc, wk.mak_kcv, name="MAK")
     return SessionKeys(pik=pik, mak=mak)
@@ -165,6 +185,36 @@ def aes_kcv(key: bytes) -> bytes:
     c = cmac.CMAC(algorithms.AES(bytes(key)))
     c.update(bytes(16))
     return c.finalize()[:3]
+
+
+def random_aes_key() -> bytes:
+    """32 random bytes: an AES-256 working key."""
+    return secrets.token_bytes(AES_KEY_LEN)
+
+
+def wrap_aes_key(kek: bytes, key: bytes, usage: str) -> str:
+    """A 32-byte AES working key as a TR-31 version D key block under the AES TMK `kek`:
+    `usage` AES_PIK_USAGE or AES_MAK_USAGE, its mode of use, not exportable (144 characters)."""
+    if len(key) != AES_KEY_LEN:
+        raise KeyCheckError(f"AES working key must be {AES_KEY_LEN} bytes, got {len(key)}")
+    return tr31.wrap(bytes(kek), tr31.Header("D", usage, "A", _AES_MODES[usage], "00", "N"),
+                     bytes(key))
+
+
+def unwrap_aes_key(kek: bytes, block: str, check: bytes, usage: str, *, name: str = "key") -> bytes:
+    """The AES key of a TR-31 block under `kek`, after its MAC, header (version D, AES,
+    `usage`, its mode of use, 32 bytes) and check value (aes_kcv); KeyCheckError if not."""
+    try:
+        header, key = tr31.unwrap(bytes(kek), block)
+    except (ValueError, TypeError):  # tr31.HeaderError, KeyBlockError: MAC, length, format
+        raise KeyCheckError(f"{name} key block does not unwrap under the master key", name=name) from None
+    got = (header.version_id, header.algorithm, header.key_usage, header.mode_of_use, len(key))
+    if got != ("D", "A", usage, _AES_MODES[usage], AES_KEY_LEN):
+        raise KeyCheckError(f"{name} key block is not an AES-256 {usage} key", name=name)
+    if len(check) != 3 or aes_kcv(key) != bytes(check):
+        raise KeyCheckError(f"{name} check value mismatch (expected {bytes(check).hex().upper()})",
+                            name=name)
+    return key
 
 
 def pin_block_iso4(pin: bytearray | bytes | str, pan: str, pik: bytes) -> bytes:

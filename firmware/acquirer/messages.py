@@ -3,7 +3,10 @@
 Pure functions, any thread, no I/O except `read_frame` (a coroutine on the terminal's
 event loop, no timeout of its own: the caller bounds it). Field dicts follow pyiso8583:
 "t" is the MTI, "2".."128" are fields; values are str, or bytes for binary fields
-(52 PIN block, 55 ICC data, 64 MAC). Amounts are int minor units. Every error is a
+(52 PIN block, 55 ICC data, 64 MAC). Amounts are int minor units. Field 52 is 8 bytes
+(format 0) or 16 (format 4, an AES terminal): `encode` takes the spec its length names,
+`decode` the spec of the pin_format it is given (spec.SPECS), `decode_request` the one of
+the terminal the request names (field 41, which precedes 52 on the wire). Every error is a
 MessageError whose text starts with the field, e.g. "field 4: not numeric".
 Field layout: docs/acquirer-protocol.md. Never log a field dict: log `describe(fields)`.
 """
@@ -15,14 +18,14 @@ from datetime import datetime
 
 import iso8583
 
-from firmware.acquirer.spec import BINARY_FIELDS, NUMERIC_FIELDS, SPEC
+from firmware.acquirer.spec import BINARY_FIELDS, NUMERIC_FIELDS, PIN_BLOCK_LEN, SPECS
 from firmware.cardsafe import mask_pan
 from firmware.emv.card import CardData
 from firmware.money import CURRENCIES, format_amount
 
 __all__ = [
-    "MessageError", "encode", "decode", "frame", "read_frame", "MAX_FRAME",
-    "TerminalIds", "WorkingKeys", "signon_request", "echo_request", "sale_request",
+    "MessageError", "encode", "decode", "decode_request", "frame", "read_frame", "MAX_FRAME",
+    "TerminalIds", "WorkingKeys", "AesWorkingKeys", "SIGNON_CODES", "signon_request", "echo_request", "sale_request",
     "reversal_request", "advice_request", "ADVICE_CODES", "is_echo",
     "REVERSAL_REASONS", "response_mti", "match_response", "parse_working_keys",
     "working_keys_field", "describe",
@@ -44,6 +47,8 @@ _PROCESSING_SALE = "000000"
 _MSG_TYPE_SALE = "22"  # 60.1
 _MSG_TYPE_MGMT = "00"  # 60.1 of network management messages
 _MGMT_SIGNON_DOUBLE = "003"  # 60.3: sign-on, double-length keys
+_MGMT_SIGNON_AES = "004"  # 60.3: sign-on, AES-256 key blocks (a pin_format 4 terminal)
+SIGNON_CODES = {0: _MGMT_SIGNON_DOUBLE, 4: _MGMT_SIGNON_AES}  # [security] pin_format -> 60.3
 _MGMT_ECHO = "301"  # 60.3: echo test (link health)
 _MGMT_NONE = "000"
 _MSG_TYPE_OFFLINE_SALE = "30"  # 60.1 of an offline sale advice (0220)
@@ -57,6 +62,8 @@ ADVICE_CODES = {
 # control info, MAC (recomputed by the sender).
 _REVERSAL_DROP = ("35", "36", "52", "53", "64", "128")
 _KEYS_HEX_LEN = 80  # field 62: 16 + 4 + 16 + 4 bytes as hex
+_AES_KCV_HEX = 6  # field 62 of an AES sign-on: each TR-31 block is followed by a 3-byte KCV
+_FORMAT_OF_PIN_BLOCK = {n: fmt for fmt, n in PIN_BLOCK_LEN.items()}  # 52 length -> pin_format
 
 
 class MessageError(ValueError):
@@ -71,10 +78,11 @@ def encode(fields: dict) -> bytes:
     doc = {k: v for k, v in fields.items() if k not in ("p", "1")}
     _check_types(doc)
     _check_content(doc)
+    spec = SPECS[_FORMAT_OF_PIN_BLOCK.get(len(doc.get("52", b"")), 0)]  # else pyiso8583 says
     for key in BINARY_FIELDS & doc.keys():  # pyiso8583 takes binary fields as hex text
         doc[key] = doc[key].hex()
     try:
-        raw, _ = iso8583.encode(doc, SPEC)
+        raw, _ = iso8583.encode(doc, spec)
     except iso8583.EncodeError as exc:
         raise MessageError(f"field {exc.field}: {exc.msg}") from exc
     except KeyError as exc:
@@ -82,12 +90,13 @@ def encode(fields: dict) -> bytes:
     return bytes(raw)
 
 
-def decode(raw: bytes) -> dict:
-    """Field dict of an unframed message (without bitmap keys). Raises MessageError only."""
+def decode(raw: bytes, pin_format: int = 0) -> dict:
+    """Field dict of an unframed message (without bitmap keys), field 52 read at the length
+    of `pin_format` (0: 8 bytes, 4: 16). Raises MessageError only."""
     if not isinstance(raw, (bytes, bytearray)):
         raise MessageError(f"field t: message must be bytes, not {type(raw).__name__}")
     try:
-        doc, _ = iso8583.decode(bytes(raw), SPEC)
+        doc, _ = iso8583.decode(bytes(raw), SPECS[pin_format])
     except iso8583.DecodeError as exc:
         raise MessageError(f"field {exc.field}: {exc.msg} (pos {exc.pos})") from exc
     except KeyError as exc:  # bitmap announces a field the spec lacks (e.g. tertiary)
@@ -98,6 +107,24 @@ def decode(raw: bytes) -> dict:
         doc[key] = bytes.fromhex(doc[key])
     _check_content(doc)
     return doc
+
+
+def decode_request(raw: bytes, pin_format_of) -> dict:
+    """A request whose field 52 is read at the length of its terminal's pin format
+    (`pin_format_of(terminal id)` -> 0 or 4, the host's records). Field 41 comes before 52,
+    so any spec that reads the message names the terminal. Raises MessageError only."""
+    error = None
+    for fmt in PIN_BLOCK_LEN:
+        try:
+            doc = decode(raw, fmt)
+        except MessageError as exc:
+            error = error or exc
+            continue
+        want = pin_format_of(doc.get("41", ""))
+        if "52" not in doc or want == fmt:
+            return doc
+        return decode(raw, want)
+    raise error
 
 
 def _check_types(doc: dict) -> None:
@@ -170,9 +197,25 @@ class WorkingKeys:
         return f"WorkingKeys(pik_kcv={pik}, mak_kcv={mak})"
 
 
+@dataclass(frozen=True, repr=False)
+class AesWorkingKeys:
+    """The working keys of an AES sign-on (60.3 = 004): TR-31 version D key blocks under
+    the AES TMK, each with its 3-byte AES KCV (firmware.keys.aes_kcv)."""
+
+    pik_block: str  # TR-31 block, key usage P0
+    pik_kcv: bytes  # 3 bytes
+    mak_block: str  # TR-31 block, key usage M6 (CMAC)
+    mak_kcv: bytes  # 3 bytes
+
+    def __repr__(self) -> str:
+        pik, mak = self.pik_kcv.hex().upper(), self.mak_kcv.hex().upper()
+        return f"AesWorkingKeys(pik_kcv={pik}, mak_kcv={mak})"
+
+
 def signon_request(ids: TerminalIds, *, stan: int, batch: int, now: datetime,
-                   operator: str = "01") -> dict:
-    """0800 sign-on asking for double-length working keys (60.3 = 003)."""
+                   operator: str = "01", pin_format: int = 0) -> dict:
+    """0800 sign-on asking for the working keys of `pin_format` (SIGNON_CODES: 60.3 = 003
+    double-length TDES keys, 004 AES-256 key blocks)."""
     if not (operator and len(operator) <= 3 and operator.isascii()):
         raise MessageError("field 63: operator code must be 1-3 ASCII characters")
     return {
@@ -180,7 +223,7 @@ def signon_request(ids: TerminalIds, *, stan: int, batch: int, now: datetime,
         **trace_fields(stan, now),
         "41": ids.terminal_id,
         "42": ids.merchant_id,
-        "60": _MSG_TYPE_MGMT + batch_field(batch) + _MGMT_SIGNON_DOUBLE,
+        "60": _MSG_TYPE_MGMT + batch_field(batch) + SIGNON_CODES[pin_format],
         "63": operator.ljust(3),
     }
 
@@ -238,8 +281,8 @@ def card_fields(card: CardData, pin_block: bytes | None) -> dict:
     if card.track2:
         msg["35"] = card.track2
     if pin_block is not None:
-        if not isinstance(pin_block, bytes) or len(pin_block) != 8:
-            raise MessageError("field 52: PIN block must be 8 bytes")
+        if not isinstance(pin_block, bytes) or len(pin_block) not in _FORMAT_OF_PIN_BLOCK:
+            raise MessageError("field 52: PIN block must be 8 (format 0) or 16 (format 4) bytes")
         msg["52"] = pin_block
     if card.icc_data:
         msg["55"] = bytes(card.icc_data)
@@ -352,11 +395,14 @@ def match_response(request: dict, response: dict) -> str | None:
     return None
 
 
-def parse_working_keys(signon_response: dict) -> WorkingKeys:
-    """Working keys from field 62 of an 0810 (hex PIK+KCV+MAK+KCV, 80 characters)."""
+def parse_working_keys(signon_response: dict, pin_format: int = 0) -> WorkingKeys | AesWorkingKeys:
+    """Working keys from field 62 of an 0810: pin_format 0: hex PIK+KCV+MAK+KCV, 80
+    characters; 4: PIK TR-31 block + 6 hex KCV + MAK TR-31 block + 6 hex KCV."""
     text = signon_response.get("62")
     if text is None:
         raise MessageError("field 62: working keys absent")
+    if pin_format == 4:
+        return _parse_aes_keys(text)
     if len(text) != _KEYS_HEX_LEN:
         raise MessageError(f"field 62: {len(text)} characters, expecting {_KEYS_HEX_LEN}")
     try:
@@ -366,8 +412,29 @@ def parse_working_keys(signon_response: dict) -> WorkingKeys:
     return WorkingKeys(pik_enc=raw[:16], pik_kcv=raw[16:20], mak_enc=raw[20:36], mak_kcv=raw[36:40])
 
 
-def working_keys_field(keys: WorkingKeys) -> str:
-    """Field 62 text for `keys` (upper-case hex); inverse of parse_working_keys."""
+def _parse_aes_keys(text: str) -> AesWorkingKeys:
+    """Two (TR-31 block, KCV) pairs; a block's length is its header's characters 2-5."""
+    parts: list = []
+    for name in ("PIK", "MAK"):
+        size = int(text[1:5]) if text[1:5].isdigit() and text[1:5].isascii() else 0
+        kcv = text[size:size + _AES_KCV_HEX]
+        if size < 16 or len(kcv) != _AES_KCV_HEX:
+            raise MessageError(f"field 62: {name} key block truncated or without its length")
+        try:
+            parts += [text[:size], bytes.fromhex(kcv)]
+        except ValueError:
+            raise MessageError(f"field 62: {name} check value not hexadecimal") from None
+        text = text[size + _AES_KCV_HEX:]
+    if text:
+        raise MessageError("field 62: characters after the MAK check value")
+    return AesWorkingKeys(*parts)
+
+
+def working_keys_field(keys: WorkingKeys | AesWorkingKeys) -> str:
+    """Field 62 text for `keys`; inverse of parse_working_keys."""
+    if isinstance(keys, AesWorkingKeys):
+        return (keys.pik_block + keys.pik_kcv.hex().upper()
+                + keys.mak_block + keys.mak_kcv.hex().upper())
     return (keys.pik_enc + keys.pik_kcv + keys.mak_enc + keys.mak_kcv).hex().upper()
 
 

@@ -2,7 +2,10 @@
 
 Pure data, any thread, never mutated after import. `SPEC` is a deep copy of
 pyiso8583's `iso8583.specs.default` (ASCII MTI and lengths, binary bitmap, raw
-binary fields 52/55/64) with only the changes listed in `_OVERRIDES`. Framing
+binary fields 52/55/64) with only the changes listed in `_OVERRIDES`. `SPECS` maps the
+terminal's [security] pin_format to its spec: 0 is `SPEC` (field 52 b8, a format 0 block);
+4 is the same with field 52 b16 fixed (a format 4 AES block), for both directions of an
+AES terminal (docs/acquirer-protocol.md §4). Framing
 (the 2-byte length) is not part of the spec: see messages.frame/read_frame. A
 second dialect (UnionPay BCD with TPDU and header) is another spec plus framing.
 The field layout per message is documented in docs/acquirer-protocol.md.
@@ -13,7 +16,7 @@ import copy
 
 from iso8583.specs import default as _pyiso_default
 
-__all__ = ["SPEC", "NUMERIC_FIELDS", "BINARY_FIELDS", "SENSITIVE_FIELDS"]
+__all__ = ["SPEC", "SPECS", "PIN_BLOCK_LEN", "NUMERIC_FIELDS", "BINARY_FIELDS", "SENSITIVE_FIELDS"]
 
 # Field -> keys replaced in the pyiso8583 default field spec.
 _OVERRIDES: dict[str, dict] = {
@@ -33,6 +36,19 @@ def _build_spec() -> dict:
 
 
 SPEC: dict = _build_spec()
+
+# [security] pin_format -> length in bytes of field 52 (ISO 9564 format 0: TDES; 4: AES).
+PIN_BLOCK_LEN: dict[int, int] = {0: 8, 4: 16}
+
+
+def _with_pin_block(length: int) -> dict:
+    spec = copy.deepcopy(SPEC)
+    spec["52"].update(max_len=length, desc=f"PIN data ({length}-byte ISO 9564 PIN block)")
+    return spec
+
+
+SPECS: dict[int, dict] = {fmt: _with_pin_block(n) if n != 8 else SPEC
+                          for fmt, n in PIN_BLOCK_LEN.items()}
 
 # Fields whose ASCII content must be decimal digits (ISO 8583:1987 type n, plus our
 # private 60 and 61 which UnionPay defines as n). Checked on encode and decode.

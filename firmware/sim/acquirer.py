@@ -11,7 +11,11 @@ answered with the recorded code and RRN and never debits twice.
 Fault knobs (`Faults`, protocol doc §10) are read once per request on the loop, so tests
 and scripts may change them at run time; delays are seconds. The network switch
 (go_down / go_up / restart) closes and reopens the listener on the same port with the
-same ledger. Key knobs `key_change` / `bad_kcv` (docs/acquirer-protocol.md §3): the
+same ledger. A catalog terminal with pin_format 4 signs on with 60.3 = 004 and gets AES-256
+working keys as TR-31 blocks under its AES TMK; its requests are read with a 16-byte field
+52 (messages.decode_request), its PIN blocks decrypted as format 4 and its MACs are CMACs
+(docs/acquirer-protocol.md §3, §4). A sign-on code that does not match the terminal's
+catalog pin_format is answered 63. Key knobs `key_change` / `bad_kcv` (docs/acquirer-protocol.md §3): the
 next answer asks for a new sign-on; sign-on answers carry a wrong MAK KCV. Logs (logger "kpos.sim.acquirer") carry messages.describe() output only,
 never a PAN, track 2, PIN block or ICC data. TEST HOST: catalog cards and keys only.
 
@@ -45,7 +49,7 @@ from typing import Callable, Iterable, Mapping, TypeVar
 
 from firmware import keys, mac
 from firmware.acquirer import messages
-from firmware.acquirer.messages import MessageError, WorkingKeys
+from firmware.acquirer.messages import AesWorkingKeys, MessageError, WorkingKeys
 from firmware.cardsafe import mask_pan
 from firmware.emv import cryptogram, tlv
 from firmware.sim.catalog import Catalog, TestCard, load_catalog
@@ -77,10 +81,12 @@ RC_BAD_TERMINAL, RC_BAD_TXN, RC_BAD_CARD = "03", "12", "14"
 RC_FORMAT, RC_LOW_FUNDS, RC_EXPIRED, RC_WRONG_PIN = "30", "51", "54", "55"
 RC_PIN_TRIES, RC_SYSTEM, RC_DUPLICATE = "75", "96", "94"
 RC_BAD_MAC = "A0"  # the request's MAC failed
+RC_SECURITY = "63"  # a sign-on for keys of another cipher than the terminal's TMK
 RC_USE_CHIP = "45"  # UnionPay: "请使用芯片", a chip card read by its magnetic stripe
 
 SALE_PROCESSING_CODE = "000000"
 SIGNON_DOUBLE_KEYS = "003"  # 60.3 of a sign-on asking for double-length keys
+SIGNON_CODES = tuple(messages.SIGNON_CODES.values())  # 003 TDES keys, 004 AES key blocks
 
 # Field 22 PAN entry (first two digits) that reads a chip: contact, contactless.
 CHIP_ENTRY_MODES = ("05", "07")
@@ -239,6 +245,24 @@ def original_stan(req: dict) -> str:
 def batch_of(req: dict) -> str:
     """Field 60.2 batch number (6 digits) or '' when absent."""
     return req.get("60", "")[2:8]
+
+
+def _tdes_working_keys(tmk: bytes) -> tuple[WorkingKeys, keys.SessionKeys]:
+    """New double-length PIK and MAK, wrapped under the TDES TMK with their KCVs."""
+    pik, mak = keys.random_key(), keys.random_key()
+    wk = WorkingKeys(pik_enc=keys.wrap_key(tmk, pik), pik_kcv=keys.kcv(pik),
+                     mak_enc=keys.wrap_key(tmk, mak), mak_kcv=keys.kcv(mak))
+    return wk, keys.SessionKeys(pik=pik, mak=mak)
+
+
+def _aes_working_keys(tmk: bytes) -> tuple[AesWorkingKeys, keys.SessionKeys]:
+    """New AES-256 PIK and MAK as TR-31 blocks under the AES TMK with their KCVs."""
+    pik, mak = keys.random_aes_key(), keys.random_aes_key()
+    wk = AesWorkingKeys(pik_block=keys.wrap_aes_key(tmk, pik, keys.AES_PIK_USAGE),
+                        pik_kcv=keys.aes_kcv(pik),
+                        mak_block=keys.wrap_aes_key(tmk, mak, keys.AES_MAK_USAGE),
+                        mak_kcv=keys.aes_kcv(mak))
+    return wk, keys.SessionKeys(pik=pik, mak=mak, algorithm="A")
 
 
 def _record_pin_block(path: str, block: bytes) -> None:
@@ -412,7 +436,7 @@ class AcquirerSimulator:
         """Read, decide and answer one request; False when the connection must end."""
         try:
             raw = await messages.read_frame(reader)
-            req = messages.decode(raw)
+            req = messages.decode_request(raw, self.catalog.pin_format)
         except asyncio.IncompleteReadError:
             return False  # the terminal hung up
         except MessageError as exc:
@@ -527,21 +551,21 @@ class AcquirerSimulator:
 
     def _key_knobs(self, req: dict, resp: dict) -> None:
         """Apply `key_change` (one answer, then off) and `bad_kcv` (last hex digit of 62)."""
-        signon = str(req.get("60", ""))[8:11] == SIGNON_DOUBLE_KEYS
+        signon = str(req.get("60", ""))[8:11] in SIGNON_CODES
         if self.key_change and not signon:
             self.key_change = False
-            resp["60"] = str(req.get("60", "00000000"))[:8].ljust(8, "0") + SIGNON_DOUBLE_KEYS
-            log.info("asking terminal %s for a new sign-on (60.3 %s)", req.get("41"),
-                     SIGNON_DOUBLE_KEYS)
+            code = messages.SIGNON_CODES[self.catalog.pin_format(req.get("41", ""))]
+            resp["60"] = str(req.get("60", "00000000"))[:8].ljust(8, "0") + code
+            log.info("asking terminal %s for a new sign-on (60.3 %s)", req.get("41"), code)
         if self.bad_kcv and signon and resp.get("62"):
             last = resp["62"][-1]
             resp["62"] = resp["62"][:-1] + ("0" if last != "0" else "1")
 
     def _network(self, req: dict, now: datetime) -> dict:
-        """0800 by 60.3: sign-on (003), echo test (301, messages.is_echo), else 12."""
+        """0800 by 60.3: sign-on (003 TDES, 004 AES), echo test (301, messages.is_echo), else 12."""
         if messages.is_echo(req):
             return self._echo(req)
-        if req.get("60", "")[8:11] == SIGNON_DOUBLE_KEYS:
+        if req.get("60", "")[8:11] in SIGNON_CODES:
             return self._signon(req)
         return {**echo(req, ECHO["0800"]), "39": RC_BAD_TXN}
 
@@ -557,11 +581,14 @@ class AcquirerSimulator:
         if tmk is None:
             log.warning("sign-on from unknown terminal %s", tid)
             return {**resp, "39": RC_BAD_TERMINAL}
-        pik, mak = keys.random_key(), keys.random_key()
-        self._ledger.set_session_keys(tid, pik, mak)
-        wk = WorkingKeys(pik_enc=keys.wrap_key(tmk, pik), pik_kcv=keys.kcv(pik),
-                         mak_enc=keys.wrap_key(tmk, mak), mak_kcv=keys.kcv(mak))
-        log.info("terminal %s signed on: %r", tid, keys.SessionKeys(pik=pik, mak=mak))
+        fmt = self.catalog.pin_format(tid)
+        if req["60"][8:11] != messages.SIGNON_CODES[fmt]:
+            log.warning("sign-on from terminal %s: 60.3 %s, its keys are pin format %d", tid,
+                        req["60"][8:11], fmt)
+            return {**resp, "39": RC_SECURITY}
+        wk, session = _aes_working_keys(tmk) if fmt == 4 else _tdes_working_keys(tmk)
+        self._ledger.set_session_keys(tid, session.pik, session.mak)
+        log.info("terminal %s signed on: %r", tid, session)
         return {**resp, "39": RC_APPROVED, "62": messages.working_keys_field(wk)}
 
     def _sale(self, req: dict, now: datetime) -> dict | None:

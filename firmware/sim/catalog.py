@@ -2,7 +2,9 @@
 
 Pure data loading, any thread. Shared by the acquirer simulator and the EMV card
 emulator. Every key of a card is checked where it is read (`_card`); an unknown key or a
-value out of its range is a CatalogError naming the card's index and the key. TEST DATA ONLY.
+value out of its range is a CatalogError naming the card's index and the key. A terminal has
+a `tmk` (hex) and an optional `pin_format` (0: TDES TMK of 16/24 bytes, the default; 4: AES
+TMK of 16/24/32 bytes, AES working keys and 16-byte PIN blocks). TEST DATA ONLY.
 """
 from __future__ import annotations
 
@@ -93,6 +95,11 @@ class Catalog:
     terminal_keys: dict[str, bytes]  # terminal id -> TMK
     imk_ac: bytes
     magic_amounts: dict[int, str] = field(default_factory=dict)
+    pin_formats: dict[str, int] = field(default_factory=dict)  # terminal id -> 4; absent: 0
+
+    def pin_format(self, tid: str) -> int:
+        """The terminal's ISO 9564 PIN block format: 4 (AES keys) or 0 (TDES, also unknown)."""
+        return self.pin_formats.get(tid, 0)
 
     def by_pan(self, pan: str) -> TestCard | None:
         return next((c for c in self.cards.values() if c.pan == pan), None)
@@ -114,13 +121,22 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
         if card.name in cards:
             raise CatalogError(f"{path}: cards[{i}]: duplicate name {card.name!r}")
         cards[card.name] = card
-    terminals = {
-        tid: _hexkey(t.get("tmk", ""), f"{path}: terminals.{tid}.tmk")
-        for tid, t in raw.get("terminals", {}).items()
-    }
+    terminals, pin_formats = {}, {}
+    for tid, entry in raw.get("terminals", {}).items():
+        where = f"{path}: terminals.{tid}"
+        unknown = set(entry) - {"tmk", "pin_format"}
+        if unknown:
+            raise CatalogError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        fmt = entry.get("pin_format", 0)
+        if fmt not in (0, 4) or isinstance(fmt, bool):
+            raise CatalogError(f"{where}.pin_format: must be 0 or 4")
+        terminals[tid] = _hexkey(entry.get("tmk", ""), f"{where}.tmk", (16, 24, 32) if fmt else (16, 24))
+        if fmt:
+            pin_formats[tid] = fmt
     imk = _hexkey(raw.get("issuer", {}).get("imk_ac", ""), f"{path}: issuer.imk_ac")
     magic = {int(k): str(v) for k, v in raw.get("magic_amounts", {}).items()}
-    return Catalog(cards=cards, terminal_keys=terminals, imk_ac=imk, magic_amounts=magic)
+    return Catalog(cards=cards, terminal_keys=terminals, imk_ac=imk, magic_amounts=magic,
+                   pin_formats=pin_formats)
 
 
 def _card(entry: dict, where: str) -> TestCard:
@@ -207,11 +223,11 @@ def _int_in(value: object, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _hexkey(text: str, where: str) -> bytes:
+def _hexkey(text: str, where: str, sizes: tuple[int, ...] = (16, 24)) -> bytes:
     try:
         key = bytes.fromhex(text)
     except ValueError as exc:
         raise CatalogError(f"{where}: not hex") from exc
-    if len(key) not in (16, 24):
-        raise CatalogError(f"{where}: key must be 16 or 24 bytes")
+    if len(key) not in sizes:
+        raise CatalogError(f"{where}: key must be {' or '.join(map(str, sizes))} bytes")
     return key
