@@ -200,10 +200,11 @@ class Panel:
         link = terminal.sale_state.link
         screen = self.screen.current
         png = await asyncio.to_thread(_screen_png, screen, link) if screen else ""
-        try:
-            self._journal_view = await terminal.journal_call(_journal_view)
-        except sqlite3.ProgrammingError:  # closed: the terminal is stopping; keep the last view
-            pass
+        if not terminal.stopped.is_set():
+            try:
+                self._journal_view = await terminal.journal_call(_journal_view)
+            except (sqlite3.ProgrammingError, RuntimeError):  # the terminal stopped meanwhile
+                pass  # (journal closed, or its worker shut down): keep the last view
         journal, queue = self._journal_view
         sections = {
             "screen": {"title": screen.title if screen else "", "lines": list(screen.lines) if screen else [],
