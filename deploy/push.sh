@@ -114,25 +114,16 @@ _copy() {  # _copy BUNDLE DEVICE_ROOT: resumable copy into incoming/, checked by
     [ "$remote" = "$sum" ] || die "copy of $name differs from the bundle on the device"
 }
 
-_verify_install() {  # ROOT NAME VERSION: check the signature of MANIFEST and every sum
-    # in a scratch unpack on the device, then install with the verified bundle's updater
-    local q name=$2 version=$3
+_verify_install() {  # ROOT NAME: deploy/device/verify-bundle from this repo, piped to the
+    # device's python3, checks the bundle in place (tar members, signature of MANIFEST,
+    # every sum; extracts nothing), writes the checked updater to a scratch folder, which
+    # then installs the bundle
+    local q
     q=$(printf %q "$1")
     _on_device "set -e; cd $q/opt/kpos/incoming; scratch=\$(mktemp -d .verify-XXXXXX)
         trap 'rm -rf \"\$scratch\"' EXIT
-        tar -xf $(printf %q "$name") -C \"\$scratch\" --no-same-owner --no-same-permissions
-        top=\"\$scratch/kpos-$version\"
-        [ -f $q/etc/kpos/release-signing.pub ] || { echo 'error: no signing key on the device (provision it)'; exit 1; }
-        openssl pkeyutl -verify -pubin -inkey $q/etc/kpos/release-signing.pub -rawin \\
-            -in \"\$top/MANIFEST\" -sigfile \"\$top/MANIFEST.sig\" >/dev/null 2>&1 \\
-            || { echo 'error: bad signature: the bundle is not signed by the provisioned key'; exit 1; }
-        echo 'signature ok'
-        if ! sums=\$(cd \"\$top\" && sha256sum --strict --quiet -c MANIFEST 2>&1); then
-            printf '%s\\n' \"\$sums\" | tail -n 3
-            echo 'error: MANIFEST check failed: a file changed after signing'; exit 1
-        fi
-        echo 'MANIFEST sums ok'
-        $_PY \"\$top/device/kpos-device\" install $(printf %q "$name")"
+        $_PY - $q/etc/kpos/release-signing.pub $(printf %q "$2") --updater-out \"\$scratch/kpos-device\"
+        $_PY \"\$scratch/kpos-device\" install $(printf %q "$2")" <"$REPO/deploy/device/verify-bundle"
 }
 
 deploy_push() {
@@ -140,13 +131,13 @@ deploy_push() {
     local bundle=${_BUNDLE:-$(_newest_bundle)}
     [ -f "$bundle" ] || die "no such bundle: $bundle"
     local name=${bundle##*/}
-    [[ "$name" =~ ^kpos-([0-9A-Za-z.+_-]+)\.tar$ ]] || die "not a release bundle: $name" 2
+    [[ "$name" =~ ^kpos-([0-9A-Za-z][0-9A-Za-z.+_-]*)\.tar$ ]] || die "not a release bundle: $name" 2
     local version=${BASH_REMATCH[1]} root
     root=$(_device_root)
     say "pushing $version to $_TARGET"
     _copy "$bundle" "$root"
     say "verify and install"
-    _verify_install "$root" "$name" "$version"
+    _verify_install "$root" "$name"
     local updater=$root/opt/kpos/releases/$version/device/kpos-device
     say "selftest"
     _kpos_device "$updater" selftest "$version"
