@@ -23,43 +23,41 @@ Idle() the shell is back at IDLE. LinkStatus/ReaderStatus always reach the card 
   LIST, DETAIL   journal rows (ListTxns pages, one row, ENTER reprints it)
   RESULT   a task's answer or a refusal's reason, then IDLE (or back to MENU, the basket
            or the tender menu)
-The checkout (issue 11; firmware.basket does the arithmetic, `cfg.catalog` the products):
-  BASKET        the basket: digits + ENTER add a product by code, BarcodeScanned by barcode
-                (a bad or unknown one is refused with its reason); MENU: BASKET_MENU
-                (quantity, remove, discount amount or percent: a supervisor CONFIRMs one
-                over the limits; pay); CANCEL: CLEAR_BASKET asks first
-  TENDER        a kept basket's amount due: 1 card (the card flow, TxnSpec.basket_id),
-                2 QR (FORM payment code -> QR_WAITING), 3 cash, 4 cash + card; a card part
-                not approved comes back here with what is still due
-  NUMBER        one number: quantity, line, discount, cash part, amount tendered
+The checkout (BASKET, BASKET_MENU, CLEAR_BASKET, NUMBER, SAVING, TENDER, PAYING_CASH,
+CASH_PRINTING) is firmware.flows.checkout: `step()` hands those phases' events to its
+HANDLERS; the menu's Basket and Cash items and a barcode at IDLE enter it, and RESULT, CONFIRM
+and a cancelled or timed-out step go back to it. The state, the config and the moves both
+use are in firmware.flows.common (ShellConfig and ShellState are re-exported here).
 Busy: FINDING (FindTxn), LISTING (ListTxns), TASK (RunTask, Reprint), QR_WAITING (QrPay),
 QR_PRINTING, SAVING (SaveBasket), PAYING_CASH (PayCash), CASH_PRINTING, SWITCHING
 (SetTraining), and LOGIN/CONFIRM while the password is checked: a Shutdown there waits for
 the answer; elsewhere it returns to rest at once (IDLE, or LOGIN when nobody is logged in)
-and emits Idle(). `resting()` tells the app the terminal is at rest. BASKET and TENDER
-have no timer (a basket waits for the cashier); the other checkout screens time out back
-to them.
+and emits Idle(). `resting()` tells the app the terminal is at rest.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from firmware.basket import CODE_MAX, MAX_QTY, Basket, Catalog, Product, barcode_error
 from firmware.cardsafe import luhn_ok
-from firmware.emv.card import CardData
-from firmware.flows import sale
+from firmware.flows import checkout, sale
+from firmware.flows.checkout import (
+    abort, open_basket, pay_cash, start_scanned, to_basket, to_tender,
+)
+from firmware.flows.common import (
+    ShellConfig, ShellState, Step, arm_timer, cleared, enter, is_timeout, leave_timer, rest,
+    to_card, to_login, to_result, wait,
+)
 from firmware.flows.sale import (
-    Login, SaleConfig, SaleState, amount_key, amount_screen, edit_beep, edit_digits, idle_screen,
+    Login, SaleState, amount_key, amount_screen, edit_beep, edit_digits, idle_screen,
     keyed_card, keyed_line, kind_label, login_abort, login_begin, login_screen, login_step, money,
-    number_key, outcome_screen, result_title, supervisor_refusal,
+    outcome_screen, result_title, supervisor_refusal,
 )
 from firmware.flows.types import (
-    DIGITS, LCD_COLS, Action, AuthResult, BarcodeScanned, BasketSaved, Beep, CancelTimers,
-    CardInserted, CardRemoved, CardSwiped, CashDone, CodeScanned, Event, FindTxn, Idle, Key,
-    LinkStatus, ListTxns, LoginResult, Logout, OpenDrawer, OriginalRef, PayCash, Print,
-    PrintDone, PrinterStatus, QrPay, QrProgress, ReaderStatus, Reprint, RunTask, SaveBasket,
-    Screen, SetTraining, Show, Shutdown, StartTimer, TaskDone, Timeout, TrainingSet, TxnFound,
-    TxnPage, TxnSpec, TxnSummary, fit, wrap,
+    DIGITS, LCD_COLS, Action, AuthResult, BarcodeScanned, BasketSaved, Beep, CardInserted,
+    CardRemoved, CardSwiped, CodeScanned, Event, FindTxn, Idle, Key, LinkStatus, ListTxns,
+    LoginResult, Logout, OpenDrawer, OriginalRef, Print, PrintDone, PrinterStatus, QrPay,
+    QrProgress, ReaderStatus, Reprint, RunTask, Screen, SetTraining, Show, Shutdown, TaskDone,
+    TrainingSet, TxnFound, TxnPage, TxnSpec, TxnSummary, fit, wrap,
 )
 from firmware.money import CURRENCIES, currency_alpha, format_amount
 from firmware.txnkinds import KINDS, ROLES, role_allows
@@ -74,31 +72,6 @@ PHASES = ("LOGIN", "IDLE", "CARD", "MENU", "CONFIRM", "FORM", "ASK", "FINDING", 
 BUSY_PHASES = frozenset({"FINDING", "LISTING", "TASK", "QR_WAITING", "QR_PRINTING", "SAVING",
                          "PAYING_CASH", "CASH_PRINTING", "SWITCHING"})
 PAGE = 4  # menu items and journal rows a screen
-TIMER = "shell"  # the name of the shell's timer; its token comes from SaleState.token
-
-Step = tuple["ShellState", list[Action]]
-
-
-@dataclass(frozen=True)
-class ShellConfig:
-    sale: SaleConfig
-    wallet_limit: int  # minor units, the largest QR payment
-    require_login: bool = True
-    default_operator: str = "01"  # the operator when no login is required
-    default_role: str = "cashier"
-    catalog: Catalog | None = None  # the basket's products ([basket] products); None: no basket
-    discount_percent: int = 10  # a basket discount above this percent needs a supervisor
-    discount_amount: int = 5_000  # minor units: a discount above this needs a supervisor
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.wallet_limit, int) or self.wallet_limit <= 0:
-            raise ValueError(f"ShellConfig: bad wallet_limit: {self.wallet_limit!r}")
-        if self.default_role not in ROLES:
-            raise ValueError(f"ShellConfig: bad default_role: {self.default_role!r}")
-        if not 0 <= self.discount_percent <= 100:
-            raise ValueError(f"ShellConfig: bad discount_percent: {self.discount_percent!r}")
-        if self.discount_amount < 0:
-            raise ValueError(f"ShellConfig: bad discount_amount: {self.discount_amount!r}")
 
 
 # ---- the menu and its items, as data ----
@@ -193,43 +166,10 @@ def _title(task: str) -> str:
     return _TITLES.get(task) or kind_label(_kind(task))
 
 
-@dataclass(frozen=True)
-class ShellState:
-    phase: str = "LOGIN"
-    sale: SaleState = SaleState()  # the card flow (IDLE unless phase is CARD)
-    operator: str = ""  # logged in ("" = nobody)
-    role: str = ""
-    timer: str = ""  # TIMER while a shell timer runs (its token is sale.token)
-    stopping: bool = False  # Shutdown arrived in a busy phase
-    login: Login | None = None  # LOGIN and CONFIRM
-    menu: str = "main"
-    page: int = 0  # menu page
-    task: str = ""  # the menu item being run
-    at: int = 0  # index in STEPS[task] of the step in progress
-    entry: str = field(default="", repr=False)  # digits of the field (a payment code too)
-    note: str = ""  # why the field's last ENTER was refused
-    amount: int = 0  # minor units keyed in the amount field
-    limit: int = 0  # the largest amount the amount field takes
-    values: tuple[tuple[str, str], ...] = ()  # fields done: (name, digits)
-    found: TxnSummary | None = None  # the original (or the row to show)
-    target: CardData | None = None  # the card being paid (repayment); its repr is masked
-    rows: TxnPage | None = None  # the journal page listed
-    back: str = "IDLE"  # where RESULT and DETAIL lead: IDLE, MENU, LIST, BASKET or TENDER
-    # the checkout: `amount` and `limit` also hold the NUMBER being keyed
-    asking: str = ""  # NUMBER: which number (a NUMBERS key)
-    cart: Basket | None = None  # the basket being built or paid
-    pending: Basket | None = None  # the basket with a discount a supervisor must confirm
-    basket_id: int | None = None  # the kept basket being paid (from TENDER on)
-    due: int = 0  # minor units still to pay (a kept basket, or a cash sale)
-    cash: int = 0  # minor units being paid in cash (all that is due, or the cash part)
-    change: int = 0  # minor units of change for the last cash payment
-    paid: bool = False  # the card paying a kept basket was approved
-
-
 def start(cfg: ShellConfig) -> Step:
     """The login screen, or idle with the default operator when no login is required."""
     if cfg.require_login:
-        return _to_login(ShellState())
+        return to_login(ShellState())
     card = SaleState(operator=cfg.default_operator, role=cfg.default_role)
     state = ShellState("IDLE", card, cfg.default_operator, cfg.default_role)
     return state, [Show(idle_screen(card))]
@@ -257,10 +197,10 @@ def step(cfg: ShellConfig, state: ShellState, event: Event) -> Step:
         return _in_card(cfg, state, event)
     if isinstance(event, Shutdown):
         return _shutdown(cfg, state)
-    if _is_timeout(state, event):
+    if is_timeout(state, event):
         return _timed_out(cfg, state)
     if state.stopping and _answers(state, event):
-        return _rest(cfg, state)
+        return rest(cfg, state)
     moved = _HANDLERS[state.phase](cfg, state, event)
     if moved is not None:
         return moved
@@ -364,68 +304,11 @@ _SEARCHING = Screen("Searching", ("Please wait",))
 _LOADING = Screen("Transactions", ("Please wait",))
 
 
-# ---- timers and the common moves ----
-
-def _timer(cfg: ShellConfig, state: ShellState, seconds: float) -> tuple[ShellState, StartTimer]:
-    token = state.sale.token + 1
-    state = replace(state, timer=TIMER, sale=replace(state.sale, token=token))
-    return state, StartTimer(TIMER, seconds, token)
-
-
-def _leave_timer(state: ShellState) -> tuple[ShellState, list[Action]]:
-    if not state.timer:
-        return state, []
-    return replace(state, timer=""), [CancelTimers()]
-
-
-def _is_timeout(state: ShellState, event: Event) -> bool:
-    return (isinstance(event, Timeout) and event.name == TIMER == state.timer
-            and event.token == state.sale.token)
-
-
-def _enter(cfg: ShellConfig, state: ShellState, screen: Screen, *first: Action) -> Step:
-    """Show an interactive screen with a fresh timer (the card timeout)."""
-    state, timer = _timer(cfg, state, cfg.sale.card_timeout)
-    return state, [*first, Show(screen), timer]
-
-
-def _wait(state: ShellState, phase: str, screen: Screen, ask: Action, *first: Action) -> Step:
-    """Go busy until `ask` is answered."""
-    state, cancel = _leave_timer(replace(state, phase=phase))
-    return state, [*first, *cancel, Show(screen), ask]
-
-
-def _cleared(state: ShellState, phase: str) -> ShellState:
-    return ShellState(phase, state.sale, state.operator, state.role)
-
-
-def _rest(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
-    """Back to the idle screen (the login screen when nobody is logged in)."""
-    first = (*login_abort(state.login), *first)
-    if cfg.require_login and not state.operator:
-        state, shown = _to_login(_cleared(state, "LOGIN"))
-        return state, [*first, CancelTimers(), *shown, Idle()]
-    state = _cleared(state, "IDLE")
-    return state, [*first, CancelTimers(), Show(idle_screen(state.sale)), Idle()]
-
-
-def _to_login(state: ShellState, note: str = "", *first: Action) -> Step:
-    login, shown = login_begin("login", note)
-    state, cancel = _leave_timer(replace(state, phase="LOGIN", login=login))
-    return state, [*first, *cancel, *shown]
-
-
-def _to_result(cfg: ShellConfig, state: ShellState, screen: Screen, *first: Action) -> Step:
-    if state.stopping:
-        return _rest(cfg, state)
-    state, timer = _timer(cfg, replace(state, phase="RESULT", login=None), cfg.sale.result_timeout)
-    beep = [Beep("error")] if screen.tone == "error" else []
-    return state, [*first, Show(screen), *beep, timer]
-
+# ---- the moves of the shell alone: menu, card flow, shutdown, timeouts ----
 
 def _to_menu(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
-    state = replace(_cleared(state, "MENU"), menu=state.menu, page=state.page)
-    return _enter(cfg, state, _menu_screen(state), *first)
+    state = replace(cleared(state, "MENU"), menu=state.menu, page=state.page)
+    return enter(cfg, state, _menu_screen(state), *first)
 
 
 def _status(cfg: ShellConfig, state: ShellState, event: Event) -> Step:
@@ -447,16 +330,9 @@ def _in_card(cfg: ShellConfig, state: ShellState, event: Event) -> Step:
     if Idle() not in actions:
         return state, actions
     if state.basket_id is None or state.paid or stopping:
-        return _cleared(state, "IDLE"), actions
+        return cleared(state, "IDLE"), actions
     kept = [a for a in actions if not isinstance(a, (Show, Idle))]
-    return _to_tender(cfg, state, *kept, note="Card not paid")
-
-
-def _to_card(cfg: ShellConfig, state: ShellState, moved: tuple[SaleState, list[Action]],
-             *first: Action) -> Step:
-    """The card flow took over (quick sale or begin())."""
-    card, actions = moved
-    return replace(state, phase="CARD", sale=card), [*first, *actions]
+    return to_tender(cfg, state, *kept, note="Card not paid")
 
 
 def _shutdown(cfg: ShellConfig, state: ShellState) -> Step:
@@ -464,7 +340,7 @@ def _shutdown(cfg: ShellConfig, state: ShellState) -> Step:
         return replace(state, stopping=True), []
     if state.phase == "IDLE":
         return state, [Idle()]
-    return _rest(cfg, state)
+    return rest(cfg, state)
 
 
 def _answers(state: ShellState, event: Event) -> bool:
@@ -482,28 +358,18 @@ def _answers(state: ShellState, event: Event) -> bool:
 
 def _timed_out(cfg: ShellConfig, state: ShellState) -> Step:
     if state.phase == "LOGIN":
-        return _to_login(state, "Timed out", *login_abort(state.login))
+        return to_login(state, "Timed out", *login_abort(state.login))
     if state.phase == "CONFIRM":
         return _back_to_menu(cfg, state, *login_abort(state.login))
     if state.phase == "RESULT":
         return _leave_result(cfg, state)
-    return _abort(cfg, state)
-
-
-def _abort(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
-    """A step given up (CANCEL, its timer): back to the tender menu of a kept basket, to
-    the basket being built, else to rest."""
-    if state.basket_id is not None:
-        return _to_tender(cfg, state, *first)
-    if state.cart is not None:
-        return _to_basket(cfg, state, *first)
-    return _rest(cfg, state, *first)
+    return abort(cfg, state)
 
 
 def _back_to_menu(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
     """A supervisor's confirm given up: back to the basket (a discount), else the menu."""
     if state.cart is not None:
-        return _to_basket(cfg, state, *first)
+        return to_basket(cfg, state, *first)
     return _to_menu(cfg, state, *first)
 
 
@@ -515,9 +381,9 @@ def _on_login(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
         return None
     login, actions = moved
     if login.stage == "cancelled":
-        return _to_login(state, "", *actions)
+        return to_login(state, "", *actions)
     if login.stage == "password" and state.login.stage == "number":
-        state, timer = _timer(cfg, state, cfg.sale.pin_timeout)
+        state, timer = arm_timer(cfg, state, cfg.sale.pin_timeout)
         actions = [*actions, timer]
     if login.stage != "done":
         return _login_moved(state, login, actions)
@@ -525,9 +391,9 @@ def _on_login(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
     if result.ok and result.role in ROLES:
         operator = result.operator or login.number
         card = replace(state.sale, operator=operator, role=result.role)
-        return _rest(cfg, replace(state, operator=operator, role=result.role, sale=card, login=None))
+        return rest(cfg, replace(state, operator=operator, role=result.role, sale=card, login=None))
     reason = result.reason or ("Unknown role" if result.ok else "Login failed")
-    return _to_login(state, reason, Beep("error"))
+    return to_login(state, reason, Beep("error"))
 
 
 def _login_moved(state: ShellState, login: Login, actions: list[Action]) -> Step:
@@ -535,7 +401,7 @@ def _login_moved(state: ShellState, login: Login, actions: list[Action]) -> Step
     state = replace(state, login=login)
     if login.stage != "checking":
         return state, actions
-    state, cancel = _leave_timer(state)
+    state, cancel = leave_timer(state)
     return state, [*cancel, *actions]
 
 
@@ -543,9 +409,7 @@ def _on_idle(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
     if event == Key("MENU"):
         return _to_menu(cfg, replace(state, menu="main", page=0), Beep("key"))
     if isinstance(event, BarcodeScanned):
-        if cfg.catalog is None:
-            return state, [Beep("error")]
-        return _scanned(cfg, replace(_cleared(state, "BASKET"), cart=Basket()), event.code)
+        return start_scanned(cfg, state, event.code)
     card, actions = sale.step(cfg.sale, state.sale, event)  # a quick sale, card tracking
     return replace(state, sale=card, phase="IDLE" if card.phase == "IDLE" else "CARD"), actions
 
@@ -565,7 +429,7 @@ def _on_menu(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
             return _to_menu(cfg, replace(state, menu="main", page=0), Beep("key"))
         return state, [Beep("error")]
     if key == "CANCEL":
-        return _rest(cfg, state)
+        return rest(cfg, state)
     if key in DIGITS:
         number = int(key)
         if not 1 <= number <= len(items):
@@ -581,7 +445,7 @@ def _pick(cfg: ShellConfig, state: ShellState, item: Item) -> Step:
         return _run(cfg, state, item.task)
     login, _ = login_begin("confirm", item.label)
     state = replace(state, phase="CONFIRM", task=item.task, login=login, at=0, found=None)
-    return _enter(cfg, state, login_screen(login), Beep("key"))
+    return enter(cfg, state, login_screen(login), Beep("key"))
 
 
 def _on_confirm(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
@@ -598,9 +462,9 @@ def _on_confirm(cfg: ShellConfig, state: ShellState, event: Event) -> Step | Non
     if refusal:
         refused = Screen("Not allowed", wrap(refusal, 3), "error")
         back = "BASKET" if state.cart is not None else "MENU"
-        return _to_result(cfg, replace(state, back=back, pending=None), refused)
+        return to_result(cfg, replace(state, back=back, pending=None), refused)
     if state.pending is not None:  # a discount over the limits, confirmed
-        return _to_basket(cfg, replace(state, cart=state.pending), Beep("ok"))
+        return to_basket(cfg, replace(state, cart=state.pending), Beep("ok"))
     if state.at:  # a void picked from the transaction list: on to its confirm screen
         return _do(cfg, state)
     return _run(cfg, state, state.task)
@@ -616,18 +480,24 @@ def _leave_result(cfg: ShellConfig, state: ShellState) -> Step:
     if state.back == "MENU":
         return _to_menu(cfg, state)
     if state.back == "BASKET":
-        return _to_basket(cfg, state)
+        return to_basket(cfg, state)
     if state.back == "TENDER":
-        return _to_tender(cfg, state)
-    return _rest(cfg, state)
+        return to_tender(cfg, state)
+    return rest(cfg, state)
 
 
 # ---- running a menu task: its steps (fields, lookup, ask), then _finish ----
 
 def _run(cfg: ShellConfig, state: ShellState, task: str) -> Step:
-    state = replace(_cleared(state, "MENU"), menu=state.menu, page=state.page, task=task,
+    state = replace(cleared(state, "MENU"), menu=state.menu, page=state.page, task=task,
                     timer=state.timer)
     return _do(cfg, state, Beep("key"))
+
+
+def qr_code_field(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
+    """The QR task from its payment-code field, for `state.amount` (the checkout's QR
+    tender)."""
+    return _do(cfg, replace(state, task="qr", at=STEPS["qr"].index("code")), *first)
 
 
 def _step_name(state: ShellState) -> str:
@@ -645,11 +515,11 @@ def _do(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
         return _finish(cfg, state, *first)
     if name == "find":
         by = "stan" if _value(state, "stan") else "rrn"
-        return _wait(state, "FINDING", _SEARCHING, FindTxn(by, _value(state, by)), *first)
+        return wait(state, "FINDING", _SEARCHING, FindTxn(by, _value(state, by)), *first)
     if name == "ask":
-        return _enter(cfg, replace(state, phase="ASK"), _ask_screen(cfg, state), *first)
+        return enter(cfg, replace(state, phase="ASK"), _ask_screen(cfg, state), *first)
     state = replace(state, phase="FORM", entry="", limit=_amount_limit(cfg, state))
-    return _enter(cfg, state, _field_screen(cfg, state), *first)
+    return enter(cfg, state, _field_screen(cfg, state), *first)
 
 
 def _value(state: ShellState, name: str) -> str:
@@ -667,40 +537,39 @@ def _amount_limit(cfg: ShellConfig, state: ShellState) -> int:
 
 def _finish(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
     task = state.task
-    state, cancel = _leave_timer(state)
+    state, cancel = leave_timer(state)
     if task == "sale":  # the card flow's own amount screen (it beeps for the key)
-        return _to_card(cfg, state, sale.step(cfg.sale, state.sale, Key("ENTER")), *cancel)
+        return to_card(cfg, state, sale.step(cfg.sale, state.sale, Key("ENTER")), *cancel)
     first = (*first, *cancel)
     if task in _CARD_TASKS:
-        return _to_card(cfg, state, sale.begin(cfg.sale, state.sale, _spec(state)), *first)
+        return to_card(cfg, state, sale.begin(cfg.sale, state.sale, _spec(state)), *first)
     if task == "qr":
         state, code = replace(state, phase="QR_WAITING", entry=""), state.entry
         screen = _qr_screen(cfg, state, "Waiting for payment")
         return state, [*first, Show(screen), QrPay(state.amount, code, state.basket_id)]
     if task == "cash":
-        return _ask_number(cfg, replace(state, due=state.amount, cash=state.amount), "tendered",
-                           *first)
+        return pay_cash(cfg, state, *first)
     if task == "basket":
-        return _open_basket(cfg, state, *first)
+        return open_basket(cfg, state, *first)
     if task == "training":
         switch = SetTraining(not state.sale.training)
-        return _wait(state, "SWITCHING", Screen("TRAINING MODE", ("Please wait",)), switch, *first)
+        return wait(state, "SWITCHING", Screen("TRAINING MODE", ("Please wait",)), switch, *first)
     if task == "no_sale":
-        return _to_result(cfg, state, Screen("NO SALE", ("Drawer open",), "ok"), *first,
-                          OpenDrawer())
+        return to_result(cfg, state, Screen("NO SALE", ("Drawer open",), "ok"), *first,
+                         OpenDrawer())
     if task in ("find_stan", "find_rrn"):
-        return _enter(cfg, replace(state, phase="DETAIL"), _detail_screen(cfg, state.found), *first)
+        return enter(cfg, replace(state, phase="DETAIL"), _detail_screen(cfg, state.found), *first)
     if task in ("reprint_stan", "reprint_last"):
         txn_id = state.found.txn_id if state.found else None
-        return _wait(state, "TASK", Screen("REPRINT", ("Printing...",)), Reprint(txn_id), *first)
+        return wait(state, "TASK", Screen("REPRINT", ("Printing...",)), Reprint(txn_id), *first)
     if task == "last_txns":
-        return _wait(state, "LISTING", _LOADING, ListTxns(0, PAGE), *first)
+        return wait(state, "LISTING", _LOADING, ListTxns(0, PAGE), *first)
     if task in _RUN_TASKS:
-        return _wait(state, "TASK", Screen(_title(task), ("Please wait",)), RunTask(task), *first)
+        return wait(state, "TASK", Screen(_title(task), ("Please wait",)), RunTask(task), *first)
     if task == "signoff":
         out = replace(state, operator="", role="", sale=replace(state.sale, operator="", role=""))
-        return _to_login(_cleared(out, "LOGIN"), "", *first, Logout())
-    return _rest(cfg, state)
+        return to_login(cleared(out, "LOGIN"), "", *first, Logout())
+    return rest(cfg, state)
 
 
 def _spec(state: ShellState) -> TxnSpec:
@@ -731,7 +600,7 @@ def _original(row: TxnSummary) -> OriginalRef:
 def _on_form(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
     name = _step_name(state)
     if event == Key("CANCEL"):
-        return _abort(cfg, state)
+        return abort(cfg, state)
     if name == "amount":
         return _amount_field(cfg, state, event)
     if name == "pan" and isinstance(event, CardSwiped):
@@ -794,7 +663,7 @@ def _on_ask(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
     if event == Key("ENTER"):
         return _next(cfg, state, Beep("key"))
     if event == Key("CANCEL"):
-        return _rest(cfg, state)
+        return rest(cfg, state)
     return None
 
 
@@ -805,7 +674,7 @@ def _on_finding(cfg: ShellConfig, state: ShellState, event: Event) -> Step | Non
         return None
     refusal = _found_refusal(state.task, event)
     if refusal:
-        return _to_result(cfg, state, Screen(_title(state.task), wrap(refusal, 3), "error"))
+        return to_result(cfg, state, Screen(_title(state.task), wrap(refusal, 3), "error"))
     return _next(cfg, replace(state, found=event.summary))
 
 
@@ -836,7 +705,7 @@ def _on_listing(cfg: ShellConfig, state: ShellState, event: Event) -> Step | Non
 
 
 def _show_list(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
-    return _enter(cfg, replace(state, phase="LIST"), _list_screen(cfg, state.rows), *first)
+    return enter(cfg, replace(state, phase="LIST"), _list_screen(cfg, state.rows), *first)
 
 
 def _on_list(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
@@ -847,13 +716,13 @@ def _on_list(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
         offset = page.offset + (-PAGE if key == "BACK" else PAGE)
         if not 0 <= offset < page.total:
             return state, [Beep("error")]
-        return _wait(state, "LISTING", _LOADING, ListTxns(offset, PAGE), Beep("key"))
+        return wait(state, "LISTING", _LOADING, ListTxns(offset, PAGE), Beep("key"))
     if key == "CANCEL":
-        return _rest(cfg, state)
+        return rest(cfg, state)
     if key in DIGITS and 1 <= int(key) <= min(len(page.rows), PAGE):
         row = page.rows[int(key) - 1]
         state = replace(state, phase="DETAIL", found=row, back="LIST")
-        return _enter(cfg, state, _detail_screen(cfg, row), Beep("key"))
+        return enter(cfg, state, _detail_screen(cfg, row), Beep("key"))
     return state, [Beep("error")] if key in DIGITS else []
 
 
@@ -862,9 +731,9 @@ def _on_detail(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None
         return _void_from_list(cfg, state)
     if event == Key("ENTER"):
         reprint = Reprint(state.found.txn_id)
-        return _wait(state, "TASK", Screen("REPRINT", ("Printing...",)), reprint, Beep("key"))
+        return wait(state, "TASK", Screen("REPRINT", ("Printing...",)), reprint, Beep("key"))
     if event in (Key("CANCEL"), Key("BACK")):
-        return _show_list(cfg, state, Beep("key")) if state.back == "LIST" else _rest(cfg, state)
+        return _show_list(cfg, state, Beep("key")) if state.back == "LIST" else rest(cfg, state)
     return None
 
 
@@ -875,15 +744,15 @@ def _void_from_list(cfg: ShellConfig, state: ShellState) -> Step:
     task = "completion_void" if row.kind == "completion" else "void"
     refusal = _found_refusal(task, TxnFound(row))
     if refusal:
-        return _to_result(cfg, replace(state, back="LIST"),
-                          Screen("Cannot void", wrap(refusal, 3), "error"))
+        return to_result(cfg, replace(state, back="LIST"),
+                         Screen("Cannot void", wrap(refusal, 3), "error"))
     ready = replace(state, task=task, values=(("stan", str(row.stan)),),
                     at=STEPS[task].index("ask"))
     if role_allows(state.role, _role(task)):
         return _do(cfg, ready, Beep("key"))
     login, _ = login_begin("confirm", kind_label(task))
-    return _enter(cfg, replace(ready, phase="CONFIRM", login=login), login_screen(login),
-                  Beep("key"))
+    return enter(cfg, replace(ready, phase="CONFIRM", login=login), login_screen(login),
+                 Beep("key"))
 
 
 def _on_task(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
@@ -891,7 +760,7 @@ def _on_task(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
         return None
     lines = tuple(fit(line) for line in event.lines[:4])
     screen = Screen(fit(event.title), lines, "ok" if event.ok else "error")
-    return _to_result(cfg, replace(state, back="IDLE"), screen)
+    return to_result(cfg, replace(state, back="IDLE"), screen)
 
 
 # ---- QR payment ----
@@ -902,10 +771,10 @@ def _on_qr_waiting(cfg: ShellConfig, state: ShellState, event: Event) -> Step | 
     if not isinstance(event, AuthResult):
         return None
     if event.outcome != "approved":  # a basket's tender menu comes back after the result
-        return _to_result(cfg, state, _qr_outcome(event))
+        return to_result(cfg, state, _qr_outcome(event))
     state = replace(state, back="IDLE")
     if event.txn_id is None:
-        return _to_result(cfg, state, _qr_approved(cfg, state, "No receipt"), Beep("ok"))
+        return to_result(cfg, state, _qr_approved(cfg, state, "No receipt"), Beep("ok"))
     state = replace(state, phase="QR_PRINTING")
     return state, [Show(_qr_approved(cfg, state, "Printing...")), Beep("ok"), Print(event.txn_id)]
 
@@ -914,321 +783,9 @@ def _on_qr_printing(cfg: ShellConfig, state: ShellState, event: Event) -> Step |
     if not isinstance(event, PrintDone):
         return None
     if event.ok:
-        return _to_result(cfg, state, _qr_approved(cfg, state, "Take receipts"))
+        return to_result(cfg, state, _qr_approved(cfg, state, "Take receipts"))
     tail = (f"Printer: {event.detail or 'error'}", "Receipt queued")
-    return _to_result(cfg, state, _qr_approved(cfg, state, *tail), Beep("error"))
-
-
-
-# ---- the checkout: the basket ----
-
-_BASKET_MENU = Screen("BASKET OPTIONS", ("1 Quantity 2 Remove", "3 Discount amount",
-                                         "4 Discount percent", "5 Pay"))
-_BASKET_OPTIONS = {"1": "qty", "2": "remove", "3": "discount_amount", "4": "discount_percent",
-                   "5": "pay"}
-_CLEAR_BASKET = Screen("BASKET", ("Clear basket?", "ENTER to clear", "CANCEL to keep"))
-
-
-def _basket_screen(cfg: ShellConfig, state: ShellState) -> Screen:
-    """The item count, the last line, the discount, the total, then the code being keyed,
-    the last refusal or a hint."""
-    cart = state.cart
-    title = f"BASKET {cart.items} item{'s' * (cart.items != 1)}" if cart.lines else "BASKET"
-    last = cart.lines[-1] if cart.lines else None
-    top = fit(f"{last.qty} x {last.name}") if last else "No items"
-    off = format_amount(cart.discount, cfg.sale.currency)
-    discount = (fit(f"Discount -{off}"),) if cart.discount else ()
-    bottom = state.note or (f"Code {state.entry}" if state.entry else "Key code or scan")
-    lines = (top, *discount, fit(f"Total {money(cfg.sale, cart.total)}"), fit(bottom))
-    return Screen(fit(title), lines, "error" if state.note else "info")
-
-
-def _open_basket(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
-    if cfg.catalog is None:
-        return _to_result(cfg, replace(state, back="IDLE"),
-                          Screen("BASKET", ("No product catalog",), "error"), *first)
-    return _to_basket(cfg, replace(_cleared(state, "BASKET"), cart=Basket()), *first)
-
-
-def _to_basket(cfg: ShellConfig, state: ShellState, *first: Action, note: str = "") -> Step:
-    """The basket screen (no timer: a basket waits for the cashier); `note` a refusal."""
-    state = replace(state, phase="BASKET", entry="", note=note, pending=None, login=None,
-                    task="", amount=0)
-    state, cancel = _leave_timer(state)
-    beep = [Beep("error")] if note else []
-    return state, [*first, *cancel, Show(_basket_screen(cfg, state)), *beep]
-
-
-def _on_basket(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
-    if isinstance(event, BarcodeScanned):
-        return _scanned(cfg, state, event.code)
-    if not isinstance(event, Key):
-        return None
-    if event.key == "ENTER":
-        if not state.entry:
-            return state, [Beep("error")]
-        return _add(cfg, state, cfg.catalog.by_code(state.entry))
-    if event.key == "MENU":
-        return _enter(cfg, replace(state, phase="BASKET_MENU"), _BASKET_MENU, Beep("key"))
-    if event.key == "CANCEL":
-        if not state.cart.lines:
-            return _rest(cfg, state)
-        return _enter(cfg, replace(state, phase="CLEAR_BASKET"), _CLEAR_BASKET, Beep("key"))
-    edited = edit_digits(state.entry, event.key, CODE_MAX)
-    if edited is None:
-        return None
-    changed = replace(state, entry=edited, note="")
-    return changed, [edit_beep(state.entry, edited), Show(_basket_screen(cfg, changed))]
-
-
-def _scanned(cfg: ShellConfig, state: ShellState, code: str) -> Step:
-    reason = barcode_error(code)
-    if reason:
-        return _to_basket(cfg, state, note=reason)
-    return _add(cfg, state, cfg.catalog.by_barcode(code))
-
-
-def _add(cfg: ShellConfig, state: ShellState, product: Product | None) -> Step:
-    if product is None:
-        return _to_basket(cfg, state, note="Unknown product")
-    try:
-        cart = state.cart.add(product)
-    except ValueError as exc:  # a full line or basket: the reason is short, for the screen
-        return _to_basket(cfg, state, note=str(exc))
-    return _to_basket(cfg, replace(state, cart=cart), Beep("ok"))
-
-
-def _on_basket_menu(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
-    if event in (Key("CANCEL"), Key("BACK")):
-        return _to_basket(cfg, state, Beep("key"))
-    if not isinstance(event, Key) or event.key not in DIGITS:
-        return None
-    option = _BASKET_OPTIONS.get(event.key)
-    if option is None:
-        return state, [Beep("error")]
-    if not state.cart.lines:
-        return _to_basket(cfg, state, note="Basket is empty")
-    if option == "pay":
-        return _pay(cfg, state)
-    return _ask_number(cfg, state, option, Beep("key"))
-
-
-def _on_clear_basket(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
-    if event == Key("ENTER"):
-        return _rest(cfg, state, Beep("key"))
-    if event in (Key("CANCEL"), Key("BACK")):
-        return _to_basket(cfg, state, Beep("key"))
-    return None
-
-
-def _discount(cfg: ShellConfig, state: ShellState, offer: Basket) -> Step:
-    """Apply the discount, or have a supervisor confirm it first when over the limits."""
-    if not offer.discount_needs_supervisor(cfg) or role_allows(state.role, "supervisor"):
-        return _to_basket(cfg, replace(state, cart=offer), Beep("key"))
-    login, _ = login_begin("confirm", f"Discount {money(cfg.sale, offer.discount)}")
-    state = replace(state, phase="CONFIRM", task="discount", login=login, pending=offer)
-    return _enter(cfg, state, login_screen(login), Beep("key"))
-
-
-def _pay(cfg: ShellConfig, state: ShellState) -> Step:
-    """Keep the basket in the journal (SaveBasket), then the tender menu."""
-    cart = state.cart
-    if not cart.total:
-        return _to_basket(cfg, state, note="Nothing to pay")
-    if cart.total > cfg.sale.max_amount:
-        return _to_basket(cfg, state, note=f"Max {money(cfg.sale, cfg.sale.max_amount)}")
-    save = SaveBasket(cart.lines, cart.subtotal, cart.discount, cart.total)
-    return _wait(state, "SAVING", Screen("BASKET", ("Saving...",)), save, Beep("key"))
-
-
-def _on_saving(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
-    if not isinstance(event, BasketSaved):
-        return None
-    if event.basket_id is None:
-        return _to_basket(cfg, state, note=event.reason or "Basket not kept")
-    return _to_tender(cfg, replace(state, basket_id=event.basket_id, due=state.cart.total))
-
-
-# ---- the checkout: tenders ----
-
-def _tender_screen(cfg: ShellConfig, state: ShellState) -> Screen:
-    title = "STILL DUE" if state.due < state.cart.total else "PAY"
-    note = (fit(state.note),) if state.note else ()
-    lines = (money(cfg.sale, state.due), "1 Card  2 QR", "3 Cash  4 Cash+card", *note)
-    return Screen(title, lines, "error" if state.note else "info")
-
-
-def _to_tender(cfg: ShellConfig, state: ShellState, *first: Action, note: str = "") -> Step:
-    """The tender menu for what is still due (no timer); `note`: why it is back."""
-    state = replace(state, phase="TENDER", note=note, entry="", amount=0, login=None, task="",
-                    at=0, back="IDLE")
-    state, cancel = _leave_timer(state)
-    return state, [*first, *cancel, Show(_tender_screen(cfg, state))]
-
-
-def _on_tender(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
-    if event == Key("CANCEL"):
-        return _rest(cfg, state)
-    if not isinstance(event, Key) or event.key not in DIGITS:
-        return None
-    if event.key == "1":
-        return _pay_card(cfg, state, Beep("key"))
-    if event.key == "2":
-        if state.due > cfg.wallet_limit:
-            return _to_tender(cfg, state, Beep("error"), note="Over QR limit")
-        qr = replace(state, task="qr", at=STEPS["qr"].index("code"), amount=state.due,
-                     back="TENDER", note="")
-        return _do(cfg, qr, Beep("key"))
-    if event.key == "3":
-        return _ask_number(cfg, replace(state, cash=state.due), "tendered", Beep("key"))
-    if event.key == "4":
-        if state.due < 2:
-            return _to_tender(cfg, state, Beep("error"), note="Too small to split")
-        return _ask_number(cfg, state, "cash_part", Beep("key"))
-    return state, [Beep("error")]
-
-
-def _pay_card(cfg: ShellConfig, state: ShellState, *first: Action) -> Step:
-    """The card pays what is still due of the kept basket."""
-    spec = TxnSpec("sale", state.due, basket_id=state.basket_id)
-    state, cancel = _leave_timer(replace(state, paid=False, note=""))
-    return _to_card(cfg, state, sale.begin(cfg.sale, state.sale, spec), *first, *cancel)
-
-
-def _cash_screen(cfg: ShellConfig, state: ShellState, *tail: str) -> Screen:
-    lines = (fit(f"Paid {money(cfg.sale, state.cash)}"),
-             fit(f"Change {money(cfg.sale, state.change)}"), *(fit(t) for t in tail))
-    return Screen("CASH PAID", lines, "ok")
-
-
-def _on_paying_cash(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
-    if not isinstance(event, CashDone):
-        return None
-    if event.txn_id is None:
-        back = "TENDER" if state.basket_id is not None else "IDLE"
-        lines = ("Not recorded", *wrap(event.reason or "Journal error", 3))
-        return _to_result(cfg, replace(state, back=back), Screen("CASH", lines, "error"))
-    state = replace(state, phase="CASH_PRINTING", due=state.due - state.cash,
-                    change=event.change)
-    return state, [Show(_cash_screen(cfg, state, "Printing...")), Beep("ok"), Print(event.txn_id)]
-
-
-def _on_cash_printing(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
-    """The cash receipt printed: the result, or the card for the rest of a split."""
-    if not isinstance(event, PrintDone):
-        return None
-    beep = [] if event.ok else [Beep("error")]
-    if state.basket_id is not None and state.due > 0 and not state.stopping:
-        return _pay_card(cfg, state, *beep)
-    tail = ("Take receipt",) if event.ok else (f"Printer: {event.detail or 'error'}",
-                                               "Receipt queued")
-    return _to_result(cfg, replace(state, back="IDLE"), _cash_screen(cfg, state, *tail), *beep)
-
-
-# ---- the checkout: one number (quantity, line, discount, cash part, tendered) ----
-
-@dataclass(frozen=True)
-class Number:
-    title: str
-    prompt: str
-    money: bool  # an amount in minor units (else a count)
-
-
-NUMBERS = {
-    "qty": Number("BASKET", "Quantity", False),
-    "remove": Number("BASKET", "Remove line no.", False),
-    "discount_amount": Number("BASKET", "Discount amount", True),
-    "discount_percent": Number("BASKET", "Discount percent", False),
-    "cash_part": Number("CASH", "Cash part", True),
-    "tendered": Number("CASH", "Tendered", True),
-}
-
-
-def _number_limit(cfg: ShellConfig, state: ShellState, name: str) -> int:
-    if name == "qty":
-        return MAX_QTY
-    if name == "remove":
-        return len(state.cart.lines)
-    if name == "discount_amount":
-        return state.cart.subtotal
-    if name == "discount_percent":
-        return 100
-    return state.due - 1 if name == "cash_part" else cfg.sale.max_amount
-
-
-def _number_text(cfg: ShellConfig, state: ShellState, value: int) -> str:
-    if NUMBERS[state.asking].money:
-        return money(cfg.sale, value)
-    return f"{value}%" if state.asking == "discount_percent" else str(value)
-
-
-def _number_screen(cfg: ShellConfig, state: ShellState) -> Screen:
-    name, cart = state.asking, state.cart
-    if name == "qty":
-        context = cart.lines[-1].name
-    elif name == "remove":
-        context = f"Lines 1-{len(cart.lines)}"
-    elif name.startswith("discount"):
-        context = f"Subtotal {money(cfg.sale, cart.subtotal)}"
-    else:
-        context = f"Due {money(cfg.sale, state.cash if name == 'tendered' else state.due)}"
-    number = NUMBERS[name]
-    value = _number_text(cfg, state, state.amount) if state.amount or number.money else ""
-    lines = (fit(context), number.prompt, value, fit(state.note or "ENTER to confirm"))
-    return Screen(number.title, lines, "error" if state.note else "info")
-
-
-def _ask_number(cfg: ShellConfig, state: ShellState, name: str, *first: Action) -> Step:
-    state = replace(state, phase="NUMBER", asking=name, amount=0, note="",
-                    limit=_number_limit(cfg, state, name))
-    return _enter(cfg, state, _number_screen(cfg, state), *first)
-
-
-def _number_note(cfg: ShellConfig, state: ShellState, note: str) -> Step:
-    state = replace(state, note=note)
-    return state, [Beep("error"), Show(_number_screen(cfg, state))]
-
-
-def _on_number(cfg: ShellConfig, state: ShellState, event: Event) -> Step | None:
-    if event == Key("CANCEL"):
-        return _abort(cfg, state, Beep("key"))
-    if event == Key("ENTER"):
-        return _number_done(cfg, state)
-    moved = number_key(state.amount, event.key, state.limit) if isinstance(event, Key) else None
-    if moved is None:
-        return None
-    value, beep = moved
-    if not beep:
-        return state, []
-    note = f"Max {_number_text(cfg, state, state.limit)}" if beep == "error" else ""
-    state = replace(state, amount=value, note=note)
-    return state, [Beep(beep), Show(_number_screen(cfg, state))]
-
-
-def _number_done(cfg: ShellConfig, state: ShellState) -> Step:
-    name, value, cart = state.asking, state.amount, state.cart
-    if name == "qty":
-        if not value:
-            return _number_note(cfg, state, f"Quantity 1-{MAX_QTY}")
-        return _to_basket(cfg, replace(state, cart=cart.set_qty(len(cart.lines) - 1, value)),
-                          Beep("key"))
-    if name == "remove":
-        if not value:
-            return _number_note(cfg, state, f"Line 1-{len(cart.lines)}")
-        return _to_basket(cfg, replace(state, cart=cart.remove(value - 1)), Beep("key"))
-    if name == "discount_amount":
-        return _discount(cfg, state, cart.with_discount(amount=value))
-    if name == "discount_percent":
-        return _discount(cfg, state, cart.with_discount(percent=value))
-    if name == "cash_part":
-        if not value:
-            return _number_note(cfg, state, "Key the cash part")
-        return _ask_number(cfg, replace(state, cash=value), "tendered", Beep("key"))
-    if value < state.cash:
-        return _number_note(cfg, state, "Not enough")
-    pay = PayCash(state.cash, value, state.basket_id)
-    return _wait(replace(state, change=value - state.cash), "PAYING_CASH",
-                 Screen("CASH", ("Please wait",)), pay, Beep("key"))
+    return to_result(cfg, state, _qr_approved(cfg, state, *tail), Beep("error"))
 
 
 # ---- training mode ----
@@ -1238,9 +795,9 @@ def _on_switching(cfg: ShellConfig, state: ShellState, event: Event) -> Step | N
         return None
     state = replace(state, sale=replace(state.sale, training=event.on))
     if not event.reason:
-        return _rest(cfg, state, Beep("ok"))
+        return rest(cfg, state, Beep("ok"))
     lines = (*wrap(event.reason, 3), f"Training {'ON' if event.on else 'OFF'}")
-    return _to_result(cfg, replace(state, back="IDLE"), Screen("TRAINING MODE", lines, "error"))
+    return to_result(cfg, replace(state, back="IDLE"), Screen("TRAINING MODE", lines, "error"))
 
 
 _HANDLERS = {
@@ -1258,13 +815,6 @@ _HANDLERS = {
     "RESULT": _on_result,
     "QR_WAITING": _on_qr_waiting,
     "QR_PRINTING": _on_qr_printing,
-    "BASKET": _on_basket,
-    "BASKET_MENU": _on_basket_menu,
-    "CLEAR_BASKET": _on_clear_basket,
-    "NUMBER": _on_number,
-    "SAVING": _on_saving,
-    "TENDER": _on_tender,
-    "PAYING_CASH": _on_paying_cash,
-    "CASH_PRINTING": _on_cash_printing,
     "SWITCHING": _on_switching,
+    **checkout.HANDLERS,
 }
