@@ -184,7 +184,8 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork, HoldGate):
             vault = Vault.open(self.cfg.security.vault_key_file)
             data_dir.mkdir(parents=True, exist_ok=True)
             self.journal = await self.journal_worker.run(
-                lambda: Journal(data_dir / JOURNAL_NAME, vault, now=self.clock.now))
+                lambda: Journal(data_dir / JOURNAL_NAME, vault, now=self.clock.now,
+                                keep_days=self.cfg.journal.keep_days))
             self.recovery = await self.journal_worker.run(self.journal.recover)
             await self._open_operators(data_dir)
             if self.cfg.basket.products is not None:

@@ -151,6 +151,13 @@ class SafConfig:
 
 
 @dataclass(frozen=True)
+class JournalConfig:
+    """Journal retention (firmware/journal.py)."""
+
+    keep_days: int  # settled batches older than this are deleted at the next settlement
+
+
+@dataclass(frozen=True)
 class OperatorsConfig:
     """Operator login (firmware/operators.py)."""
 
@@ -299,6 +306,7 @@ class Config:
     backup: BackupConfig
     security: SecurityConfig
     log: LogConfig
+    journal: JournalConfig = JournalConfig(keep_days=90)
     sim: SimConfig | None = None  # None when the file has no [sim] section
 
 
@@ -309,7 +317,8 @@ _SECTIONS: dict[str, type] = {
     "operators": OperatorsConfig, "wallet": WalletConfig, "fees": FeesConfig, "risk": RiskConfig,
     "printer": PrinterConfig,
     "receipt": ReceiptConfig, "basket": BasketConfig, "settlement": SettlementConfig,
-    "backup": BackupConfig, "security": SecurityConfig, "log": LogConfig, "sim": SimConfig,
+    "backup": BackupConfig, "security": SecurityConfig, "log": LogConfig,
+    "journal": JournalConfig, "sim": SimConfig,
 }
 _REQUIRED: Any = object()  # default meaning "the key must be present"
 _HOST = r"[A-Za-z0-9._:-]{1,253}"
@@ -588,6 +597,10 @@ def _saf(s: _Section) -> SafConfig:
     )
 
 
+def _journal(s: _Section) -> JournalConfig:
+    return JournalConfig(keep_days=s.int_("keep_days", 90, 1, 3650))
+
+
 def _operators(s: _Section) -> OperatorsConfig:
     return OperatorsConfig(
         login=s.bool_("login", True),
@@ -780,7 +793,7 @@ def load_config(path: str | Path, *, overrides: dict | None = None) -> Config:
         receipt=_receipt(section("receipt")), basket=_basket(section("basket")),
         settlement=_settlement(section("settlement")), backup=_backup(section("backup")),
         security=_security(section("security"), terminal),
-        log=_log(section("log")),
+        log=_log(section("log")), journal=_journal(section("journal")),
         sim=_sim(section("sim"), terminal) if "sim" in raw else None,
     )
     log.info("config %s: terminal %s merchant %s, acquirer %s:%d%s", where,

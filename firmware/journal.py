@@ -14,6 +14,12 @@ not sent (FAILED). An offline approval is APPROVED with `offline_code` and an ad
 PENDING -> ACKED, or DECLINED by the acquirer later (kept, an alert). A reversal or advice
 left unsent past the expiry is EXPIRED: an alert until the operator acknowledges it.
 `recover()` settles what a power cut left in flight (start-up).
+Settlement and batch upload, and QR payments, are Journal methods written in
+firmware/journal_settlement.py and firmware/journal_qr.py (mixins); the row types and
+errors are in firmware/journal_rows.py, re-exported here.
+Retention (`keep_days`, config [journal]): the commit that makes a settlement SETTLED also
+deletes the transactions of batches settled more than keep_days ago (see _prune), so the
+file stays bounded; never a row that still has to reach the acquirer or the operator.
 Card data: clear columns hold the masked PAN only; the request fields needed to forward
 (PAN, expiry, ICC data) are sealed with the Vault, aad bound to the txn id, and deleted once
 the acquirer acknowledges or nothing was sent. Track data and the PIN block are never
@@ -29,15 +35,22 @@ import logging
 import os
 import sqlite3
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from firmware.cardsafe import mask_pan
 from firmware.emv.card import CardData
 from firmware.offline import QueueStats
 from firmware.vault import Vault, VaultError
 from firmware.dbutil import immediate
+from firmware.journal_qr import QrPayments
+from firmware.journal_rows import (
+    BATCH_MAX, SELECT_TXN, STAN_MAX, JournalCorrupt, JournalError, TxnExtra, TxnRecord,
+    read_counter,
+)
+from firmware.journal_settlement import Settlement
+from firmware.txnkinds import DEBIT, KINDS
 
 __all__ = [
     "Journal",
@@ -58,13 +71,12 @@ __all__ = [
     "STAN_MAX",
     "JOURNAL_NAME",
     "open_existing",
+    "RiskRow",
 ]
 
 log = logging.getLogger("kpos.journal")
 
 JOURNAL_NAME = "journal.db"  # the journal's file name in the terminal's data_dir
-STAN_MAX = 999999
-BATCH_MAX = 999999
 # ISO 8583 fields never written to disk, not even sealed: track 2, track 3, track 1, PIN block.
 NEVER_STORED_FIELDS = ("35", "36", "45", "52")
 # Reversal reason codes (field 39 of the 0400) for an unknown outcome.
@@ -208,6 +220,18 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # Append with the step; _migrate records it in the journal, where older releases look.
 MIN_READER: dict[int, int] = {}
 
+# Retention (Journal._prune): the rows of batches settled before :cutoff that nothing waits on.
+_PRUNABLE = """INSERT INTO temp.prune SELECT t.id FROM txn t JOIN settlement s ON s.batch = t.batch
+    WHERE s.status = 'SETTLED' AND s.updated_at < :cutoff AND t.created_at < :cutoff
+      AND t.created_at <= s.created_at
+      AND t.status IN ('APPROVED', 'DECLINED', 'FAILED', 'REVERSED')
+      AND NOT EXISTS (SELECT 1 FROM sealed_request x WHERE x.txn_id = t.id)
+      AND NOT EXISTS (SELECT 1 FROM reversal r WHERE r.txn_id = t.id AND (r.status IN
+          ('ARMED', 'PENDING', 'SENT') OR (r.status = 'EXPIRED' AND r.alert_ack_at IS NULL)))
+      AND NOT EXISTS (SELECT 1 FROM advice a WHERE a.txn_id = t.id AND (a.status = 'PENDING'
+          OR (a.status IN ('DECLINED', 'EXPIRED') AND a.alert_ack_at IS NULL)))
+      AND NOT EXISTS (SELECT 1 FROM batch_upload u WHERE u.txn_id = t.id AND u.status = 'PENDING')"""
+
 # Legal transitions: (what, from status) -> allowed.  Data, checked in SQL by `_move`.
 _TXN_FROM = {"not_sent": ("SENDING",), "response": ("SENDING",), "no_response": ("SENDING",),
              "reversed": ("UNKNOWN", "DECLINED"), "card_declined": ("APPROVED",),
@@ -215,73 +239,6 @@ _TXN_FROM = {"not_sent": ("SENDING",), "response": ("SENDING",), "no_response": 
 _REVERSAL_FROM = {"not_sent": ("ARMED",), "response": ("ARMED",), "no_response": ("ARMED",),
                   "reversed": ("PENDING",), "card_accepted": ("ARMED",), "card_declined": ("ARMED",),
                   "offline": ("ARMED",), "recover": ("ARMED",), "expire": ("PENDING",)}
-
-
-class JournalError(Exception):
-    """A journal operation was refused or failed; the message names the txn id / STAN."""
-
-
-class JournalCorrupt(JournalError):
-    """The database failed PRAGMA integrity_check (or is not a database): a visible fault."""
-
-
-@dataclass(frozen=True)
-class TxnRecord:
-    """The clear columns of one transaction: masked PAN only, no card data."""
-
-    id: int
-    terminal_id: str
-    kind: str
-    stan: int
-    batch: int
-    amount: int  # minor units
-    currency: int  # ISO 4217 numeric
-    status: str  # SENDING | APPROVED | DECLINED | FAILED | UNKNOWN
-    operator: str
-    masked_pan: str | None
-    entry_mode: str | None
-    aid: str | None
-    app_label: str | None
-    arqc: str | None
-    created_at: str
-    updated_at: str
-    response_code: str | None
-    rrn: str | None
-    auth_code: str | None
-    failure: str | None
-    printed_merchant_at: str | None
-    printed_customer_at: str | None
-    tvr: str | None  # EMV terminal verification results (95), hex; None for no chip
-    tsi: str | None  # EMV transaction status information (9B), hex
-    cvm: str | None  # CVM performed: online_pin | offline_pin | signature | none
-    cryptogram_type: str | None  # of `arqc` (the latest cryptogram): ARQC | TC | AAC
-    offline_code: str | None  # approved offline: Y1 | Y3 (by the card) | 00 (SAF); None online
-    reversal_status: str | None  # None when the txn was not reversible
-    advice_status: str | None  # PENDING | ACKED | DECLINED | EXPIRED; None when online
-    original_id: int | None = None  # void, refund, completion ...: the original's row
-    original_rrn: str | None = None  # the original as keyed (when not in this journal)
-    original_date: str | None = None  # MMDD
-    wallet: str | None = None  # QR payments: wechat | alipay | unionpay_qr
-    target_pan: str | None = None  # card repayment: the paid card, masked
-    original_auth: str | None = None  # the original's auth code as keyed (pre-auth family)
-    basket_id: int | None = None  # the basket this payment pays (part of)
-    tendered: int | None = None  # cash: minor units the customer handed over
-
-
-@dataclass(frozen=True)
-class TxnExtra:
-    """Columns a new row may carry besides the card's: the original transaction it names
-    (`original_id` in this journal, or the keyed RRN and MMDD date), the QR wallet, a
-    repayment's paid card (masked before it is stored)."""
-
-    original_id: int | None = None
-    original_rrn: str | None = None
-    original_date: str | None = None
-    wallet: str | None = None
-    target_pan: str | None = None  # card repayment: the card paid (stored masked)
-    original_auth: str | None = None  # the original's auth code (pre-auth cancel, completion)
-    basket_id: int | None = None  # the basket this payment pays (part of)
-    tendered: int | None = None  # cash: minor units the customer handed over
 
 
 @dataclass(frozen=True)
@@ -345,13 +302,26 @@ class Recovery:
         return bool(self.unknown or self.card_unfinished)
 
 
-class Journal:
+class RiskRow(NamedTuple):
+    """What firmware.limits reads of a row (Journal.risk_history); amount in minor units."""
+
+    kind: str
+    status: str
+    amount: int
+    entry_mode: str | None
+    wallet: str | None
+    created_at: str
+
+
+class Journal(Settlement, QrPayments):
     """One SQLite journal file. Create, use and close it on the journal worker thread only."""
 
-    def __init__(self, path: Path, vault: Vault, *, now: Callable[[], datetime] = datetime.now):
+    def __init__(self, path: Path, vault: Vault, *, now: Callable[[], datetime] = datetime.now,
+                 keep_days: int | None = None):
         self._path = Path(path)
         self._vault = vault
         self._now = now
+        self._keep_days = keep_days  # retention after settlement; None keeps everything
         self._db = _connect(self._path)
         self._purge_due = False  # sealed card data deleted, its old copy still in the -wal file
         try:
@@ -388,17 +358,17 @@ class Journal:
     def next_stan(self) -> int:
         """The next STAN, 1..999999 then 1 again; committed before it is returned."""
         with self._write() as db:
-            stan = _counter(db, "stan") % STAN_MAX + 1
+            stan = read_counter(db, "stan") % STAN_MAX + 1
             db.execute("UPDATE counter SET value = ? WHERE name = 'stan'", (stan,))
         return stan
 
     def batch_no(self) -> int:
-        return _counter(self._db, "batch")
+        return read_counter(self._db, "batch")
 
     def close_batch(self) -> int:
         """Start the next batch (settlement done); returns the new batch number, wraps to 1."""
         with self._write() as db:
-            batch = _counter(db, "batch") % BATCH_MAX + 1
+            batch = read_counter(db, "batch") % BATCH_MAX + 1
             db.execute("UPDATE counter SET value = ? WHERE name = 'batch'", (batch,))
         log.info("batch closed, now batch %06d", batch)
         return batch
@@ -410,7 +380,7 @@ class Journal:
         if not 1 <= host_batch <= BATCH_MAX:
             raise ValueError(f"host batch {host_batch} outside 1..{BATCH_MAX}")
         with self._write() as db:
-            batch = _counter(db, "batch")
+            batch = read_counter(db, "batch")
             used = db.execute("SELECT 1 FROM txn WHERE batch = ? LIMIT 1", (batch,)).fetchone()
             if batch == host_batch or used:
                 return False
@@ -828,14 +798,14 @@ class Journal:
             if copy not in PRINT_COPIES:
                 raise ValueError(f"receipt copy {copy!r} not in {PRINT_COPIES}")
         missing = " OR ".join(f"t.printed_{copy}_at IS NULL" for copy in copies) or "0"
-        rows = self._db.execute(_SELECT_TXN + f" WHERE t.status = 'APPROVED' AND ({missing}) "
+        rows = self._db.execute(SELECT_TXN + f" WHERE t.status = 'APPROVED' AND ({missing}) "
                                 "ORDER BY t.id").fetchall()
         return [TxnRecord(**dict(row)) for row in rows]
 
     # -- reading and receipts ---------------------------------------------------------------
 
     def get(self, txn_id: int) -> TxnRecord:
-        row = self._db.execute(_SELECT_TXN + " WHERE t.id = ?", (txn_id,)).fetchone()
+        row = self._db.execute(SELECT_TXN + " WHERE t.id = ?", (txn_id,)).fetchone()
         if row is None:
             raise JournalError(f"txn {txn_id}: not in the journal")
         return TxnRecord(**dict(row))
@@ -848,12 +818,12 @@ class Journal:
         return self._newest("")
 
     def _newest(self, where: str) -> TxnRecord | None:
-        row = self._db.execute(_SELECT_TXN + where + " ORDER BY t.id DESC LIMIT 1").fetchone()
+        row = self._db.execute(SELECT_TXN + where + " ORDER BY t.id DESC LIMIT 1").fetchone()
         return TxnRecord(**dict(row)) if row is not None else None
 
     def page(self, offset: int = 0, count: int = 20) -> list[TxnRecord]:
         """Transactions newest first, `offset` skipped, at most `count`."""
-        rows = self._db.execute(_SELECT_TXN + " ORDER BY t.id DESC LIMIT ? OFFSET ?",
+        rows = self._db.execute(SELECT_TXN + " ORDER BY t.id DESC LIMIT ? OFFSET ?",
                                 (max(0, count), max(0, offset))).fetchall()
         return [TxnRecord(**dict(row)) for row in rows]
 
@@ -863,32 +833,49 @@ class Journal:
     def find_stan(self, stan: int, batch: int | None = None) -> TxnRecord | None:
         """The transaction with `stan` in `batch` (default: the current batch)."""
         batch = self.batch_no() if batch is None else batch
-        row = self._db.execute(_SELECT_TXN + " WHERE t.batch = ? AND t.stan = ?",
+        row = self._db.execute(SELECT_TXN + " WHERE t.batch = ? AND t.stan = ?",
                                (batch, stan)).fetchone()
         return TxnRecord(**dict(row)) if row is not None else None
 
     def find_rrn(self, rrn: str) -> TxnRecord | None:
         """The newest transaction the host gave `rrn` (field 37)."""
-        row = self._db.execute(_SELECT_TXN + " WHERE t.rrn = ? ORDER BY t.id DESC LIMIT 1",
+        row = self._db.execute(SELECT_TXN + " WHERE t.rrn = ? ORDER BY t.id DESC LIMIT 1",
                                (rrn,)).fetchone()
         return TxnRecord(**dict(row)) if row is not None else None
 
     def batch_records(self, batch: int | None = None) -> list[TxnRecord]:
         """Every transaction of `batch` (default: the current one), oldest first."""
         batch = self.batch_no() if batch is None else batch
-        rows = self._db.execute(_SELECT_TXN + " WHERE t.batch = ? ORDER BY t.id", (batch,)).fetchall()
+        rows = self._db.execute(SELECT_TXN + " WHERE t.batch = ? ORDER BY t.id", (batch,)).fetchall()
         return [TxnRecord(**dict(row)) for row in rows]
 
     def dependents(self, original_id: int) -> list[TxnRecord]:
         """The transactions naming `original_id` (its voids, refunds, completions), oldest first."""
-        rows = self._db.execute(_SELECT_TXN + " WHERE t.original_id = ? ORDER BY t.id",
+        rows = self._db.execute(SELECT_TXN + " WHERE t.original_id = ? ORDER BY t.id",
                                 (original_id,)).fetchall()
         return [TxnRecord(**dict(row)) for row in rows]
+
+    def risk_history(self, midnight: str, recent: str) -> list["RiskRow"]:
+        """The rows firmware.limits.check needs (ISO local times): each APPROVED row created
+        at or after `recent` (the velocity window), and the APPROVED DEBIT rows from
+        `midnight` to `recent` summed per entry mode (first two digits) and wallet, one
+        row each (its latest created_at). Rows carry kind, status, amount, entry_mode,
+        wallet, created_at. One query, one row per entry mode for the day before `recent`."""
+        debit = tuple(name for name, k in KINDS.items() if k.totals == DEBIT)
+        marks = ", ".join("?" * len(debit))
+        rows = self._db.execute(
+            "SELECT kind, status, amount, entry_mode, wallet, created_at FROM txn "
+            "WHERE created_at >= ? AND status = 'APPROVED' UNION ALL "
+            "SELECT MIN(kind), 'APPROVED', SUM(amount), MIN(entry_mode), wallet, MAX(created_at) "
+            f"FROM txn WHERE created_at >= ? AND created_at < ? AND status = 'APPROVED' AND kind "
+            f"IN ({marks}) GROUP BY substr(COALESCE(entry_mode, ''), 1, 2), wallet",
+            (recent, midnight, recent, *debit)).fetchall()
+        return [RiskRow(*row) for row in rows]
 
     def since(self, start: str) -> list[TxnRecord]:
         """Transactions created at or after `start` (ISO-8601 local time), oldest first
         (daily limits, velocity rules)."""
-        rows = self._db.execute(_SELECT_TXN + " WHERE t.created_at >= ? ORDER BY t.id",
+        rows = self._db.execute(SELECT_TXN + " WHERE t.created_at >= ? ORDER BY t.id",
                                 (start,)).fetchall()
         return [TxnRecord(**dict(row)) for row in rows]
 
@@ -906,178 +893,27 @@ class Journal:
         self.purge_card_data()
         self._db.close()
 
-    # -- settlement and batch upload (firmware/settlement.py) ------------------------------
-    # A `settlement` row per settled batch: STARTED (batch closed, nothing answered yet) ->
-    # UPLOADING (the host said out of balance; batch_upload rows PENDING -> ACKED) ->
-    # SETTLED. Rows are returned as dicts: the table's columns plus `uploaded` (ACKED
-    # uploads) and `to_upload` (all upload rows). `detail`: while open, why the last
-    # attempt stopped; once SETTLED, the host's final verdict (balanced | out_of_balance).
+    # -- retention (the SETTLED commit of journal_settlement runs it) ------------------------
 
-    def begin_settlement(self) -> dict:
-        """One commit: a STARTED settlement row for the current batch and the batch closed
-        (new transactions go into the next batch at once). JournalError when a settlement
-        is still open (resume it: open_settlement) or the batch was settled already."""
-        with self._write() as db:
-            if db.execute("SELECT 1 FROM settlement WHERE status != 'SETTLED'").fetchone():
-                raise JournalError("a settlement is still open: resume it before starting another")
-            batch, now = _counter(db, "batch"), self._stamp()
-            try:
-                db.execute("INSERT INTO settlement (batch, status, created_at, updated_at) "
-                           "VALUES (?, 'STARTED', ?, ?)", (batch, now, now))
-            except sqlite3.IntegrityError as exc:
-                raise JournalError(f"batch {batch:06d} was settled already: {exc}") from exc
-            db.execute("UPDATE counter SET value = ? WHERE name = 'batch'", (batch % BATCH_MAX + 1,))
-        log.info("settlement of batch %06d started, batch closed", batch)
-        return self.settlement(batch)
-
-    def settlement(self, batch: int | None = None) -> dict | None:
-        """The settlement row of `batch` (None: the newest), or None."""
-        where, args = ("WHERE s.batch = ?", (batch,)) if batch is not None else ("", ())
-        row = self._db.execute(
-            "SELECT s.*, (SELECT COUNT(*) FROM batch_upload u WHERE u.batch = s.batch AND "
-            "u.status = 'ACKED') AS uploaded, (SELECT COUNT(*) FROM batch_upload u WHERE "
-            f"u.batch = s.batch) AS to_upload FROM settlement s {where} "
-            "ORDER BY s.created_at DESC, s.rowid DESC LIMIT 1", args).fetchone()
-        return dict(row) if row is not None else None
-
-    def open_settlement(self) -> dict | None:
-        """The settlement a cut or a failure left STARTED or UPLOADING, or None."""
-        row = self._db.execute("SELECT batch FROM settlement WHERE status != 'SETTLED' "
-                               "ORDER BY rowid LIMIT 1").fetchone()
-        return self.settlement(row[0]) if row is not None else None
-
-    def settled(self, batch: int) -> bool:
-        row = self._db.execute("SELECT status FROM settlement WHERE batch = ?", (batch,)).fetchone()
-        return row is not None and row[0] == "SETTLED"
-
-    def record_settlement_result(self, batch: int, *, status: str, result: str | None = None,
-                                 totals: tuple[int, int, int, int] | None = None,
-                                 host_code: str | None = None, detail: str | None = None) -> None:
-        """The settlement's progress: `status` (SETTLED, or the same open status again after
-        a failure), the first 0510's `result`, the `totals` sent (debit count, debit amount,
-        credit count, credit amount), the last 0510's field 39, `detail`. None keeps a column."""
-        allowed = {"STARTED": ("STARTED",), "UPLOADING": ("UPLOADING",),
-                   "SETTLED": ("STARTED", "UPLOADING")}.get(status)
-        if allowed is None:
-            raise ValueError(f"batch {batch:06d}: settlement status {status!r} unknown")
-        columns = {"result": result, "host_code": host_code, "detail": detail}
-        columns.update(zip(("debit_count", "debit_amount", "credit_count", "credit_amount"),
-                           totals or (None,) * 4))
-        with self._write() as db:
-            if not self._update_status(db, "settlement", "batch", batch, allowed, status,
-                                       {k: v for k, v in columns.items() if v is not None}):
-                raise JournalError(f"batch {batch:06d}: no open settlement to become {status}")
-        log.info("settlement of batch %06d: %s %s", batch, status, detail or result or "")
-
-    def queue_upload(self, batch: int, txn_ids: list[int], *, result: str, host_code: str) -> None:
-        """The host found the batch out of balance: one commit makes the settlement UPLOADING
-        (`result`, `host_code` of that 0510) with a PENDING batch_upload row per txn id."""
-        with self._write() as db:
-            if not self._update_status(db, "settlement", "batch", batch, ("STARTED",), "UPLOADING",
-                                       {"result": result, "host_code": host_code}):
-                raise JournalError(f"batch {batch:06d}: no STARTED settlement to upload")
-            now = self._stamp()
-            db.executemany("INSERT OR IGNORE INTO batch_upload (txn_id, batch, status, updated_at) "
-                           "VALUES (?, ?, 'PENDING', ?)", [(i, batch, now) for i in txn_ids])
-        log.info("batch %06d out of balance: %d transaction(s) to upload", batch, len(txn_ids))
-
-    def pending_uploads(self, batch: int) -> list[TxnRecord]:
-        """The transactions of `batch` still to upload (not ACKED), oldest first."""
-        rows = self._db.execute(_SELECT_TXN + " JOIN batch_upload u ON u.txn_id = t.id "
-                                "WHERE u.batch = ? AND u.status = 'PENDING' ORDER BY t.id",
-                                (batch,)).fetchall()
-        return [TxnRecord(**dict(row)) for row in rows]
-
-    def record_upload_attempt(self, txn_id: int) -> int:
-        """Commit one more attempt BEFORE the 0320 is written; returns the attempts so far."""
-        with self._write() as db:
-            row = db.execute("UPDATE batch_upload SET attempts = attempts + 1, updated_at = ? "
-                             "WHERE txn_id = ? AND status = 'PENDING' RETURNING attempts",
-                             (self._stamp(), txn_id)).fetchone()
-        if row is None:
-            raise JournalError(f"txn {txn_id}: no pending batch upload to attempt")
-        return row[0]
-
-    def record_upload_acked(self, txn_id: int) -> None:
-        """The host answered the 0320 of `txn_id`: ACKED."""
-        with self._write() as db:
-            if not self._update_status(db, "batch_upload", "txn_id", txn_id, ("PENDING",), "ACKED", {}):
-                raise JournalError(f"txn {txn_id}: no pending batch upload to acknowledge")
-
-    def mark_report_printed(self, batch: int) -> None:
-        """Record the first time the settlement report of `batch` was printed."""
-        with self._write() as db:
-            cur = db.execute("UPDATE settlement SET report_printed_at = COALESCE(report_printed_at, ?) "
-                             "WHERE batch = ?", (self._stamp(), batch))
-            if cur.rowcount != 1:
-                raise JournalError(f"batch {batch:06d}: no settlement to mark printed")
-
-    # -- QR payments (firmware/qrpay.py, docs/qr.md) ----------------------------------------
-    # A wallet QR payment is a qr_sale row with the masked code, entry mode 031 and its
-    # wallet, reversible (the cancel is its reversal). Paid after the cancel: the row ends
-    # APPROVED (the wallet has the money) and a qr_refund row (original_id = the payment,
-    # APPROVED, no offline_code) gives it back through the advice queue (0220 60.1 "63").
-
-    def record_qr_payment(self, *, stan: int, batch: int, amount: int, currency: int,
-                          masked_code: str, wallet: str, entry_mode: str, request: dict,
-                          operator: str = "01", basket_id: int | None = None) -> int:
-        """record_request for a QR payment (reversal ARMED), with the masked code and the
-        entry mode in the card columns, in the same commit."""
-        def seal_arm_and_mark(db: sqlite3.Connection, txn_id: int, now: str) -> None:
-            self._seal_and_arm(db, txn_id, now, request, True)
-            db.execute("UPDATE txn SET masked_pan = ?, entry_mode = ? WHERE id = ?",
-                       (masked_code, entry_mode, txn_id))
-
-        txn_id = self._insert_txn(kind="qr_sale", stan=stan, batch=batch, amount=amount,
-                                  currency=currency, card=None, request=request, operator=operator,
-                                  status="SENDING", code=None, then=seal_arm_and_mark,
-                                  extra=TxnExtra(wallet=wallet, basket_id=basket_id))
-        log.info("txn %d qr_sale STAN %06d batch %d amount %d recorded (SENDING)", txn_id, stan,
-                 batch, amount)
-        return txn_id
-
-    def record_paid_late(self, payment_id: int, *, response_code: str, rrn: str | None,
-                         auth_code: str | None, stan: int, batch: int, refund: dict,
-                         operator: str = "01") -> int:
-        """The wallet says the customer paid after all (answer to the cancel): one commit
-        makes the payment APPROVED (from SENDING, UNKNOWN or REVERSED: a cancel the queue
-        delivered), its reversal ACKED, its sealed request deleted, and records the
-        qr_refund row (APPROVED) with its PENDING advice `refund` (0220 fields, sealed).
-        Returns the refund's txn id. JournalError when the payment is not such a row."""
-        payment = self.get(payment_id)
-        if payment.kind != "qr_sale" or payment.status not in ("SENDING", "UNKNOWN", "REVERSED"):
-            raise JournalError(f"txn {payment_id}: a {payment.kind} {payment.status} cannot be paid late")
-
-        def settle(db: sqlite3.Connection, refund_id: int, now: str) -> None:
-            db.execute("UPDATE txn SET status = 'APPROVED', response_code = ?, rrn = COALESCE(?, rrn), "
-                       "auth_code = COALESCE(?, auth_code), failure = NULL, updated_at = ? WHERE id = ?",
-                       (response_code, rrn, auth_code, now, payment_id))
-            db.execute("UPDATE reversal SET status = 'ACKED', detail = ?, updated_at = ? WHERE txn_id = ?",
-                       (f"already paid ({response_code}): refunded by txn {refund_id}", now, payment_id))
-            db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (payment_id,))
-            db.execute("UPDATE txn SET masked_pan = ?, entry_mode = ? WHERE id = ?",
-                       (payment.masked_pan, payment.entry_mode, refund_id))
-            self._queue_advice(db, refund_id, refund, "refund of a QR payment paid late", now)
-
-        refund_id = self._insert_txn(
-            kind="qr_refund", stan=stan, batch=batch, amount=payment.amount,
-            currency=payment.currency, card=None, request=refund, operator=operator,
-            status="APPROVED", code=None, then=settle,
-            extra=TxnExtra(original_id=payment_id, original_rrn=rrn or payment.rrn,
-                           original_date=payment.created_at[5:7] + payment.created_at[8:10],
-                           wallet=payment.wallet))
-        log.warning("txn %d qr_sale STAN %06d paid after its cancel: refund txn %d queued",
-                    payment_id, payment.stan, refund_id)
-        return refund_id
-
-    def qr_paid_late(self, code: str) -> list[TxnRecord]:
-        """QR payments whose cancel the store-and-forward queue delivered and the wallet
-        answered `code` ("already paid"), not refunded yet, oldest first."""
-        rows = self._db.execute(
-            _SELECT_TXN + " WHERE t.kind = 'qr_sale' AND t.status = 'REVERSED' AND r.detail = ? "
-            "AND NOT EXISTS (SELECT 1 FROM txn d WHERE d.original_id = t.id AND d.kind = 'qr_refund') "
-            "ORDER BY t.id", (f"acknowledged with {code}",)).fetchall()
-        return [TxnRecord(**dict(row)) for row in rows]
+    def _prune(self, db: sqlite3.Connection) -> int:
+        """Delete (in the caller's commit) the transactions of batches SETTLED before the
+        cutoff (now - keep_days), created before it and before their batch closed, with their
+        reversal, advice and upload rows; then baskets nothing points at. Kept: a row in
+        flight or unknown, with sealed card data, an unfinished reversal / advice / upload,
+        an alert not acknowledged, or the original of a kept row. Returns the rows deleted."""
+        cutoff = (self._now() - timedelta(days=self._keep_days)).isoformat(timespec="seconds")
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS prune (id INTEGER PRIMARY KEY)")
+        db.execute("DELETE FROM temp.prune")
+        db.execute(_PRUNABLE, {"cutoff": cutoff})
+        while db.execute("DELETE FROM temp.prune WHERE id IN (SELECT original_id FROM txn WHERE "
+                         "id NOT IN temp.prune AND original_id IS NOT NULL)").rowcount:
+            pass  # an original stays while anything kept names it (chains: until none)
+        for table in ("reversal", "advice", "batch_upload"):
+            db.execute(f"DELETE FROM {table} WHERE txn_id IN temp.prune")
+        count = db.execute("DELETE FROM txn WHERE id IN temp.prune").rowcount
+        db.execute("DELETE FROM basket WHERE created_at < ? AND id NOT IN "
+                   "(SELECT basket_id FROM txn WHERE basket_id IS NOT NULL)", (cutoff,))
+        return count
 
     # -- internals --------------------------------------------------------------------------
 
@@ -1148,15 +984,6 @@ class Journal:
         except VaultError as exc:
             raise JournalError(f"txn {txn_id} STAN {stan:06d}: sealed request does not open: {exc}") from exc
         return {**{k: row[k] for k in row.keys() if k != "blob"}, "request": request}
-
-
-_SELECT_TXN = """SELECT t.id, t.terminal_id, t.kind, t.stan, t.batch, t.amount, t.currency, t.status,
-       t.operator, t.masked_pan, t.entry_mode, t.aid, t.app_label, t.arqc, t.created_at, t.updated_at,
-       t.response_code, t.rrn, t.auth_code, t.failure, t.printed_merchant_at, t.printed_customer_at,
-       t.tvr, t.tsi, t.cvm, t.cryptogram_type, t.offline_code, r.status AS reversal_status,
-       a.status AS advice_status, t.original_id, t.original_rrn, t.original_date, t.wallet,
-       t.target_pan, t.original_auth, t.basket_id, t.tendered
-    FROM txn t LEFT JOIN reversal r ON r.txn_id = t.id LEFT JOIN advice a ON a.txn_id = t.id"""
 
 
 # -- opening -------------------------------------------------------------------------------
@@ -1235,10 +1062,6 @@ def _check_reader(db: sqlite3.Connection, version: int) -> None:
     if need > SCHEMA_VERSION:
         raise JournalError(f"journal schema {version} needs release with schema >= {need} "
                            f"(this release: {SCHEMA_VERSION})")
-
-
-def _counter(db: sqlite3.Connection, name: str) -> int:
-    return db.execute("SELECT value FROM counter WHERE name = ?", (name,)).fetchone()[0]
 
 
 # -- values --------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def test_defaults_match_terminal_toml(tmp_path):
     shipped = load_config(TERMINAL_TOML)
     cfg = load_config(write(tmp_path / "min.toml", minimal(
         terminal={"data_dir": "/var/lib/kpos"})))
-    for section in ("limits", "timeouts", "printer", "receipt", "log"):
+    for section in ("limits", "timeouts", "printer", "receipt", "log", "journal"):
         assert getattr(cfg, section) == getattr(shipped, section), section
     assert cfg.emv.capk_file == tmp_path / "capk.toml"  # relative to the config file
     assert dataclasses.replace(cfg.emv, capk_file=shipped.emv.capk_file) == shipped.emv
@@ -215,6 +215,8 @@ def test_unknown_key_in_file_is_named_even_when_it_hides_a_required_one(tmp_path
     ("security", "pin_format", 3, "must be one of 0, 4, got 3"),
     ("security", "mac", "cbc", "must be one of 'retail', 'cmac', 'none', got 'cbc'"),
     ("security", "mac", "cmac", "must be 'retail' or 'none' with pin_format = 0, got 'cmac'"),
+    ("journal", "keep_days", 0, "must be 1..3650, got 0"),
+    ("journal", "keep_days", 3651, "must be 1..3650, got 3651"),
 ])
 def test_bad_values_name_key_and_range(tmp_path, section, key, value, message):
     with pytest.raises(ConfigError) as err:

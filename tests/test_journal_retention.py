@@ -1,0 +1,135 @@
+"""Journal retention ([journal] keep_days): settling a batch deletes the batches settled more
+than keep_days ago, never what still has to reach the acquirer or the operator; the file
+stays bounded over many settled days. Real SQLite files, a clock the test moves."""
+from datetime import datetime, timedelta
+
+import pytest
+
+from firmware.emv.card import ENTRY_CHIP, CardData
+from firmware.journal import Journal, TxnExtra
+from firmware.vault import Vault
+from test_journal import ARQC, ICC_DATA, PAN, TRACK2, record_sale, sale_request
+
+KEEP = 90  # days
+
+
+class Clock:
+    def __init__(self):
+        self.t = datetime(2026, 1, 5, 9, 0, 0)
+
+    def __call__(self):
+        self.t += timedelta(seconds=1)
+        return self.t
+
+    def days(self, n: int) -> None:
+        self.t += timedelta(days=n)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def vault(tmp_path):
+    return Vault.open(tmp_path / "vault.key")
+
+
+@pytest.fixture
+def card():
+    return CardData(pan=PAN, expiry="3012", pan_seq="01", track2=TRACK2, aid="A000000333010101",
+                    app_label="UnionPay Debit", icc_data=ICC_DATA, entry_mode=ENTRY_CHIP, cryptogram=ARQC)
+
+
+@pytest.fixture
+def journal(tmp_path, vault, clock):
+    j = Journal(tmp_path / "journal.db", vault, now=clock, keep_days=KEEP)
+    yield j
+    j.close()
+
+
+def approved_sale(journal, card, amount=12345) -> int:
+    txn_id, _ = record_sale(journal, card, amount)
+    journal.record_response(txn_id, response_code="00", approved=True, rrn="000000000001",
+                            auth_code="123456")
+    return txn_id
+
+
+def settle(journal) -> int:
+    batch = journal.begin_settlement()["batch"]
+    journal.record_settlement_result(batch, status="SETTLED", result="balanced", detail="balanced")
+    return batch
+
+
+def ids(journal) -> set[int]:
+    return {r.id for r in journal.page(0, 10_000)}
+
+
+def test_batches_settled_over_keep_days_ago_are_deleted_at_the_next_settlement(journal, clock, card):
+    old = {approved_sale(journal, card) for _ in range(3)}
+    settle(journal)
+    clock.days(KEEP - 1)
+    recent = {approved_sale(journal, card)}
+    settle(journal)
+    assert ids(journal) == old | recent  # nothing is old enough yet
+    clock.days(2)
+    newest = {approved_sale(journal, card)}
+    settle(journal)
+    assert ids(journal) == recent | newest
+    assert journal.settled(1)  # the settlement row (one a day) stays for the reports
+
+
+def test_nothing_unsent_unsettled_or_still_named_is_deleted(journal, clock, card):
+    unknown, _ = record_sale(journal, card)
+    journal.record_no_response(unknown, reason_code="98", detail="timeout")  # reversal pending
+    stan = journal.next_stan()
+    offline = journal.record_offline_approval(
+        kind="sale", stan=stan, batch=journal.batch_no(), amount=500, currency=156, card=card,
+        advice={**sale_request(stan, 500), "t": "0220"}, code="Y1")  # advice pending
+    original = approved_sale(journal, card)
+    gone = approved_sale(journal, card)
+    settle(journal)
+    late = approved_sale(journal, card)  # batch 2: settled only today, 91 days later
+    clock.days(KEEP + 1)
+    void_stan = journal.next_stan()
+    void = journal.record_request(kind="void", stan=void_stan, batch=journal.batch_no(), amount=12345,
+                                  currency=156, card=card, request=sale_request(void_stan),
+                                  reversible=True, extra=TxnExtra(original_id=original))
+    journal.record_response(void, response_code="00", approved=True, rrn="000000000002",
+                            auth_code="654321")
+    settle(journal)
+    kept = ids(journal)
+    assert gone not in kept
+    assert kept == {unknown, offline, original, late, void}
+    assert [r.txn_id for r in journal.pending_reversals()] == [unknown]
+    assert [a.txn_id for a in journal.pending_advices()] == [offline]
+
+
+def test_without_keep_days_nothing_is_deleted(tmp_path, vault, clock, card):
+    j = Journal(tmp_path / "j.db", vault, now=clock)
+    try:
+        first = approved_sale(j, card)
+        settle(j)
+        clock.days(10 * KEEP)
+        approved_sale(j, card)
+        settle(j)
+        assert first in ids(j)
+    finally:
+        j.close()
+
+
+def test_the_file_stays_bounded_over_many_settled_days(tmp_path, vault, clock, card):
+    j = Journal(tmp_path / "j.db", vault, now=clock, keep_days=3)
+    sizes = []
+    try:
+        for day in range(24):
+            for _ in range(40):
+                approved_sale(j, card)
+            settle(j)
+            j.purge_card_data()  # checkpoint: the main file holds everything
+            clock.days(1)
+            sizes.append((tmp_path / "j.db").stat().st_size)
+        assert j.count() <= 5 * 40
+    finally:
+        j.close()
+    assert sizes[-1] == sizes[11], sizes  # freed pages are reused: no growth after day 12
