@@ -201,8 +201,8 @@ class MenuWork:
 
     async def _risk_verdict(self, kind: str, amount: int, entry_mode: str, wallet: str):
         now = self.clock.now()
-        start = limits.window_start(self.cfg.risk, now)
-        history = await self.journal_call(lambda journal: journal.since(start))
+        midnight, recent = limits.window_bounds(self.cfg.risk, now)
+        history = await self.journal_call(lambda journal: journal.risk_history(midnight, recent))
         return limits.check(self.cfg.risk, kind=kind, amount=amount, entry_mode=entry_mode,
                             wallet=wallet, history=history, now=now,
                             currency=self.cfg.terminal.currency)  # logs what it refuses

@@ -2,7 +2,9 @@
 confirm it, or is it refused.
 
 Pure functions over values, any thread (the app reads the journal once with
-`journal.since(window_start(risk, now))` and passes the rows as `history`). Amounts are int
+`journal.risk_history(*window_bounds(risk, now))` and passes the rows as `history`: every
+approved row of the velocity window, and the day's earlier approved DEBIT rows summed per
+entry mode and wallet, so a busy day costs one small read, not one row per sale). Amounts are int
 minor units; `now` is a naive local datetime and a row's `created_at` ISO-8601 local time
 text, as the journal writes them. Entry modes come from field 22 ("051" chip, "071"
 contactless, "021" and "801" swipe, "011" manual); a QR payment has entry_mode "" and its
@@ -33,7 +35,8 @@ from firmware.config import RiskConfig
 from firmware.money import format_amount
 from firmware.txnkinds import DEBIT, KINDS
 
-__all__ = ["Verdict", "OK", "check", "window_start", "entry_class", "ENTRY_CLASSES", "WALLETS"]
+__all__ = ["Verdict", "OK", "check", "window_start", "window_bounds", "entry_class",
+           "ENTRY_CLASSES", "WALLETS"]
 
 log = logging.getLogger("kpos.limits")
 
@@ -70,6 +73,12 @@ def window_start(risk: RiskConfig, now: datetime) -> str:
     """ISO time of the earliest row check() needs: local midnight or the velocity window."""
     start = min(_midnight(now), now - timedelta(seconds=risk.velocity_window))
     return start.isoformat(timespec="seconds")
+
+
+def window_bounds(risk: RiskConfig, now: datetime) -> tuple[str, str]:
+    """(local midnight, start of the velocity window) as ISO times: Journal.risk_history's."""
+    start = now - timedelta(seconds=risk.velocity_window)
+    return _midnight(now).isoformat(timespec="seconds"), start.isoformat(timespec="seconds")
 
 
 def check(risk: RiskConfig, *, kind: str, amount: int, entry_mode: str, wallet: str,

@@ -41,7 +41,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from escpos.printer import Dummy
+from firmware.escpos_cache import capabilities_cache
+
+with capabilities_cache():  # escpos reads its cache setting once, at import
+    from escpos.printer import Dummy
 
 from firmware import wallet as qr_wallets
 from firmware.money import CURRENCIES, currency_alpha, format_amount

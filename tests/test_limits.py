@@ -11,7 +11,7 @@ import pytest
 from firmware.config import RiskConfig
 from firmware.emv.card import ENTRY_CONTACTLESS, CardData
 from firmware.journal import Journal
-from firmware.limits import OK, Verdict, check, window_start
+from firmware.limits import OK, Verdict, check, window_bounds, window_start
 from firmware.vault import Vault
 
 NOW = datetime(2024, 5, 1, 15, 0, 0)
@@ -190,3 +190,37 @@ def test_rows_from_a_real_journal(tmp_path):
                  now=NOW) == OK
     assert check(risk, kind="sale", amount=4_001, entry_mode="071", wallet="", history=rows,
                  now=NOW).action == "refuse"
+
+
+def test_risk_history_decides_as_the_days_rows_one_by_one(tmp_path):
+    """Journal.risk_history (the day before the velocity window summed per entry mode, the
+    window row by row) gives every verdict that all of the day's rows give."""
+    clock = [NOW]
+    journal = Journal(tmp_path / "journal.db", Vault.open(tmp_path / "vault.key"),
+                      now=lambda: clock[0])
+    card = CardData(pan="6226090000000014", expiry="3012", pan_seq="01",
+                    track2="6226090000000014=30122010000000000", aid="A000000333010101",
+                    app_label="UnionPay Debit", icc_data=b"", entry_mode=ENTRY_CONTACTLESS)
+    for minutes in (16 * 60, 300, 120, 9, 5, 1):  # before midnight, earlier today, in the window
+        clock[0] = NOW - timedelta(minutes=minutes)
+        for mode, amount, approved in (("071", 3_000, True), ("051", 2_000, True), ("051", 9_000, False)):
+            stan = journal.next_stan()
+            txn = journal.record_request(kind="sale", stan=stan, batch=1, amount=amount,
+                                         currency=156, card=replace(card, entry_mode=mode),
+                                         reversible=True,
+                                         request={"t": "0200", "11": f"{stan:06d}", "22": mode})
+            journal.record_response(txn, response_code="00" if approved else "51",
+                                    approved=approved, rrn=None, auth_code=None)
+    risk = replace(NONE, daily_contactless=16_000, daily_chip=14_000, velocity_count=3,
+                   velocity_small=2_500, velocity_total=20_000)
+    every = journal.since(window_start(risk, NOW))
+    summed = journal.risk_history(*window_bounds(risk, NOW))
+    journal.close()
+    assert len(summed) < len(every)
+    verdicts = set()
+    for mode in ("051", "071"):
+        for amount in (100, 1_000, 2_000, 2_600, 5_000):
+            want = verdict(risk, amount, entry_mode=mode, history=every)
+            assert verdict(risk, amount, entry_mode=mode, history=summed) == want, (mode, amount)
+            verdicts.add(want)
+    assert len({v.action for v in verdicts}) == 3  # ok, confirm and refuse all seen

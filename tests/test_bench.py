@@ -1,0 +1,40 @@
+"""bench/run.py smoke test: one fast benchmark at --quick size prints its table (text and
+Markdown) and writes the JSON rows; a bad benchmark name is refused."""
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+RUN = [sys.executable, str(REPO / "bench" / "run.py")]
+TIMEOUT = 60  # s: the card benchmark at --quick takes a few
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*RUN, *args], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def test_quick_card_benchmark_prints_its_table_and_json(tmp_path):
+    out = tmp_path / "rows.json"
+    done = bench("--only", "card", "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    header, rule, *rows = done.stdout.split("\n\n")[0].splitlines()
+    assert header.split()[:4] == ["benchmark", "unit", "median", "p10..p90"]
+    assert set(rule) == {"-"}
+    assert [r.split(" (")[0] for r in rows] == ["card session, contact", "card session, contactless"]
+    data = json.loads(out.read_text())
+    assert data["size"] == "quick" and "CPUs" in data["machine"]
+    for row in data["rows"]:
+        assert row["unit"] == "ms" and row["n"] == 10
+        assert 0 < row["p10"] <= row["median"] <= row["p90"]
+        assert row["floor"] > 0 and row["ratio"] == row["median"] / row["floor"]
+
+
+def test_markdown_table_and_unknown_benchmark(tmp_path):
+    done = bench("--only", "card", "--quick", "--markdown")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("| benchmark | unit | median |") and lines[1].startswith("|---|")
+    assert lines[2].startswith("| card session, contact (")
+    refused = bench("--only", "nosuch")
+    assert refused.returncode == 2 and "invalid choice: 'nosuch'" in refused.stderr
