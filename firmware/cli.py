@@ -106,12 +106,13 @@ def _parser() -> argparse.ArgumentParser:
     txn = sub.add_parser("txn", help="list, show or export the journal's transactions (no PAN)")
     txn.set_defaults(handler=_cmd_txn)
     txn_sub = txn.add_subparsers(dest="action", required=True)
-    journal_opts = argparse.ArgumentParser(add_help=False)
-    journal_opts.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
-    journal_opts.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
-    txn_list = txn_sub.add_parser("list", parents=[journal_opts],
+    # --config and --data-dir for every command that works on a device's state
+    device_opts = argparse.ArgumentParser(add_help=False)
+    device_opts.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
+    device_opts.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
+    txn_list = txn_sub.add_parser("list", parents=[device_opts],
                                   help="a table, oldest first (default: the current batch)")
-    txn_export = txn_sub.add_parser("export", parents=[journal_opts], help="every clear column as CSV")
+    txn_export = txn_sub.add_parser("export", parents=[device_opts], help="every clear column as CSV")
     txn_export.add_argument("--csv", action="store_true", required=True, help="CSV (the only format)")
     txn_export.add_argument("-o", "--output", type=Path, help="write to FILE (default: stdout)")
     for listing in (txn_list, txn_export):
@@ -119,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         scope.add_argument("--batch", type=int, help="batch number (default: the current batch)")
         scope.add_argument("--all", action="store_true", help="every batch")
     txn_list.add_argument("--limit", type=int, help="only the newest N")
-    txn_show = txn_sub.add_parser("show", parents=[journal_opts],
+    txn_show = txn_sub.add_parser("show", parents=[device_opts],
                                   help="one transaction in full, and the ones naming it")
     which = txn_show.add_mutually_exclusive_group(required=True)
     which.add_argument("stan", nargs="?", type=int, help="STAN (in --batch, default the current batch)")
@@ -131,21 +132,18 @@ def _parser() -> argparse.ArgumentParser:
                                           "(works next to a running terminal)")
     opr.set_defaults(handler=_cmd_operator)
     opr_sub = opr.add_subparsers(dest="action", required=True)
-    store_opts = argparse.ArgumentParser(add_help=False)
-    store_opts.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
-    store_opts.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
     secret_opts = argparse.ArgumentParser(add_help=False)
     secret_opts.add_argument("--password-stdin", action="store_true",
                              help="read the password (4-12 digits) as one line from stdin")
-    opr_add = opr_sub.add_parser("add", parents=[store_opts, secret_opts], help="a new operator")
+    opr_add = opr_sub.add_parser("add", parents=[device_opts, secret_opts], help="a new operator")
     opr_add.add_argument("number", help="operator number, 2 digits")
     opr_add.add_argument("--role", required=True, help="cashier | supervisor | admin")
     opr_add.add_argument("--name", default="", help="shown on screens and receipts (<= 20 chars)")
-    opr_passwd = opr_sub.add_parser("passwd", parents=[store_opts, secret_opts],
+    opr_passwd = opr_sub.add_parser("passwd", parents=[device_opts, secret_opts],
                                     help="a new password (also ends a lockout)")
     opr_passwd.add_argument("number")
-    opr_sub.add_parser("list", parents=[store_opts], help="number, role, name, state")
-    opr_remove = opr_sub.add_parser("remove", parents=[store_opts],
+    opr_sub.add_parser("list", parents=[device_opts], help="number, role, name, state")
+    opr_remove = opr_sub.add_parser("remove", parents=[device_opts],
                                     help="remove an operator (never the last admin)")
     opr_remove.add_argument("number")
 
@@ -187,9 +185,6 @@ def _parser() -> argparse.ArgumentParser:
                                         "snapshot its queue (firmware.update)")
     upd.set_defaults(handler=_cmd_update)
     upd_sub = upd.add_subparsers(dest="action", required=True)
-    device_opts = argparse.ArgumentParser(add_help=False)
-    device_opts.add_argument("--config", type=Path, default=Path("/etc/kpos/terminal.toml"))
-    device_opts.add_argument("--data-dir", type=Path, help="override [terminal] data_dir")
     upd_hold = upd_sub.add_parser("hold", parents=[device_opts], help="no new transaction; wait until nothing is in flight")
     upd_hold.add_argument("--timeout", type=float, default=300.0, help="s to wait for idle (300)")
     upd_hold.add_argument("--ttl", type=float, default=900.0,

@@ -14,7 +14,7 @@ from firmware import journal as journal_mod
 from firmware.config import load_config
 from firmware.journal import JOURNAL_NAME, Journal, JournalError
 from firmware.vault import Vault
-from scenario import run_scenario as run
+from scenario import offline_tap_sale, run_scenario as run
 
 # what a newer release might add: a column with a default (advice, txn) and a table
 FUTURE_STEP = [
@@ -24,16 +24,7 @@ FUTURE_STEP = [
 ]
 # the newer release, offline: an advice (tap approved offline), then a sale whose 0200 the
 # host never reads (the connection closes first): a reversal; the host saw neither
-QUEUE_TWO = """
-    expect signon
-    acquirer down
-    keys 5000 ENTER
-    expect screen "Insert, tap or swipe"
-    tap approve
-    expect screen "Approved offline"
-    expect screen "Take receipts"
-    keys ENTER
-    remove
+QUEUE_TWO = "expect signon" + offline_tap_sale(5000) + """
     expect screen "Key in amount"
     fault close_before_read
     acquirer up
