@@ -173,9 +173,10 @@ class Panel:
 
     async def _refresher(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._dirty.wait(), HEARTBEAT)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the stop's cancel
+                async with asyncio.timeout(HEARTBEAT):
+                    await self._dirty.wait()
+            except TimeoutError:
                 pass
             self._dirty.clear()
             if not self._clients:  # nobody listens: GET /api/state and new pages refresh first
@@ -368,10 +369,11 @@ class Panel:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                          b"Cache-Control: no-store\r\nConnection: keep-alive\r\n\r\n")
             while True:
-                try:
-                    name, data = await asyncio.wait_for(queue.get(), PING)
+                try:  # asyncio.timeout: 3.11's wait_for can swallow a cancel
+                    async with asyncio.timeout(PING):
+                        name, data = await queue.get()
                     writer.write(f"event: {name}\ndata: {data}\n\n".encode())
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     writer.write(b": ping\n\n")
                 await writer.drain()
         finally:
