@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from firmware import __version__
+from firmware.files import write_all
 from firmware.journal import JOURNAL_NAME
 from firmware.operators import OPERATORS_NAME
 
@@ -374,9 +375,7 @@ def _write_file(path: Path, chunks: Iterable[bytes]) -> None:
     try:
         os.fchmod(fd, 0o600)
         for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, chunk)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["write_private", "fsync_dir"]
+__all__ = ["write_private", "write_all", "fsync_dir"]
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -19,9 +19,7 @@ def write_private(path: Path, data: bytes) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.fchmod(fd, 0o600)  # independent of the umask and of a stale temp file's mode
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -33,6 +31,13 @@ def write_private(path: Path, data: bytes) -> None:
             pass
         raise
     fsync_dir(path.parent)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to the file descriptor (os.write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def fsync_dir(directory: Path) -> None:
