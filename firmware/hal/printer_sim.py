@@ -1,6 +1,6 @@
 """Simulated receipt printer: each receipt becomes <name>.bin (exact bytes) and <name>.txt.
 
-Files 0600 (mkstemp) in a 0700 out_dir (when it creates it).
+Files 0600 (firmware.files.write_private) in a 0700 out_dir (when it creates it).
 Blocking file I/O; printer worker thread only (tests may flip `paper` from their own
 thread: a single attribute write). Each file is written atomically (temp file in
 out_dir, fsync, os.replace, then fsync of the directory), so a power cut leaves
@@ -10,10 +10,9 @@ PrinterError("paper out") is raised, like a real printer reporting paper out.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
+from firmware.files import write_private
 from firmware.hal.printer import PAPER_OUT, STATUS_OK, PrinterError
 
 __all__ = ["SimPrinter"]
@@ -37,8 +36,8 @@ class SimPrinter:
         if not self.paper:
             raise PrinterError(PAPER_OUT, device=repr(self))
         try:
-            _write_atomic(self.out_dir / f"{name}.bin", raw)
-            _write_atomic(self.out_dir / f"{name}.txt", preview.encode("utf-8"))
+            write_private(self.out_dir / f"{name}.bin", raw)
+            write_private(self.out_dir / f"{name}.txt", preview.encode("utf-8"))
         except OSError as err:
             raise PrinterError(f"write failed: {err.strerror or err}", device=repr(self)) from err
         self.printed.append(name)
@@ -49,7 +48,7 @@ class SimPrinter:
         latest drawer.bin. PrinterError when out of paper (a real printer is offline then)."""
         if not self.paper:
             raise PrinterError(PAPER_OUT, device=repr(self))
-        _write_atomic(self.out_dir / "drawer.bin", raw)
+        write_private(self.out_dir / "drawer.bin", raw)
         self.drawer_kicks += 1
         log.info("cash drawer kicked (%d so far)", self.drawer_kicks)
 
@@ -61,25 +60,3 @@ def _check_name(name: str) -> None:
     """A receipt name is one plain file name inside out_dir."""
     if not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
         raise ValueError(f"receipt name {name!r} is not a plain file name")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
