@@ -115,7 +115,8 @@ from firmware.sim.acquirer import AcquirerSimulator
 from firmware.sim.catalog import load_catalog
 
 async def serve():
-    port = await AcquirerSimulator(load_catalog(), Path(sys.argv[1])).start("127.0.0.1", 0)
+    sim = AcquirerSimulator(load_catalog(), Path(sys.argv[1]), ledger_thread=False)  # as kpos acquirer
+    port = await sim.start("127.0.0.1", 0)
     print(port, flush=True)
     await asyncio.Event().wait()
 
@@ -125,7 +126,8 @@ asyncio.run(serve())
 
 @contextmanager
 def acquirer_process(ledger: Path) -> Iterator[tuple[int, int]]:
-    """The acquirer simulator in its own process (its CPU is not the terminal's): yields
+    """The acquirer simulator in its own process (its CPU is not the terminal's), deciding
+    on its loop as `kpos acquirer` does (ledger_thread=False): yields
     (port, pid); killed on exit. Blocking start (up to START_TIMEOUT)."""
     proc = subprocess.Popen([sys.executable, "-c", _HOST, str(ledger)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -138,9 +138,22 @@ class Terminal:
             pass  # server already closed it; nothing left to release
 
 
+LEDGER_THREAD = [True]  # how running() decides: on the ledger thread, or on the loop
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["ledger-thread", "on-loop"])
+def decide_on(request):
+    """Every test here runs twice: decisions on the ledger thread (`kpos sim`) and on the
+    loop (`kpos acquirer`, ledger_thread=False)."""
+    LEDGER_THREAD[0] = request.param
+    yield request.param
+    LEDGER_THREAD[0] = True
+
+
 @asynccontextmanager
 async def running(tmp_path, faults: Faults | None = None):
-    sim = AcquirerSimulator(CATALOG, tmp_path / "acq.sqlite", faults=faults, clock=lambda: NOW)
+    sim = AcquirerSimulator(CATALOG, tmp_path / "acq.sqlite", faults=faults, clock=lambda: NOW,
+                            ledger_thread=LEDGER_THREAD[0])
     await sim.start()
     try:
         yield sim
@@ -157,6 +170,22 @@ async def signed_on(tmp_path, faults: Faults | None = None):
             yield sim, term
         finally:
             await term.close()
+
+
+def test_ledger_work_runs_where_the_mode_says(tmp_path, decide_on):
+    import threading
+
+    async def main():
+        async with signed_on(tmp_path) as (sim, term):
+            ran_on = await sim.in_ledger(lambda _: threading.current_thread())
+            assert (ran_on is threading.main_thread()) is not decide_on
+            assert ("acq-ledger" in ran_on.name) is decide_on
+            resp = await term.ask(term.sale("approve", 1234, stan=5))
+            assert resp["39"] == "00"
+            assert await balance(sim, "approve") == CATALOG.cards["approve"].balance - 1234
+        with pytest.raises(RuntimeError, match="not started"):
+            await sim.in_ledger(lambda ledger: ledger)
+    asyncio.run(main())
 
 
 async def balance(sim: AcquirerSimulator, name: str) -> int:

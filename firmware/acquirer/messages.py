@@ -142,10 +142,10 @@ def _check_content(doc: dict) -> None:
         raise MessageError("field t: MTI missing")
     if not (len(mti) == 4 and mti.isdigit() and mti.isascii()):
         raise MessageError(f"field t: MTI {mti!r} is not 4 digits")
-    for key in sorted(NUMERIC_FIELDS & doc.keys(), key=int):
-        value = doc[key]
-        if not (value.isdigit() and value.isascii()):
-            raise MessageError(f"field {key}: not numeric")
+    bad = [key for key in NUMERIC_FIELDS & doc.keys()
+           if not (doc[key].isdigit() and doc[key].isascii())]
+    if bad:
+        raise MessageError(f"field {min(bad, key=int)}: not numeric")  # the first one
 
 
 # --- framing -----------------------------------------------------------------

@@ -11,19 +11,22 @@ scheme-specific cryptogram version (CVN) that adds the CVR belongs in its own fu
 
 pyemv calls cryptography's TripleDES with 16- and 8-byte keys, which emits three
 CryptographyDeprecationWarnings (algorithm moved to `decrepit`, two-key TDES, single-key
-DES inside the ISO 9797-1 algorithm 3 MAC). They are suppressed here, by message,
-around the pyemv calls only. `warnings.catch_warnings` swaps process-wide filter
-state, so two threads inside it at once may restore each other's filters; the only
-effect is on which warnings show, never on the result.
+DES inside the ISO 9797-1 algorithm 3 MAC). They are suppressed by message: before each
+pyemv call, _quiet_tdes() makes sure three "ignore" filters for exactly those messages lead
+the process's warning filters (re-adding them when a `warnings.catch_warnings` block, such
+as the one pytest runs each test in, restored an older list). Filters stay installed:
+swapping them per call with catch_warnings cost more than the TDES itself (~25 us per call,
+three calls per ARQC check) and was not thread-safe.
+
+The AC session key of (IMK, PAN, PSN, ATC) is cached (a few hundred entries): the issuer
+derives it for the ARQC check and again for the ARPC of the same transaction.
 """
 from __future__ import annotations
 
 import functools
-
 import logging
 import warnings
-from contextlib import contextmanager
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import pyemv
 from cryptography.utils import CryptographyDeprecationWarning
@@ -68,38 +71,46 @@ def _double_length(key: bytes) -> bytes:
     raise CryptogramError(f"IMK-AC must be a double-length TDES key, got {len(key)} bytes")
 
 
-@contextmanager
-def _quiet_tdes() -> Iterator[None]:
-    """pyemv's TDES calls warn on every use under cryptography >= 43; silence only those."""
-    with warnings.catch_warnings():
-        for message in _TDES_WARNINGS:
-            warnings.filterwarnings("ignore", message=message, category=CryptographyDeprecationWarning)
-        yield
+_TDES_FILTERS: list[tuple] = []  # the filter entries _quiet_tdes() keeps in front
+
+
+def _quiet_tdes() -> None:
+    """pyemv's TDES calls warn on every use under cryptography >= 43: make sure the filters
+    ignoring only those warnings lead warnings.filters (module docstring). Cheap when they do."""
+    if _TDES_FILTERS and warnings.filters[:len(_TDES_FILTERS)] == _TDES_FILTERS:
+        return
+    for message in _TDES_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=CryptographyDeprecationWarning)
+    _TDES_FILTERS[:] = warnings.filters[:len(_TDES_WARNINGS)]
 
 
 def ac_session_key(imk_ac: bytes, pan: str, psn: str | None, atc: bytes) -> bytes:
     """The card's AC session key: ICC master key by EMV option A, then the common session key."""
     if len(atc) != 2:
         raise CryptogramError(f"ATC must be 2 bytes, got {len(atc)}")
-    icc_mk = _icc_master_key(_double_length(imk_ac), pan, psn or "00")
-    with _quiet_tdes():
-        return pyemv.kd.derive_common_sk(icc_mk, atc + bytes(6))
+    return _session_key(_double_length(imk_ac), pan, psn or "00", bytes(atc))
+
+
+@functools.lru_cache(maxsize=512)
+def _session_key(imk_ac: bytes, pan: str, psn: str, atc: bytes) -> bytes:
+    _quiet_tdes()
+    return pyemv.kd.derive_common_sk(_icc_master_key(imk_ac, pan, psn), atc + bytes(6))
 
 
 @functools.lru_cache(maxsize=256)
 def _icc_master_key(imk_ac: bytes, pan: str, psn: str) -> bytes:
     """EMV option A derivation, cached: the simulated issuer and cards (the only users of
     an IMK, TEST keys) derive the same few cards' keys over and over."""
-    with _quiet_tdes():
-        return pyemv.kd.derive_icc_mk_a(imk_ac, pan, psn)
+    _quiet_tdes()
+    return pyemv.kd.derive_icc_mk_a(imk_ac, pan, psn)
 
 
 def compute_arqc(imk_ac: bytes, pan: str, psn: str | None, values: Mapping[str, bytes]) -> bytes:
     """8-byte ARQC for `values` (tag -> bytes, must hold ARQC_TAGS) under the card's key."""
     data = arqc_input(values)
     session_key = ac_session_key(imk_ac, pan, psn, values["9F36"])
-    with _quiet_tdes():
-        return pyemv.ac.generate_ac(session_key, data)
+    _quiet_tdes()
+    return pyemv.ac.generate_ac(session_key, data)
 
 
 def compute_arpc(imk_ac: bytes, pan: str, psn: str | None, atc: bytes, arqc: bytes, arc: str) -> bytes:
@@ -111,8 +122,8 @@ def compute_arpc(imk_ac: bytes, pan: str, psn: str | None, atc: bytes, arqc: byt
     if len(arc_bytes) != 2:
         raise CryptogramError(f"ARC must be 2 characters, got {len(arc_bytes)}")
     session_key = ac_session_key(imk_ac, pan, psn, atc)
-    with _quiet_tdes():
-        return pyemv.ac.generate_arpc_1(session_key, arqc, arc_bytes)
+    _quiet_tdes()
+    return pyemv.ac.generate_arpc_1(session_key, arqc, arc_bytes)
 
 
 def verify_arqc(imk_ac: bytes, pan: str, psn: str | None, icc_data: bytes) -> bool:

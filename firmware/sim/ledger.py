@@ -1,7 +1,8 @@
 """The acquirer simulator's ledger: accounts, session keys, authorisations, advices, reversals.
 
 Blocking sqlite3, one thread: create and use a Ledger on the simulator's single ledger
-worker thread only (sqlite3's same-thread check enforces it). Every write is one
+worker thread only, or on its loop thread when it decides there (ledger_thread=False);
+sqlite3's same-thread check enforces it. Every write is one
 `BEGIN IMMEDIATE` transaction, so a debit and its authorisation or advice row (or a credit
 and its reversal row) land together or not at all. WAL with synchronous=NORMAL: a commit
 survives a crash of this process (the power-cut harness kills the terminal, never the
@@ -24,6 +25,7 @@ Older ledger files gain the newer columns when opened.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import sqlite3
@@ -132,8 +134,10 @@ class Hold:
     held: bool  # False once completed, cancelled or reversed
 
 
+@functools.lru_cache(maxsize=4096)
 def pan_key(pan: str) -> str:
-    """Lookup key for a PAN (SHA-256 hex). Good enough for a simulator, not for production."""
+    """Lookup key for a PAN (SHA-256 hex), cached: the catalog's few cards come back on every
+    request. Good enough for a simulator (TEST cards), not for production."""
     return hashlib.sha256(pan.encode("ascii")).hexdigest()
 
 
@@ -252,9 +256,9 @@ class Ledger:
     # RRN ------------------------------------------------------------------------------
 
     def _next_rrn(self, db: sqlite3.Connection) -> str:
-        db.execute("INSERT INTO counters (name, value) VALUES ('rrn', 1)"
-                   " ON CONFLICT(name) DO UPDATE SET value = value + 1")
-        value = db.execute("SELECT value FROM counters WHERE name = 'rrn'").fetchone()[0]
+        value = db.execute("INSERT INTO counters (name, value) VALUES ('rrn', 1)"
+                           " ON CONFLICT(name) DO UPDATE SET value = value + 1"
+                           " RETURNING value").fetchone()[0]
         return f"{value:012d}"
 
     def next_rrn(self) -> str:
@@ -380,11 +384,11 @@ class Ledger:
             raise LedgerError(f"no hold to release for pre-auth row {auth_id}: STAN {stan}")
 
     def _debit(self, db: sqlite3.Connection, pan: str, amount: int, stan: str) -> None:
-        balance = self._account(pan)[0]
-        if balance < amount:
+        debited = db.execute("UPDATE accounts SET balance = balance - ? WHERE pan_key = ?"
+                             " AND balance >= ?", (amount, pan_key(pan), amount)).rowcount
+        if debited != 1:
+            self._account(pan)  # LedgerError when there is no account at all
             raise LedgerError(f"approval would overdraw {mask_pan(pan)}: STAN {stan}")
-        db.execute("UPDATE accounts SET balance = balance - ? WHERE pan_key = ?",
-                   (amount, pan_key(pan)))
 
     # reversals ------------------------------------------------------------------------
 
