@@ -19,11 +19,17 @@ cutoffs, message fields 12/13).
 - Drain order (DESIGN §6, FIELD-NOTES §3): pending reversals first, oldest first, one in
   flight; each attempt is committed before the write; 0400 first, 0401 on repeats, same
   STAN and data; any answer acknowledges it. Then advices, oldest first, in batches of
-  `cfg.batch`: one commit marks the whole batch attempted before its first advice is
-  written; each goes as 0220 (never attempted) or 0221 (a repeat: the sealed 0220 with
-  the repeat MTI), PIPELINE of them written back to back and their answers matched by STAN
-  (AcquirerLink.exchange_many); the answers are committed together, once per batch, and
-  at once when a failure cuts the batch short. A code in APPROVED_CODES: accepted;
+  `cfg.batch`: a batch is claimed (read and marked attempted, Journal.claim_advices, one
+  commit) before its first advice is written; each goes as 0220 (never attempted) or 0221
+  (a repeat: the sealed 0220 with the repeat MTI), PIPELINE of them written back to back
+  and their answers matched by STAN (AcquirerLink.exchange_many). One journal call per
+  batch commits the answers to the batch before, purges the -wal file (acknowledged card
+  data leaves it in the call that commits the ack) and claims the next batch; once a
+  batch of the drain went through, that call runs while the next batch is on the link,
+  so the journal's commits and fsyncs overlap the host's work. The answers received are
+  also committed at once when a failure cuts a batch short or the drain is cancelled;
+  a batch claimed meanwhile stays pending and goes later as 0221 repeats (the acquirer
+  de-duplicates on terminal id + STAN + date). A code in APPROVED_CODES: accepted;
   RETRY_CODES (91/96): no result, the advice stays pending, back off; any other code:
   declined (kept by the journal, an operator alert).
 - Failure (NotSent/NoResponse): the link is offline; the item stays pending and its next
@@ -44,8 +50,8 @@ cutoffs, message fields 12/13).
   note_link(): the app's own exchanges count as link traffic, so echo tests only run on
   an idle link.
 - on_status(LinkState) runs on the loop after every change of online/offline, of the
-  queue stats or of the fault; stats cost one queue_stats() per pass and per drained
-  batch, never one per message.
+  queue stats or of the fault; stats cost one queue_stats() per pass, per STATS_EVERY
+  drained batches and at the end of a drain, never one per message.
 Logging: logger "kpos.saf", messages.describe() and journal texts only (log-safe).
 """
 from __future__ import annotations
@@ -71,6 +77,7 @@ log = logging.getLogger("kpos.saf")
 
 RETRY_CODES = frozenset({"91", "96"})  # issuer / system unavailable: not an answer yet
 PIPELINE = 10  # advices written back to back before their answers are read
+STATS_EVERY = 10  # batches: fresh queue stats (an O(queue) count) this often in a drain
 
 JournalCall = Callable[[Callable[[Journal], Any]], Awaitable[Any]]
 
@@ -89,6 +96,29 @@ def backoff_delay(failures: int, cfg: SafConfig, rng: Callable[[], float]) -> fl
     (0 for the first retry): min(retry_max, retry_first * 2**failures) * (0.5 + rng() / 2),
     exponential with "equal jitter" (rng() in [0, 1))."""
     return min(cfg.retry_max, cfg.retry_first * 2 ** min(failures, 64)) * (0.5 + rng() / 2)
+
+
+def _commit_and_claim(journal: Journal, answered: list[tuple[int, str, bool]],
+                      claim: tuple[int, int] | None, *, stats: bool,
+                      ) -> tuple[QueueStats | None, list[PendingAdvice] | JournalError]:
+    """Journal worker: the one call per batch of StoreAndForward._drain_advices. Commits
+    `answered` and purges the -wal file (the acknowledged card data leaves it in the call
+    that commits the ack), then claims `claim` = (limit, after txn id); a claim's
+    JournalError is returned, not raised (the answers are committed by then). The stats
+    when answers were committed and `stats` is asked for or the claim found nothing more
+    (the end of the drain); else None."""
+    if answered:
+        journal.record_advice_results(answered)
+        journal.purge_card_data()
+    claimed: list[PendingAdvice] | JournalError = []
+    if claim is not None:
+        try:
+            claimed = journal.claim_advices(claim[0], after=claim[1])
+        except JournalError as exc:
+            claimed = exc
+    if answered and (stats or not isinstance(claimed, list) or not claimed):
+        return journal.queue_stats(), claimed
+    return None, claimed
 
 
 class StoreAndForward:
@@ -275,14 +305,7 @@ class StoreAndForward:
             acked = await self._reversal_phase()
             if self._online is False:
                 return False
-            while True:
-                batch = await self._load("advices", lambda j: j.pending_advices(self._cfg.batch))
-                if not batch:
-                    return acked is not None and batch is not None
-                finished = await self._forward(batch)
-                await self._refresh()
-                if not finished:
-                    return False
+            return await self._drain_advices() and acked is not None
 
     async def _reversal_phase(self) -> int | None:
         """_send_reversals under the lock, then fresh stats unless nothing was pending."""
@@ -315,37 +338,86 @@ class StoreAndForward:
         self._clear_fault("reversal data")
         return len(pending)
 
-    async def _forward(self, batch: list[PendingAdvice]) -> bool:
-        """Send one batch of advices, PIPELINE at a time written back to back (answers
-        matched by STAN); False when a failure or 91/96 cut it short."""
-        await self._journal(lambda j: j.record_advice_attempts([a.txn_id for a in batch]))
-        results: list[tuple[int, str, bool]] = []
+    async def _drain_advices(self) -> bool:
+        """Advices oldest first, batch by batch, one journal call per batch
+        (_commit_and_claim: the answers to the batch before, the claim of the next batch,
+        marked attempted). Once a batch of this drain went through, the link is known to
+        work and that call runs while the next batch is on the link; so when a failure then
+        stops the drain, the batch claimed meanwhile is sent later as 0221 repeats. False
+        when a batch was cut short or the queue could not be read; the answers received are
+        committed (and purged from the -wal file) before it returns, also when cancelled."""
+        answered: list[tuple[int, str, bool]] = []  # answers not committed yet
+        job = asyncio.ensure_future(self._journal_batch(answered, after=0, n=0))
+        n = 0  # batches of this drain sent or on the link
         try:
-            for start in range(0, len(batch), PIPELINE):
-                window = batch[start:start + PIPELINE]
-                requests = [{**a.request, "t": "0221" if a.attempts else "0220"} for a in window]
-                async with self._lock:
-                    responses = await self._exchange_many(requests)
-                finished = responses is not None
-                for advice, response in zip(window, responses or ()):
-                    if response is None:
-                        finished = False
-                        continue
-                    code = response.get("39", "")
-                    if code in RETRY_CODES:
-                        log.warning("advice not taken yet, retrying later: %s", messages.describe(response))
-                        finished = False
-                        continue
-                    if code not in APPROVED_CODES:
-                        log.warning("advice declined (kept, operator alert): %s", messages.describe(response))
-                    results.append((advice.txn_id, code, code in APPROVED_CODES))
-                if not finished:
+            while True:
+                batch, job = await asyncio.shield(job), None
+                if not batch:
+                    return batch is not None
+                n += 1
+                if n > 1:  # one went through: claim the next batch while this one is on the link
+                    job, answered = self._batch_job(answered, batch, n), []
+                if not await self._forward(batch, answered):
                     return False
-            return True
-        finally:  # also when cancelled: what was answered is recorded
-            if results:
-                await self._journal(lambda j: (j.record_advice_results(results), j.purge_card_data()))
-            log.info("advices forwarded: %d of %d answered", len(results), len(batch))
+                if job is None:
+                    job, answered = self._batch_job(answered, batch, n), []
+        finally:  # what was answered is recorded, also when cancelled
+            if job is not None:  # still running (or it failed: raised above)
+                await asyncio.wait([job])
+            await self._journal_batch(answered, after=None, n=0)
+
+    def _batch_job(self, answered: list[tuple[int, str, bool]], batch: list[PendingAdvice],
+                   n: int) -> asyncio.Future:
+        return asyncio.ensure_future(self._journal_batch(answered, after=batch[-1].txn_id, n=n))
+
+    async def _journal_batch(self, answered: list[tuple[int, str, bool]], *, after: int | None,
+                             n: int) -> list[PendingAdvice] | None:
+        """_commit_and_claim on the journal worker: `answered` committed, then unless
+        `after` is None the next batch above txn `after` claimed; None (a fault, reported)
+        when it cannot be read. `n`: batches sent so far in this drain (0: the last call),
+        for the stats period."""
+        if not answered and after is None:
+            return None
+        claim = None if after is None else (self._cfg.batch, after)
+        stats, claimed = await self._journal(lambda j: _commit_and_claim(
+            j, answered, claim, stats=n % STATS_EVERY == 0))
+        if answered:
+            log.info("advices forwarded: %d answered", len(answered))
+        if stats is not None:
+            self._stats = stats
+            self._report()
+        if isinstance(claimed, JournalError):
+            self._fault("advices", f"advices unreadable: {claimed}")
+            return None
+        if after is not None:
+            self._clear_fault("advices")
+        return claimed
+
+    async def _forward(self, batch: list[PendingAdvice], answered: list[tuple[int, str, bool]]) -> bool:
+        """Send one claimed batch, PIPELINE at a time written back to back (answers matched
+        by STAN), appending (txn_id, code, accepted) to `answered` as they come; False when
+        a failure or 91/96 cut it short."""
+        for start in range(0, len(batch), PIPELINE):
+            window = batch[start:start + PIPELINE]
+            requests = [{**a.request, "t": "0221" if a.attempts else "0220"} for a in window]
+            async with self._lock:
+                responses = await self._exchange_many(requests)
+            finished = responses is not None
+            for advice, response in zip(window, responses or ()):
+                if response is None:
+                    finished = False
+                    continue
+                code = response.get("39", "")
+                if code in RETRY_CODES:
+                    log.warning("advice not taken yet, retrying later: %s", messages.describe(response))
+                    finished = False
+                    continue
+                if code not in APPROVED_CODES:
+                    log.warning("advice declined (kept, operator alert): %s", messages.describe(response))
+                answered.append((advice.txn_id, code, code in APPROVED_CODES))
+            if not finished:
+                return False
+        return True
 
     async def _load(self, queue: str, fn: Callable[[Journal], list]) -> list | None:
         """The queue from the journal; None (a fault, reported) when it cannot be read."""

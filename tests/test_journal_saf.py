@@ -76,6 +76,33 @@ def test_attempts_are_committed_for_a_batch(journal, card, db_path):
     assert attempts == [1, 1, 0]
 
 
+def test_a_claim_reads_the_next_batch_after_a_txn_and_commits_its_attempts(journal, card, db_path):
+    ids = [offline_sale(journal, card, 100 + n)[0] for n in range(5)]
+    first = journal.claim_advices(2)
+    assert [(a.txn_id, a.attempts) for a in first] == [(ids[0], 0), (ids[1], 0)]  # counts before
+    second = journal.claim_advices(2, after=ids[1])  # the first batch is still pending
+    assert [a.txn_id for a in second] == ids[2:4] and second[0].request["t"] == "0220"
+    with other_connection(db_path) as db:  # committed before they are returned
+        attempts = [r[0] for r in db.execute("SELECT attempts FROM advice ORDER BY txn_id")]
+    assert attempts == [1, 1, 1, 1, 0]
+    assert [(a.txn_id, a.attempts) for a in journal.claim_advices(10)] == [
+        (ids[0], 1), (ids[1], 1), (ids[2], 1), (ids[3], 1), (ids[4], 0)]
+    assert journal.claim_advices(10, after=ids[4]) == []
+
+
+def test_results_for_a_batch_are_all_or_nothing(journal, card, db_path):
+    a, _ = offline_sale(journal, card)
+    b, _ = offline_sale(journal, card)
+    for bad in ([(a, "00", True), (a, "00", True)], [(a, "00", True), (b + 1, "00", True)]):
+        with pytest.raises(JournalError, match="no pending advice"):
+            journal.record_advice_results(bad)
+    with other_connection(db_path) as db:
+        assert db.execute("SELECT COUNT(*) FROM sealed_request").fetchone()[0] == 2
+        assert [r[0] for r in db.execute("SELECT status FROM advice")] == ["PENDING"] * 2
+    journal.record_advice_results([(b, "05", False), (a, "00", True)])
+    assert (journal.get(a).advice_status, journal.get(b).advice_status) == ("ACKED", "DECLINED")
+
+
 def test_results_ack_and_decline_delete_the_sealed_data(journal, card, db_path):
     a, _ = offline_sale(journal, card)
     b, _ = offline_sale(journal, card)

@@ -111,6 +111,7 @@ class Env:
     saf: StoreAndForward = None
     task: asyncio.Task | None = None
     calls: list[str] = field(default_factory=list)  # journal methods the SAF called
+    counting: CountingJournal | None = None  # the journal as the SAF sees it
 
     async def j(self, fn):
         return await self.worker.run(fn, self.journal)
@@ -157,15 +158,40 @@ class Env:
         return await self.statuses.wait(lambda s: s.online and s.stats.queued == 0, "drained")
 
 
+class PowerCut(Exception):
+    """The terminal died here: this journal call and every later one never run."""
+
+
 class CountingJournal:
-    """The journal as the SAF sees it, counting which methods it calls."""
+    """The journal as the SAF sees it, counting which methods it calls; "|" in `calls`
+    starts each journal call (one hop to the worker). `cut` = (method, n): the n-th use of
+    that method and everything after it raise PowerCut instead (nothing of it runs)."""
 
     def __init__(self, journal: Journal, calls: list[str]):
         self._journal, self._calls = journal, calls
+        self.cut: tuple[str, int] | None = None
 
     def __getattr__(self, name):
         self._calls.append(name)
+        if self.cut is not None and self._calls.count(self.cut[0]) >= self.cut[1]:
+            raise PowerCut(f"cut at {self.cut[0]} #{self.cut[1]}")
         return getattr(self._journal, name)
+
+    def hop(self, fn):
+        """Journal worker: the SAF's journal_call(fn) runs fn(self) here."""
+        self._calls.append("|")
+        return fn(self)
+
+    def advice_hops(self) -> list[list[str]]:
+        """The journal calls that claimed advices or committed their answers, each as the
+        methods it used."""
+        hops: list[list[str]] = []
+        for name in self._calls:
+            if name == "|":
+                hops.append([])
+            elif hops:
+                hops[-1].append(name)
+        return [h for h in hops if {"claim_advices", "record_advice_results"} & set(h)]
 
 
 @asynccontextmanager
@@ -179,8 +205,8 @@ async def env(tmp_path, *, cfg: SafConfig = CFG, echo_interval: float = 60.0, va
     journal = await worker.run(lambda: Journal(journal_path, vault, now=clock.now))
     link = AcquirerLink("127.0.0.1", sim.port, connect_timeout=2.0, response_timeout=RESPONSE_TIMEOUT)
     e = Env(sim, journal, worker, link, clock, Statuses())
-    counting = CountingJournal(journal, e.calls)
-    e.saf = StoreAndForward(link, lambda fn: worker.run(fn, counting), IDS, cfg,
+    e.counting = counting = CountingJournal(journal, e.calls)
+    e.saf = StoreAndForward(link, lambda fn: worker.run(counting.hop, fn), IDS, cfg,
                             echo_interval=echo_interval, now=clock.now, on_status=e.statuses,
                             rng=lambda: 0.0)
     try:
@@ -234,8 +260,9 @@ def test_reversals_go_first_then_advices_oldest_first_in_batches(tmp_path):
             assert [await e.row("advice", s) for s in (a1, a2, a3)] == [("ACKED", 1)] * 3
             assert [await e.row("reversal", s) for s in (r1, r2)] == [("ACKED", 1)] * 2
             assert (state.stats.alerts, state.fault) == (0, "")
-            # batches of 2: one attempts commit and one results commit per batch, stats per batch
-            assert e.calls.count("record_advice_attempts") == 2
+            # batches of 2: one claim (read + attempts commit) per batch and the empty one
+            # that ends the drain, one results commit per batch, stats per batch
+            assert e.calls.count("claim_advices") == 3
             assert e.calls.count("record_advice_results") == 2
             assert e.calls.count("queue_stats") <= 5
     run(main())
@@ -256,6 +283,65 @@ def test_attempts_are_committed_before_the_write_and_the_next_send_is_0221(tmp_p
             assert sorted(await e.debits()) == [("advice", f"{first:06d}", 1),
                                                ("advice", f"{second:06d}", 0)]
             assert any(s.online is False for s in e.statuses.seen)
+    run(main())
+
+
+def test_one_journal_call_per_batch_commits_the_answers_and_claims_the_next(tmp_path):
+    """Batches of 2, five advices: the first batch is claimed alone; then each journal call
+    commits the answers to one batch and claims the batch after the one on the link; the
+    last answers close the drain: 5 calls for 3 batches (reading, marking attempted and
+    committing each batch apart took 3 per batch)."""
+    async def main():
+        async with env(tmp_path, cfg=SafConfig(0.02, 0.1, 3600.0, batch=2)) as e:
+            stans = [await e.advice(amount=1000 + n) for n in range(5)]
+            e.start()
+            state = await e.drained()
+            results = ["record_advice_results", "purge_card_data"]
+            assert e.counting.advice_hops() == [
+                ["claim_advices"],  # batch 1
+                [*results, "claim_advices"],  # batch 1's answers, batch 2
+                ["claim_advices"],  # batch 3, while batch 2 is on the link
+                [*results, "claim_advices", "queue_stats"],  # batch 2's answers, nothing more
+                [*results, "queue_stats"],  # batch 3's answers: the drain is over
+            ]
+            assert [e.sim.mtis(s) for s in stans] == [["0220"]] * 5
+            assert [await e.row("advice", s) for s in stans] == [("ACKED", 1)] * 5
+            assert (state.stats.queued, state.stats.alerts) == (0, 0)
+    run(main())
+
+
+def test_a_cut_between_batches_keeps_the_committed_answers_and_repeats_the_rest(tmp_path):
+    """The terminal dies as it is about to commit batch 2's answers (batch 3 claimed and
+    on the link meanwhile): batch 1's answers were committed and its card data purged, so
+    after the restart only batches 2 and 3 go again, as 0221 repeats the host answers from
+    its record (one debit each); then no sealed blob is left in the journal's files."""
+    cfg = SafConfig(0.02, 0.1, 3600.0, batch=2)
+
+    def on_disk() -> bytes:
+        return b"".join(path.read_bytes() for path in tmp_path.glob("journal.db*"))
+
+    async def main():
+        async with env(tmp_path, cfg=cfg) as e:
+            stans = [await e.advice(amount=1000 + n) for n in range(6)]
+            with sqlite3.connect(tmp_path / "journal.db") as db:
+                blobs = [r[0] for r in db.execute("SELECT blob FROM sealed_request ORDER BY txn_id")]
+            e.counting.cut = ("record_advice_results", 2)
+            e.start()
+            with pytest.raises(PowerCut):
+                async with asyncio.timeout(WAIT):
+                    await e.task
+            e.task = None
+            assert [e.sim.mtis(s) for s in stans] == [["0220"]] * 6
+            assert [await e.row("advice", s) for s in stans] == [("ACKED", 1)] * 2 + [("PENDING", 1)] * 4
+            assert [b in on_disk() for b in blobs] == [False] * 2 + [True] * 4
+        async with env(tmp_path, cfg=cfg) as e:  # the restart
+            e.start()
+            await e.drained()
+            assert [e.sim.mtis(s) for s in stans] == [[]] * 2 + [["0221"]] * 4
+            assert [await e.row("advice", s) for s in stans] == [("ACKED", 1)] * 2 + [("ACKED", 2)] * 4
+            debits = {stan: repeats for _, stan, repeats in await e.debits()}
+            assert debits == {f"{s:06d}": 0 if n < 2 else 1 for n, s in enumerate(stans)}
+            assert [b for b in blobs if b in on_disk()] == []
     run(main())
 
 
