@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable
 
-from firmware import crashpoint
+from firmware import crashpoint, memtrim
 from firmware.acquirer import messages
 from firmware.acquirer.tls import TlsClient
 from firmware.app_card import CardWork
@@ -111,6 +111,8 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork, HoldGate):
                                     TlsClient.from_config(cfg.acquirer))
         self.saf = self._make_saf(self.link, self.journal_call)
         self._saf_task: asyncio.Task | None = None
+        memtrim.limit_arenas()  # before the workers' threads: they share the arenas
+        memtrim.cap_mmap_threshold()  # big buffers (scrypt's 16 MB) unmapped when freed
         self.journal_worker = Worker("journal")
         self.reader_worker = Worker("reader")
         self.printer_worker = Worker("printer")
@@ -376,6 +378,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork, HoldGate):
                 self._spawn(self._set_training(on), "training")
             case Idle():
                 self._emv, self._apps = None, []
+                memtrim.trim()  # the transaction's freed memory back to the OS (~0.05 ms)
             case _:
                 raise TypeError(f"unknown action {action!r}")
 

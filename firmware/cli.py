@@ -40,6 +40,8 @@ __all__ = ["main"]
 
 log = logging.getLogger("kpos")
 
+SIM_SCREENS = 1000  # `kpos sim` remembers the newest screens only: it may run for days
+
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -307,14 +309,15 @@ def _cmd_sim(args) -> int:
     async def go() -> int:
         if args.script:
             steps = load_script(args.script)
-            async with sim_session(cfg, forward_display=ConsoleDisplay(), pcsc=args.pcsc) as session:
+            async with sim_session(cfg, forward_display=ConsoleDisplay(), pcsc=args.pcsc,
+                                   keep_screens=SIM_SCREENS) as session:
                 await run_script(session, steps)
             print(f"scenario passed: {args.script}")
             return 0
         panel = _LatePanel()
         screen = ConsoleDisplay() if args.no_panel else PanelScreen(ConsoleDisplay())
         async with sim_session(cfg, forward_display=screen, inputs=[panel],
-                               pcsc=args.pcsc) as session:
+                               pcsc=args.pcsc, keep_screens=SIM_SCREENS) as session:
             panel.bind(ConsolePanel(session.reader))
             _install_signals(session.terminal.request_stop)
             print(f"KPOS simulator: acquirer on 127.0.0.1:{session.cfg.acquirer.port}, "

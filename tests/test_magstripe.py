@@ -22,6 +22,7 @@ from firmware.emv.card import ENTRY_MAGSTRIPE
 from firmware.flows.types import CardInserted, CardRemoved, CardSwiped, SwipeFailed
 from firmware.hal import DeviceError
 from firmware.hal.console import HELP, ConsolePanel, parse_console_line
+from firmware.hal.display import RecordingDisplay
 from firmware.hal.reader_sim import SimCardReader
 from firmware.hal.swipe import (
     OFFLINE, EvdevSwipeReader, LineBuffer, SerialSwipeReader, WedgeDecoder, build_swipe_reader,
@@ -476,7 +477,7 @@ def test_console_swipe_command(sim_reader):
 
 def test_script_swipe_step(sim_reader):
     reader, events = sim_reader
-    session = SimpleNamespace(reader=reader, display=SimpleNamespace(history=[]),
+    session = SimpleNamespace(reader=reader, display=RecordingDisplay(),
                               printer=SimpleNamespace(printed=[]))
     logged: list[str] = []
     asyncio.run(run_script(session, parse_script("swipe approve\nswipe expired\n"),

@@ -24,15 +24,25 @@ def screen_text(screen: Screen) -> str:
 
 
 class RecordingDisplay:
-    """Keeps every screen shown and lets loop code await one containing some text.
+    """Keeps the screens shown and lets loop code await one containing some text.
 
     Optionally forwards each screen to another display (the console in `kpos sim --script`).
+    `keep` None keeps every screen (tests read `history` whole); a number keeps at least the
+    newest `keep` (at most 2 x keep), for simulators that run for days (`kpos sim`): screens
+    are then counted by mark(), which keeps counting when old screens are dropped, and
+    wait_for(since=mark) takes such a count.
     """
 
-    def __init__(self, forward: Display | None = None):
+    def __init__(self, forward: Display | None = None, *, keep: int | None = None):
         self.history: list[Screen] = []
+        self.keep = keep
+        self.dropped = 0  # screens dropped off the front of history (keep)
         self._forward = forward
         self._changed = asyncio.Event()
+
+    def mark(self) -> int:
+        """How many screens have been shown so far (a `since` for wait_for)."""
+        return self.dropped + len(self.history)
 
     @property
     def current(self) -> Screen | None:
@@ -40,19 +50,25 @@ class RecordingDisplay:
 
     def show(self, screen: Screen) -> None:
         self.history.append(screen)
+        if self.keep is not None and len(self.history) > 2 * self.keep:
+            cut = len(self.history) - self.keep
+            del self.history[:cut]
+            self.dropped += cut
         self._changed.set()
         if self._forward is not None:
             self._forward.show(screen)
 
     async def wait_for(self, text: str, *, timeout: float, since: int = 0) -> Screen:
-        """The first screen at index >= `since` whose text contains `text` (TimeoutError if none)."""
+        """The first screen shown at count >= `since` (mark()) whose text contains `text`
+        (TimeoutError if none; screens already dropped are not searched)."""
         async def scan() -> Screen:
-            index = since
+            shown = max(since, self.dropped)
             while True:
-                while index < len(self.history):
-                    if text in screen_text(self.history[index]):
-                        return self.history[index]
-                    index += 1
+                while shown < self.mark():
+                    screen = self.history[max(shown - self.dropped, 0)]
+                    if text in screen_text(screen):
+                        return screen
+                    shown = max(shown + 1, self.dropped)
                 self._changed.clear()
                 await self._changed.wait()
 

@@ -6,6 +6,8 @@ thread: a single attribute write). Each file is written atomically (temp file in
 out_dir, fsync, os.replace, then fsync of the directory), so a power cut leaves
 either the whole file or none. With `paper` False nothing is written and
 PrinterError("paper out") is raised, like a real printer reporting paper out.
+`printed` keeps the names of the last PRINTED_KEEP receipts (oldest first), so a simulator
+that runs for months does not grow with every sale.
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from pathlib import Path
 from firmware.files import write_private
 from firmware.hal.printer import PAPER_OUT, STATUS_OK, PrinterError
 
-__all__ = ["SimPrinter"]
+__all__ = ["PRINTED_KEEP", "SimPrinter"]
 
 log = logging.getLogger("kpos.printer")
+
+PRINTED_KEEP = 1000  # receipt names kept in SimPrinter.printed, the newest
 
 
 class SimPrinter:
@@ -25,7 +29,7 @@ class SimPrinter:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # service user only
         self.paper = paper
-        self.printed: list[str] = []  # names printed, in order
+        self.printed: list[str] = []  # the last PRINTED_KEEP names printed, in order
         self.drawer_kicks = 0  # cash drawer pulses sent
 
     def __repr__(self) -> str:
@@ -41,6 +45,8 @@ class SimPrinter:
         except OSError as err:
             raise PrinterError(f"write failed: {err.strerror or err}", device=repr(self)) from err
         self.printed.append(name)
+        if len(self.printed) > PRINTED_KEEP:
+            del self.printed[0]
         log.info("printed receipt %s (%d bytes) to %s", name, len(raw), self.out_dir)
 
     def kick_drawer(self, raw: bytes) -> None:

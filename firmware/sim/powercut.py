@@ -525,13 +525,13 @@ async def _sell(session, card: str, how: str, pin: bool, amount: int) -> str:
     deadline = asyncio.get_running_loop().time() + SALE_LIMIT_S
     if reader.present():
         reader.remove()
-    mark, done, outcome, left_idle = len(display.history), set(), "", False
+    mark, done, outcome, left_idle = display.mark(), set(), "", False
     for key in [*str(amount), "ENTER"]:
         terminal.post(Key(key))
     while True:
         remaining = deadline - asyncio.get_running_loop().time()
         await display.wait_for("", timeout=max(remaining, 0.001), since=mark)  # any new screen
-        mark = len(display.history)
+        mark = display.mark()
         state = terminal.sale_state
         step = (state.phase, state.token)  # one answer per screen of a phase
         if state.phase == "IDLE":
@@ -575,7 +575,7 @@ async def _drain_queue(session, limit: float) -> int:
     display, terminal = session.display, session.terminal
     deadline = asyncio.get_running_loop().time() + limit
     while True:
-        mark = len(display.history)
+        mark = display.mark()
         stats = await terminal.journal_call(lambda journal: journal.queue_stats())
         if stats.reversals == 0 and stats.advices == 0:
             _emit(event="drained")

@@ -134,7 +134,7 @@ class _Runner:
     def __init__(self, session: SimSession, log):
         self.s = session
         self.log = log
-        self.mark = len(session.display.history)
+        self.mark = session.display.mark()
         self.printed_at_start = len(session.printer.printed)
 
     async def do(self, words: tuple[str, ...]) -> None:
@@ -142,7 +142,7 @@ class _Runner:
         if verb == "expect":
             await self.expect(args[0], args[1:])
             return
-        self.mark = len(self.s.display.history)
+        self.mark = self.s.display.mark()
         if verb == "keys":
             for word in args:
                 for key in (list(word) if word.isdigit() else [word]):
@@ -203,7 +203,7 @@ class _Runner:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while True:
-            screens, handled = len(self.s.display.history), self.s.acquirer.requests_handled
+            screens, handled = self.s.display.mark(), self.s.acquirer.requests_handled
             failure = await check()
             if failure is None:
                 return
