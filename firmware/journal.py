@@ -50,7 +50,7 @@ from firmware.journal_rows import (
     read_counter,
 )
 from firmware.journal_settlement import Settlement
-from firmware.txnkinds import DEBIT, KINDS
+from firmware.txnkinds import CASH, DEBIT, KINDS, NONE
 
 __all__ = [
     "Journal",
@@ -213,6 +213,9 @@ MIGRATIONS: list[list[str]] = [
             min_reader INTEGER NOT NULL      -- the least SCHEMA_VERSION that may open the journal
         )""",
     ],
+    [  # 9: risk_history and retention read rows by time, not by a scan of the whole table
+        "CREATE INDEX txn_by_created ON txn (created_at)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Steps an older release cannot work with: {step version: least reader SCHEMA_VERSION}. A step
@@ -303,7 +306,9 @@ class Recovery:
 
 
 class RiskRow(NamedTuple):
-    """What firmware.limits reads of a row (Journal.risk_history); amount in minor units."""
+    """What firmware.limits reads of a group of rows (Journal.risk_history): `rows`
+    approved rows summed to `amount` (minor units), `small_rows` of them at or under the
+    velocity_small asked for; created_at is the group's latest."""
 
     kind: str
     status: str
@@ -311,6 +316,8 @@ class RiskRow(NamedTuple):
     entry_mode: str | None
     wallet: str | None
     created_at: str
+    rows: int = 1
+    small_rows: int | None = None  # None: one row, compare its amount
 
 
 class Journal(Settlement, QrPayments):
@@ -364,6 +371,15 @@ class Journal(Settlement, QrPayments):
 
     def batch_no(self) -> int:
         return read_counter(self._db, "batch")
+
+    def open_batch_count(self) -> int:
+        """Transactions of the open batch (batch_no) that move money at the acquirer (not
+        cash, a balance inquiry or a pre-auth), whatever their status: the batch-full rule
+        (firmware/app_menu.py). One query over the txn_by_batch index."""
+        kinds = tuple(name for name, k in KINDS.items() if k.totals not in (NONE, CASH))
+        return self._db.execute(
+            "SELECT COUNT(*) FROM txn WHERE batch = (SELECT value FROM counter WHERE name ="
+            f" 'batch') AND kind IN ({', '.join('?' * len(kinds))})", kinds).fetchone()[0]
 
     def close_batch(self) -> int:
         """Start the next batch (settlement done); returns the new batch number, wraps to 1."""
@@ -627,26 +643,35 @@ class Journal(Settlement, QrPayments):
         db.execute("INSERT INTO advice (txn_id, status, detail, created_at, updated_at) "
                    "VALUES (?, 'PENDING', ?, ?, ?)", (txn_id, detail, now, now))
 
-    def pending_advices(self, limit: int | None = None) -> list[PendingAdvice]:
-        """Advices waiting to be forwarded, oldest first (lowest txn id), unsealed."""
+    def pending_advices(self, limit: int | None = None, *, after: int = 0) -> list[PendingAdvice]:
+        """Advices waiting to be forwarded with a txn id above `after`, oldest first (lowest
+        txn id), unsealed."""
         rows = self._db.execute(
             """SELECT a.txn_id, t.stan, t.batch, t.amount, t.currency, t.kind,
                       t.offline_code AS code, a.attempts, a.created_at, s.blob
                FROM advice a JOIN txn t ON t.id = a.txn_id
                LEFT JOIN sealed_request s ON s.txn_id = a.txn_id
-               WHERE a.status = 'PENDING' ORDER BY a.txn_id LIMIT ?""",
-            (-1 if limit is None else limit,)).fetchall()
+               WHERE a.status = 'PENDING' AND a.txn_id > ? ORDER BY a.txn_id LIMIT ?""",
+            (after, -1 if limit is None else limit)).fetchall()
         return self._readable(rows, "advice", PendingAdvice)
 
     def record_advice_attempts(self, txn_ids: list[int]) -> None:
         """Commit one more attempt for each advice BEFORE any of them is written (so a
-        restart sends a 0221 repeat, never a second 0220). One commit for the lot."""
+        restart sends a 0221 repeat, never a second 0220). One commit, one statement."""
         if not txn_ids:
             return
         with self._write() as db:
-            now = self._stamp()
-            db.executemany("UPDATE advice SET attempts = attempts + 1, updated_at = ? "
-                           "WHERE txn_id = ? AND status = 'PENDING'", [(now, i) for i in txn_ids])
+            db.execute("UPDATE advice SET attempts = attempts + 1, updated_at = ? WHERE status = "
+                       "'PENDING' AND txn_id IN (SELECT value FROM json_each(?))",
+                       (self._stamp(), json.dumps(txn_ids)))
+
+    def claim_advices(self, limit: int, *, after: int = 0) -> list[PendingAdvice]:
+        """The store-and-forward's next batch: pending_advices(limit, after=after), then
+        record_advice_attempts on them (one commit) before they are returned; `attempts` in
+        each is the count before this claim (0: never sent, goes as 0220)."""
+        advices = self.pending_advices(limit, after=after)
+        self.record_advice_attempts([a.txn_id for a in advices])
+        return advices
 
     def record_advice_results(self, results: list[tuple[int, str, bool]]) -> None:
         """The acquirer answered advices: (txn_id, response code, accepted). Accepted: ACKED;
@@ -654,15 +679,21 @@ class Journal(Settlement, QrPayments):
         sealed card data is deleted. One commit for the lot."""
         if not results:
             return
-        with self._write() as db:
-            now = self._stamp()
-            for txn_id, code, accepted in results:
-                status = "ACKED" if accepted else "DECLINED"
-                cur = db.execute("UPDATE advice SET status = ?, response_code = ?, updated_at = ? "
-                                 "WHERE txn_id = ? AND status = 'PENDING'", (status, code, now, txn_id))
-                if cur.rowcount != 1:
-                    raise JournalError(f"txn {txn_id}: no pending advice to record {code!r} for")
-                db.execute("DELETE FROM sealed_request WHERE txn_id = ?", (txn_id,))
+        rows = json.dumps([[txn_id, code, "ACKED" if accepted else "DECLINED"]
+                           for txn_id, code, accepted in results])
+        with self._write() as db:  # two statements for the lot (few GIL hand-offs)
+            # "+status": look the rows up by txn id, not by a scan of advice_by_status
+            done = {r[0] for r in db.execute(
+                "UPDATE advice SET status = json_extract(r.value, '$[2]'), response_code = "
+                "json_extract(r.value, '$[1]'), updated_at = ? FROM json_each(?) AS r WHERE "
+                "advice.txn_id = json_extract(r.value, '$[0]') AND +advice.status = 'PENDING' "
+                "RETURNING advice.txn_id", (self._stamp(), rows))}
+            if len(done) != len(results):  # one was not pending, or one is named twice
+                ids = [txn_id for txn_id, _, _ in results]
+                txn_id, code, _ = next(r for r in results if r[0] not in done or ids.count(r[0]) > 1)
+                raise JournalError(f"txn {txn_id}: no pending advice to record {code!r} for")
+            db.execute("DELETE FROM sealed_request WHERE txn_id IN "
+                       "(SELECT json_extract(value, '$[0]') FROM json_each(?))", (rows,))
         declined = [txn_id for txn_id, _, accepted in results if not accepted]
         if declined:
             log.error("advices declined by the acquirer (operator alert): txn %s", declined)
@@ -855,21 +886,21 @@ class Journal(Settlement, QrPayments):
                                 (original_id,)).fetchall()
         return [TxnRecord(**dict(row)) for row in rows]
 
-    def risk_history(self, midnight: str, recent: str) -> list["RiskRow"]:
-        """The rows firmware.limits.check needs (ISO local times): each APPROVED row created
-        at or after `recent` (the velocity window), and the APPROVED DEBIT rows from
-        `midnight` to `recent` summed per entry mode (first two digits) and wallet, one
-        row each (its latest created_at). Rows carry kind, status, amount, entry_mode,
-        wallet, created_at. One query, one row per entry mode for the day before `recent`."""
+    def risk_history(self, midnight: str, recent: str, small: int = 0) -> list["RiskRow"]:
+        """What firmware.limits.check needs (ISO local times; limits.window_bounds gives
+        the arguments): the APPROVED DEBIT rows since `midnight` or `recent` (the velocity
+        window), whichever is earlier, summed per entry mode (first two digits), wallet,
+        inside or before the window and inside or before the day: a few RiskRows whatever
+        the pace of sales, each with its row count and how many were at most `small`.
+        One query over the txn_by_created index."""
         debit = tuple(name for name, k in KINDS.items() if k.totals == DEBIT)
         marks = ", ".join("?" * len(debit))
         rows = self._db.execute(
-            "SELECT kind, status, amount, entry_mode, wallet, created_at FROM txn "
-            "WHERE created_at >= ? AND status = 'APPROVED' UNION ALL "
-            "SELECT MIN(kind), 'APPROVED', SUM(amount), MIN(entry_mode), wallet, MAX(created_at) "
-            f"FROM txn WHERE created_at >= ? AND created_at < ? AND status = 'APPROVED' AND kind "
-            f"IN ({marks}) GROUP BY substr(COALESCE(entry_mode, ''), 1, 2), wallet",
-            (recent, midnight, recent, *debit)).fetchall()
+            "SELECT MIN(kind), 'APPROVED', SUM(amount), MIN(entry_mode), wallet, MAX(created_at),"
+            " COUNT(*), SUM(amount <= ?) FROM txn WHERE created_at >= ? AND status = 'APPROVED'"
+            f" AND kind IN ({marks}) GROUP BY substr(COALESCE(entry_mode, ''), 1, 2), wallet,"
+            " created_at >= ?, created_at >= ?",
+            (small, min(midnight, recent), *debit, recent, midnight)).fetchall()
         return [RiskRow(*row) for row in rows]
 
     def since(self, start: str) -> list[TxnRecord]:
@@ -895,13 +926,19 @@ class Journal(Settlement, QrPayments):
 
     # -- retention (the SETTLED commit of journal_settlement runs it) ------------------------
 
-    def _prune(self, db: sqlite3.Connection) -> int:
-        """Delete (in the caller's commit) the transactions of batches SETTLED before the
-        cutoff (now - keep_days), created before it and before their batch closed, with their
-        reversal, advice and upload rows; then baskets nothing points at. Kept: a row in
-        flight or unknown, with sealed card data, an unfinished reversal / advice / upload,
-        an alert not acknowledged, or the original of a kept row. Returns the rows deleted."""
-        cutoff = (self._now() - timedelta(days=self._keep_days)).isoformat(timespec="seconds")
+    def _prune(self, db: sqlite3.Connection, batch: int) -> int:
+        """Delete (in the caller's commit, which settled `batch`) the transactions of batches
+        SETTLED before the cutoff (now - keep_days; keep_days 0: when the settlement of
+        `batch` began, so only `batch` and the open batch stay), created before it and before
+        their batch closed, with their reversal, advice and upload rows; then baskets nothing
+        points at. Kept: a row in flight or unknown, with sealed card data, an unfinished
+        reversal / advice / upload, an alert not acknowledged, or the original of a kept row.
+        Returns the rows deleted."""
+        if self._keep_days:
+            cutoff = (self._now() - timedelta(days=self._keep_days)).isoformat(timespec="seconds")
+        else:
+            cutoff = db.execute("SELECT created_at FROM settlement WHERE batch = ?",
+                                (batch,)).fetchone()[0]
         db.execute("CREATE TEMP TABLE IF NOT EXISTS prune (id INTEGER PRIMARY KEY)")
         db.execute("DELETE FROM temp.prune")
         db.execute(_PRUNABLE, {"cutoff": cutoff})

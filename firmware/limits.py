@@ -2,9 +2,10 @@
 confirm it, or is it refused.
 
 Pure functions over values, any thread (the app reads the journal once with
-`journal.risk_history(*window_bounds(risk, now))` and passes the rows as `history`: every
-approved row of the velocity window, and the day's earlier approved DEBIT rows summed per
-entry mode and wallet, so a busy day costs one small read, not one row per sale). Amounts are int
+`journal.risk_history(*window_bounds(risk, now))` and passes the rows as `history`: the
+day's and the velocity window's approved DEBIT rows summed per entry mode and wallet, each
+group with its row count and how many were small, so a busy day or a fast checkout costs one
+small read, not one row per sale; single rows, such as journal TxnRecords, do as well). Amounts are int
 minor units; `now` is a naive local datetime and a row's `created_at` ISO-8601 local time
 text, as the journal writes them. Entry modes come from field 22 ("051" chip, "071"
 contactless, "021" and "801" swipe, "011" manual); a QR payment has entry_mode "" and its
@@ -75,10 +76,12 @@ def window_start(risk: RiskConfig, now: datetime) -> str:
     return start.isoformat(timespec="seconds")
 
 
-def window_bounds(risk: RiskConfig, now: datetime) -> tuple[str, str]:
-    """(local midnight, start of the velocity window) as ISO times: Journal.risk_history's."""
+def window_bounds(risk: RiskConfig, now: datetime) -> tuple[str, str, int]:
+    """(local midnight, start of the velocity window as ISO times, velocity_small):
+    Journal.risk_history's arguments."""
     start = now - timedelta(seconds=risk.velocity_window)
-    return _midnight(now).isoformat(timespec="seconds"), start.isoformat(timespec="seconds")
+    return (_midnight(now).isoformat(timespec="seconds"), start.isoformat(timespec="seconds"),
+            risk.velocity_small)
 
 
 def check(risk: RiskConfig, *, kind: str, amount: int, entry_mode: str, wallet: str,
@@ -127,7 +130,7 @@ def _velocity(risk: RiskConfig, amount: int, rows: list, now: datetime,
     recent = [row for row in rows if _at(row) >= start]
     span = _span(risk.velocity_window)
     if risk.velocity_count:
-        small = sum(row.amount <= risk.velocity_small for row in recent)
+        small = sum(_small_rows(row, risk.velocity_small) for row in recent)
         small += amount <= risk.velocity_small
         if small > risk.velocity_count:
             return Verdict(risk.velocity_action, f"{small} sales in {span}")
@@ -141,6 +144,13 @@ def _velocity(risk: RiskConfig, amount: int, rows: list, now: datetime,
 def _counts(row) -> bool:
     kind = KINDS.get(row.kind)
     return row.status == "APPROVED" and kind is not None and kind.totals == DEBIT
+
+
+def _small_rows(row, small: int) -> int:
+    """How many payments of at most `small` the history row stands for (a group of rows
+    from Journal.risk_history counted them, for its own `small`: the same config)."""
+    counted = getattr(row, "small_rows", None)
+    return int(row.amount <= small) if counted is None else counted
 
 
 def _row_class(row) -> str | None:
