@@ -1,4 +1,5 @@
-"""Benchmark 8: soak. Many transactions through the real process, with faults and restarts.
+"""Benchmark 8: soak. Many transactions through the real process, with faults, restarts,
+settlements and journal retention.
 
 The process is `python -m firmware sim --script` (the terminal with simulated peripherals,
 the acquirer simulator in the same process, its ledger in the data dir), run CHUNKS times
@@ -7,12 +8,23 @@ on the same data dir; each run is one restart. Config: config/sim.toml with shor
 sells contactless taps (0.10 CNY, no PIN) back to back; every FAULT_EVERY sales a fault:
 the host drops one 0200 answer (NO RESPONSE, then a reversal before the next sale), or the
 acquirer goes down for DOWN_SALES sales (offline approvals, advices queued) and comes back.
+Every `settle_every` sales, right after an outage (the advices it queued go first), the
+merchant settles from the menu like a person: Manager > Settlement, the supervisor's
+password, ENTER; the queue must be empty once "Settled" shows. [journal] keep_days = 0:
+each settlement deletes every settled batch but the one just settled, so the journal stays
+bounded by about two batches (one cycle) however long the soak runs.
 Restarts: most chunks end with the script (a clean stop); one is killed with SIGKILL and
 one with SIGTERM part-way (in --script mode kpos sim installs no SIGTERM handler, so that
-is an abrupt stop too). The last chunk waits for the queue to be empty.
+is an abrupt stop too). Each chunk goes on from the sales done so far (the schedule of
+faults and settlements stays regular, all `total` sales are done); the last one does the
+rest and waits for the queue to be empty.
 Measured from outside, event-driven on the process's stdout (each sale ends with the
-script's "ok ... Key in amount" line): the time per sale, the process's RSS and the
-journal's size (journal.db + -wal) at those lines. Rows compare the first and last tenth.
+script's "ok ... Key in amount" line): the time per sale and the process's RSS at those
+lines; the journal's size (its pages, WAL included: journal.db alone lags until a
+checkpoint) and free pages through a read-only connection at the first sale, every
+SAMPLES-th of a cycle and at each "Settled" line. Rows compare the first and last tenth;
+the journal's size at the start, the middle and the end is judged against the size after
+the first settlement plus one cycle's growth (the bound retention should keep).
 Note: the simulator's RecordingDisplay keeps every screen shown (a test aid), so the
 process's RSS grows with it; `memory` measures the terminal without it.
 Blocking.
@@ -21,11 +33,13 @@ from __future__ import annotations
 
 import re
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import REPO, SIM_TOML, Result, Size, Target, rss_mb
@@ -35,14 +49,34 @@ __all__ = ["run"]
 FAULT_EVERY = 100  # sales between faults (alternating: dropped answer, acquirer down)
 DOWN_SALES = 3  # sales while the acquirer is down
 END_OF_SALE = re.compile(r"^ok  line \d+: expect screen Key in amount")
+SETTLED = re.compile(r"^ok  line \d+: expect screen Settled")
+FAULT = re.compile(r"^ok  line \d+: (fault drop|acquirer down)")
+SAMPLES = 4  # journal size samples per settlement cycle
+BOUND_SLACK = 1.1  # the journal's bound: (after the 1st settlement + 1st cycle's growth) x this
+LEAST_CYCLE = 0.0625  # MB: a first cycle that grew the journal less is not judged (page granularity)
 SOAK_SETTINGS = {  # (section, key) -> value written over config/sim.toml's
     ("acquirer", "connect_timeout"): "1.0", ("acquirer", "response_timeout"): "1.0",
-    ("saf", "retry_first"): "0.5", ("saf", "retry_max"): "2",
+    ("saf", "retry_first"): "0.5", ("saf", "retry_max"): "2", ("journal", "keep_days"): "0",
 }
 PATHS = ("capk_file", "products", "tmk_file")  # relative in sim.toml: made absolute
 SALE = ["keys 10 ENTER", 'expect screen "Insert"', "tap approve",
         'expect screen "{outcome}" within 30', "remove", "keys ENTER",
         'expect screen "Key in amount" within 30']
+SETTLE = ["keys MENU 9 2", "keys 00 ENTER 123456 ENTER", 'expect screen "Settle batch?"',
+          "keys ENTER", 'expect screen "Settled" within 60', "expect queue 0", "keys ENTER",
+          'expect screen "Key in amount" within 30']  # supervisor 00: config/sim.toml's seed
+
+
+@dataclass
+class _Soak:
+    """What the chunks saw: per sale (seconds, RSS MB); per settlement (seconds from the last
+    sale to idle again, journal MB); journal samples (sales so far, MB, free pages)."""
+
+    sample_every: int  # sales between journal samples
+    sales: list[tuple] = field(default_factory=list)
+    journal: list[tuple] = field(default_factory=list)
+    settlements: list[tuple] = field(default_factory=list)
+    faults: int = 0
 
 
 def _config(tmp: Path) -> Path:
@@ -64,8 +98,9 @@ def _config(tmp: Path) -> Path:
     return path
 
 
-def _script(sales: int, first: int, last_chunk: bool) -> str:
-    """One chunk: login, `sales` sales (numbered from `first` for the fault schedule)."""
+def _script(sales: int, first: int, last_chunk: bool, settle_every: int) -> str:
+    """One chunk: login, `sales` sales (numbered from `first` for the fault and settlement
+    schedule)."""
     lines = ["login 01 0000", 'expect screen "Key in amount" within 60']
     for n in range(first, first + sales):
         fault = n % FAULT_EVERY == FAULT_EVERY - 1
@@ -79,66 +114,116 @@ def _script(sales: int, first: int, last_chunk: bool) -> str:
             lines.append("acquirer up")
         else:
             lines += [s.format(outcome="Take receipts") for s in SALE]
+        if (n + 1) % settle_every == 0:
+            lines += SETTLE
     if last_chunk:
         lines.append("expect queue 0 within 120")
     return "\n".join(lines) + "\n"
 
 
-def _journal_mb(data: Path) -> float:
-    """journal.db alone: the -wal file is reused after each checkpoint (up to ~4 MB)."""
-    return (data / "journal.db").stat().st_size / 2**20
+def _journal(data: Path) -> tuple[float, int]:
+    """(MB, free pages) of the journal as the terminal sees it (its WAL included), through a
+    read-only connection that never writes or checkpoints. Blocking."""
+    db = sqlite3.connect(f"file:{data / 'journal.db'}?mode=ro", uri=True)
+    try:
+        pages, free, size = (db.execute(f"PRAGMA {name}").fetchone()[0]
+                             for name in ("page_count", "freelist_count", "page_size"))
+    finally:
+        db.close()
+    return pages * size / 2**20, free
 
 
-def _chunk(config: Path, data: Path, script: Path, stop_after: int | None, sig: int) -> list[tuple]:
-    """Run one process; [(seconds for the sale, RSS MB, journal MB)] per sale ended. With
-    `stop_after`, send `sig` after that many sales (a restart in the middle of the chunk)."""
+def _chunk(soak: _Soak, config: Path, data: Path, script: Path, stop_after: int | None,
+           sig: int) -> None:
+    """Run one process, adding what it did to `soak`. With `stop_after`, send `sig` after
+    that many sales (a restart in the middle of the chunk; a sale or two more may be done,
+    not counted, and one may be cut: the next start recovers it)."""
     proc = subprocess.Popen([sys.executable, "-m", "firmware", "sim", "--config", str(config),
                              "--data-dir", str(data), "--script", str(script)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    points, last = [], None
+    sales, last, settled, passed = 0, None, None, ""
     try:
         for line in proc.stdout:
+            passed = line.strip() if line.startswith("ok  ") else passed
             if line.startswith("ok  line 2:"):  # logged in, idle: the clock starts
                 last = time.perf_counter()
+            elif SETTLED.match(line):
+                settled = _journal(data)
             elif END_OF_SALE.match(line) and last is not None:
                 now = time.perf_counter()
-                points.append((now - last, rss_mb(proc.pid), _journal_mb(data)))
+                if settled is not None:  # idle again after the settlement
+                    soak.settlements.append((now - last, *settled))
+                    settled = None
+                else:
+                    soak.sales.append((now - last, rss_mb(proc.pid)))
+                    sales += 1
+                    if len(soak.sales) % soak.sample_every == 1:
+                        soak.journal.append((len(soak.sales), *_journal(data)))
                 last = now
-                if stop_after is not None and len(points) == stop_after:
+                if stop_after is not None and sales == stop_after:
                     proc.send_signal(sig)
-            elif line.startswith("scenario failed"):
-                raise RuntimeError(f"soak chunk {script.name}: {line.strip()}")
+                    break  # what it still prints is not measured (RSS of a dead process)
+            elif FAULT.match(line):
+                soak.faults += 1
     finally:
         code = proc.wait()
-    if stop_after is None and code != 0:
-        raise RuntimeError(f"soak chunk {script.name}: exit status {code}")
-    return points
+    if code != 0 and (stop_after is None or sales < stop_after):
+        raise RuntimeError(f"soak chunk {script.name}: exit status {code}, last passed: {passed!r}")
 
 
 def run(size: Size) -> list[Result]:
     total, chunks = size.pick(60, 2000, 100_000), size.pick(3, 5, 20)
+    # A multiple of 2 * FAULT_EVERY (after an outage), and a batch under 1,000 sales: the
+    # 0500's field 48 counts debits in 3 digits (settlement.totals_field refuses more).
+    settle_every = size.pick(12, 400, 800)
     per_chunk = total // chunks
     kills = {1: signal.SIGKILL, 3 % chunks: signal.SIGTERM}  # chunk -> signal half-way
+    soak = _Soak(sample_every=max(1, settle_every // SAMPLES))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        config, data, points = _config(tmp), tmp / "data", []
+        config, data = _config(tmp), tmp / "data"
         for c in range(chunks):
-            script = tmp / f"chunk{c}.kpos"
-            script.write_text(_script(per_chunk, c * per_chunk, c == chunks - 1))
+            script, done, last = tmp / f"chunk{c}.kpos", len(soak.sales), c == chunks - 1
+            script.write_text(_script(total - done if last else per_chunk, done, last, settle_every))
             stop_after = per_chunk // 2 if c in kills and c != chunks - 1 else None
-            points += _chunk(config, data, script, stop_after, kills.get(c, signal.SIGTERM))
+            _chunk(soak, config, data, script, stop_after, kills.get(c, signal.SIGTERM))
+        soak.journal.append((len(soak.sales), *_journal(data)))  # all stopped: the file's size
+    points = soak.sales
     tenth = max(1, len(points) // 10)
     head, tail = points[:tenth], points[-tenth:]
     t_head = statistics.median(p[0] for p in head) * 1000
     note = (f"{len(points)} sales done, {chunks} processes ({chunks - 1} restarts, SIGKILL and "
-            f"SIGTERM mid-chunk), a fault every {FAULT_EVERY} sales")
-    return [
+            f"SIGTERM mid-chunk), {soak.faults} faults (one every {FAULT_EVERY} sales), "
+            f"{len(soak.settlements)} settlements (every {settle_every} sales)")
+    rows = [
         Result(f"soak: time per sale, first {tenth}", "ms", [p[0] * 1000 for p in head], note=note),
         Result(f"soak: time per sale, last {tenth}", "ms", [p[0] * 1000 for p in tail], floor=t_head,
                note="floor: the first tenth's median"),
         Result("soak: process RSS, start -> end", "MB", [head[0][1], tail[-1][1]],
                target=Target("max", "<", 80.0), note=f"start {head[0][1]:.1f}, end {tail[-1][1]:.1f}"),
-        Result("soak: journal size, start -> end", "MB", [head[0][2], tail[-1][2]],
-               note=f"{(tail[-1][2] - head[0][2]) * 2**20 / max(1, len(points)):.0f} bytes/sale; "
-                    "keep_days retention prunes at settlement"),
+        *_journal_rows(soak),
     ]
+    if soak.settlements:
+        rows.append(Result("soak: settlement, menu to idle (SAF flushed first, 0500, report)", "ms",
+                           [s[0] * 1000 for s in soak.settlements]))
+    return rows
+
+
+def _journal_rows(soak: _Soak) -> list[Result]:
+    """The journal at the start, the middle and the end; once settled, the largest seen is
+    judged against the size after the first settlement plus the first cycle's growth."""
+    samples = [soak.journal[0], soak.journal[len(soak.journal) // 2], soak.journal[-1]]
+    sizes = [s[1] for s in samples]
+    rows = [Result("soak: journal size, start / middle / end", "MB", sizes,
+                   note=f"at sales {samples[0][0]}, {samples[1][0]}, {samples[2][0]}; "
+                        f"{samples[2][2]} free pages at the end (freed pages are reused; "
+                        "no VACUUM: the file never shrinks)")]
+    first = soak.settlements[0][1] if soak.settlements else sizes[0]
+    if first - sizes[0] < LEAST_CYCLE:
+        return rows  # too few sales per settlement to judge at page granularity
+    bound = (first + (first - sizes[0])) * BOUND_SLACK
+    most = max(s[1] for s in soak.journal + soak.settlements)
+    return rows + [Result("soak: journal size, largest seen", "MB", [most],
+                          target=Target("max", "<", round(bound, 3)),
+                          note=f"bound: {first:.3f} after the 1st settlement + the first cycle's "
+                               f"growth, +{BOUND_SLACK - 1:.0%}")]

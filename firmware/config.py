@@ -154,7 +154,8 @@ class SafConfig:
 class JournalConfig:
     """Journal retention (firmware/journal.py)."""
 
-    keep_days: int  # settled batches older than this are deleted at the next settlement
+    keep_days: int  # settled batches older than this are deleted at the next settlement;
+    # 0: every settled batch but the newest (its report can still be reprinted)
 
 
 @dataclass(frozen=True)
@@ -247,11 +248,14 @@ class BasketConfig:
 
 @dataclass(frozen=True)
 class SettlementConfig:
-    """How the acquirer credits the merchant (firmware/reports.py)."""
+    """How the acquirer credits the merchant (firmware/reports.py); the batch-full rule
+    (firmware/app_menu.py)."""
 
     mode: str  # "T+1" (next day, [fees] rates) | "D0" (real time, d0_rate + d0_fixed)
     d0_rate: int  # basis points charged per D0 transaction (replaces the [fees] rate)
     d0_fixed: int  # minor units charged per D0 transaction on top
+    max_batch_txns: int = 500  # card and QR transactions an open batch may hold, then they
+    # are refused until it is settled (1..999: the 0500's field 48 counts in 3 digits)
 
 
 @dataclass(frozen=True)
@@ -598,7 +602,7 @@ def _saf(s: _Section) -> SafConfig:
 
 
 def _journal(s: _Section) -> JournalConfig:
-    return JournalConfig(keep_days=s.int_("keep_days", 90, 1, 3650))
+    return JournalConfig(keep_days=s.int_("keep_days", 90, 0, 3650))
 
 
 def _operators(s: _Section) -> OperatorsConfig:
@@ -703,6 +707,7 @@ def _settlement(s: _Section) -> SettlementConfig:
         mode=s.str_("mode", "T+1", choices=("T+1", "D0")),
         d0_rate=s.int_("d0_rate", 70, 0, 10_000),
         d0_fixed=s.int_("d0_fixed", 0, 0, 100_000),
+        max_batch_txns=s.int_("max_batch_txns", 500, 1, 999),
     )
 
 

@@ -78,11 +78,11 @@ class Settlement:
             if not self._update_status(db, "settlement", "batch", batch, allowed, status,
                                        {k: v for k, v in columns.items() if v is not None}):
                 raise JournalError(f"batch {batch:06d}: no open settlement to become {status}")
-            pruned = self._prune(db) if status == "SETTLED" and self._keep_days is not None else 0
+            pruned = self._prune(db, batch) if status == "SETTLED" and self._keep_days is not None else 0
         log.info("settlement of batch %06d: %s %s", batch, status, detail or result or "")
         if pruned:
-            log.info("retention: %d transaction(s) of batches settled over %d days ago deleted",
-                     pruned, self._keep_days)
+            log.info("retention (keep_days %d): %d transaction(s) of earlier settled batches deleted",
+                     self._keep_days, pruned)
 
     def queue_upload(self, batch: int, txn_ids: list[int], *, result: str, host_code: str) -> None:
         """The host found the batch out of balance: one commit makes the settlement UPLOADING

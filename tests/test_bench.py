@@ -1,6 +1,8 @@
 """bench/run.py smoke test: one fast benchmark at --quick size prints its table (text and
-Markdown) and writes the JSON rows; a bad benchmark name is refused."""
+Markdown) and writes the JSON rows; a bad benchmark name is refused; the soak at --quick
+size settles through the menu and reports the journal."""
 import json
+import re
 import subprocess
 import sys
 
@@ -38,3 +40,16 @@ def test_markdown_table_and_unknown_benchmark(tmp_path):
     assert lines[2].startswith("| card session, contact (")
     refused = bench("--only", "nosuch")
     assert refused.returncode == 2 and "invalid choice: 'nosuch'" in refused.stderr
+
+
+def test_quick_soak_settles_through_the_menu_and_reports_the_journal(tmp_path):
+    out = tmp_path / "rows.json"
+    done = bench("--only", "soak", "--quick", "--json", str(out))
+    assert done.returncode in (0, 1), done.stderr  # 1: a target missed, still a table
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    first = next(row for name, row in rows.items() if name.startswith("soak: time per sale, first"))
+    sales, settlements = re.search(r"(\d+) sales done, .* (\d+) settlements", first["note"]).groups()
+    assert int(sales) >= 60 and int(settlements) == 5  # every 12 sales, none lost to a restart
+    assert rows["soak: settlement, menu to idle (SAF flushed first, 0500, report)"]["n"] == 5
+    journal = rows["soak: journal size, start / middle / end"]
+    assert journal["n"] == 3 and 0 < journal["p10"] <= journal["max"] < 1  # MB

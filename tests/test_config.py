@@ -215,8 +215,9 @@ def test_unknown_key_in_file_is_named_even_when_it_hides_a_required_one(tmp_path
     ("security", "pin_format", 3, "must be one of 0, 4, got 3"),
     ("security", "mac", "cbc", "must be one of 'retail', 'cmac', 'none', got 'cbc'"),
     ("security", "mac", "cmac", "must be 'retail' or 'none' with pin_format = 0, got 'cmac'"),
-    ("journal", "keep_days", 0, "must be 1..3650, got 0"),
-    ("journal", "keep_days", 3651, "must be 1..3650, got 3651"),
+    ("journal", "keep_days", -1, "must be 0..3650, got -1"),
+    ("journal", "keep_days", 3651, "must be 0..3650, got 3651"),
+    ("settlement", "max_batch_txns", 1000, "must be 1..999, got 1000"),
 ])
 def test_bad_values_name_key_and_range(tmp_path, section, key, value, message):
     with pytest.raises(ConfigError) as err:

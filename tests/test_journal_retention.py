@@ -1,13 +1,16 @@
 """Journal retention ([journal] keep_days): settling a batch deletes the batches settled more
-than keep_days ago, never what still has to reach the acquirer or the operator; the file
-stays bounded over many settled days. Real SQLite files, a clock the test moves."""
+than keep_days ago (0: every settled batch but the one just settled), never what still has
+to reach the acquirer or the operator; the file stays bounded over many settled days, and
+with keep_days 0 over many settlements in one day. Real SQLite files, a clock the test moves."""
 from datetime import datetime, timedelta
 
 import pytest
 
+from firmware.config import ConfigError, load_config
 from firmware.emv.card import ENTRY_CHIP, CardData
 from firmware.journal import Journal, TxnExtra
 from firmware.vault import Vault
+from conftest import REPO
 from test_journal import ARQC, ICC_DATA, PAN, TRACK2, record_sale, sale_request
 
 KEEP = 90  # days
@@ -42,8 +45,13 @@ def card():
 
 
 @pytest.fixture
-def journal(tmp_path, vault, clock):
-    j = Journal(tmp_path / "journal.db", vault, now=clock, keep_days=KEEP)
+def keep():
+    return KEEP  # a test parametrizes `keep` to run with another keep_days
+
+
+@pytest.fixture
+def journal(tmp_path, vault, clock, keep):
+    j = Journal(tmp_path / "journal.db", vault, now=clock, keep_days=keep)
     yield j
     j.close()
 
@@ -79,6 +87,7 @@ def test_batches_settled_over_keep_days_ago_are_deleted_at_the_next_settlement(j
     assert journal.settled(1)  # the settlement row (one a day) stays for the reports
 
 
+@pytest.mark.parametrize("keep", [KEEP, 0])
 def test_nothing_unsent_unsettled_or_still_named_is_deleted(journal, clock, card):
     unknown, _ = record_sale(journal, card)
     journal.record_no_response(unknown, reason_code="98", detail="timeout")  # reversal pending
@@ -103,6 +112,42 @@ def test_nothing_unsent_unsettled_or_still_named_is_deleted(journal, clock, card
     assert kept == {unknown, offline, original, late, void}
     assert [r.txn_id for r in journal.pending_reversals()] == [unknown]
     assert [a.txn_id for a in journal.pending_advices()] == [offline]
+
+
+@pytest.mark.parametrize("keep", [0])
+def test_keep_days_0_keeps_the_batch_just_settled_and_the_open_one(journal, card):
+    first = {approved_sale(journal, card) for _ in range(2)}
+    assert settle(journal) == 1
+    assert ids(journal) == first  # nothing settled before it
+    second = {approved_sale(journal, card) for _ in range(2)}
+    assert settle(journal) == 2
+    open_batch = {approved_sale(journal, card)}
+    assert ids(journal) == second | open_batch  # batch 1 deleted the same day
+    assert [r.id for r in journal.batch_records(2)] == sorted(second)  # its report can be redone
+    settle(journal)
+    assert ids(journal) == open_batch
+    assert journal.settled(1) and journal.settled(2)  # the settlement rows stay
+
+
+@pytest.mark.parametrize("keep", [1])
+def test_keep_days_1_keeps_a_batch_settled_less_than_a_day_ago(journal, clock, card):
+    first = {approved_sale(journal, card)}
+    settle(journal)
+    clock.days(0.5)
+    second = {approved_sale(journal, card)}
+    settle(journal)
+    assert ids(journal) == first | second  # unlike keep_days 0
+    clock.days(0.55)
+    third = {approved_sale(journal, card)}
+    settle(journal)
+    assert ids(journal) == second | third  # batch 1 settled 25 h ago, batch 2 13 h ago
+
+
+def test_keep_days_0_is_a_setting_below_0_is_not():
+    sim = REPO / "config" / "sim.toml"
+    assert load_config(sim, overrides={"journal": {"keep_days": 0}}).journal.keep_days == 0
+    with pytest.raises(ConfigError, match="must be 0..3650, got -1"):
+        load_config(sim, overrides={"journal": {"keep_days": -1}})
 
 
 def test_without_keep_days_nothing_is_deleted(tmp_path, vault, clock, card):
@@ -133,3 +178,19 @@ def test_the_file_stays_bounded_over_many_settled_days(tmp_path, vault, clock, c
     finally:
         j.close()
     assert sizes[-1] == sizes[11], sizes  # freed pages are reused: no growth after day 12
+
+
+def test_keep_days_0_keeps_the_file_bounded_over_many_settlements_in_one_day(tmp_path, vault, clock, card):
+    j = Journal(tmp_path / "j.db", vault, now=clock, keep_days=0)
+    sizes = []
+    try:
+        for _ in range(20):
+            for _ in range(40):
+                approved_sale(j, card)
+            settle(j)
+            j.purge_card_data()
+            sizes.append((tmp_path / "j.db").stat().st_size)
+        assert j.count() == 40
+    finally:
+        j.close()
+    assert sizes[-1] == sizes[9], sizes  # two batches at most: freed pages are reused
