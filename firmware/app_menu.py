@@ -25,12 +25,13 @@ from firmware.qrpay import QrPayment
 from firmware.reports import batch_totals, report_header, x_report_lines
 from firmware.receipts import lines_text, render_lines
 from firmware.settlement import Settlement
-from firmware.txnkinds import KINDS, VOID
+from firmware.txnkinds import CASH, KINDS, NONE, VOID
 from firmware.wallet import ENTRY_QR, identify
 
 __all__ = ["MenuWork", "summary_of"]
 
 log = logging.getLogger("kpos.app")
+BATCH_FULL = "Batch full, settle first"  # the batch-full refusal (flows.zh translates it)
 
 
 class MenuWork:
@@ -200,12 +201,34 @@ class MenuWork:
         self._bridge.post(RiskResult(verdict.action, verdict.reason))
 
     async def _risk_verdict(self, kind: str, amount: int, entry_mode: str, wallet: str):
+        """The batch-full rule, then the limits (firmware.limits): one journal read."""
         now = self.clock.now()
-        midnight, recent = limits.window_bounds(self.cfg.risk, now)
-        history = await self.journal_call(lambda journal: journal.risk_history(midnight, recent))
-        return limits.check(self.cfg.risk, kind=kind, amount=amount, entry_mode=entry_mode,
-                            wallet=wallet, history=history, now=now,
-                            currency=self.cfg.terminal.currency)  # logs what it refuses
+        bounds = limits.window_bounds(self.cfg.risk, now)
+        history, batch, count = await self.journal_call(lambda journal: (
+            journal.risk_history(*bounds), journal.batch_no(), journal.open_batch_count()))
+        return (self._batch_full(kind, batch, count)
+                or limits.check(self.cfg.risk, kind=kind, amount=amount, entry_mode=entry_mode,
+                                wallet=wallet, history=history, now=now,
+                                currency=self.cfg.terminal.currency))  # logs what it refuses
+
+    _batch_warned = 0  # the batch last warned about as nearly full (0: none yet)
+
+    def _batch_full(self, kind: str, batch: int, count: int) -> limits.Verdict | None:
+        """Refuse a kind that moves money at the acquirer (sale, void, refund ...) when the
+        open `batch` already holds `count` >= [settlement] max_batch_txns such transactions:
+        the 0500 counts in 3 digits, so a bigger batch could never be settled. Warns once
+        per batch from 20 below the maximum. None when the rule lets it through."""
+        if KINDS[kind].totals in (NONE, CASH):
+            return None
+        most = self.cfg.settlement.max_batch_txns
+        if count >= most:
+            log.warning("batch %06d full (%d of %d): %s refused, settle first",
+                        batch, count, most, kind)
+            return limits.Verdict("refuse", BATCH_FULL)
+        if count >= most - 20 and self._batch_warned != batch:
+            self._batch_warned = batch
+            log.warning("batch %06d nearly full (%d of %d): settle soon", batch, count, most)
+        return None
 
     async def _qr_pay(self, amount: int, code: str, basket_id: int | None = None) -> None:
         """A wallet QR payment: the limits first (a velocity rule that wants a supervisor

@@ -125,6 +125,7 @@ PHRASES: dict[str, str] = {
     "Entry not offline": "此方式不能脱机", "PIN needs the host": "联机密码需主机",
     "Over offline limit": "超出脱机限额", "Offline count full": "脱机笔数已满",
     "Offline total full": "脱机金额已满", "Queued too long": "脱机交易积压过久",
+    "Batch full, settle first": "批次已满,请先结算",  # the batch-full rule (app_menu)
     # journal statuses (detail screen)
     "SENDING": "发送中", "FAILED": "失败", "UNKNOWN": "状态未知", "REVERSED": "已冲正",
 }
