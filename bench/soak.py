@@ -57,6 +57,7 @@ LEAST_CYCLE = 0.0625  # MB: a first cycle that grew the journal less is not judg
 SOAK_SETTINGS = {  # (section, key) -> value written over config/sim.toml's
     ("acquirer", "connect_timeout"): "1.0", ("acquirer", "response_timeout"): "1.0",
     ("saf", "retry_first"): "0.5", ("saf", "retry_max"): "2", ("journal", "keep_days"): "0",
+    ("settlement", "max_batch_txns"): "999",  # the batch-full rule must not stop a --long cycle
 }
 PATHS = ("capk_file", "products", "tmk_file")  # relative in sim.toml: made absolute
 SALE = ["keys 10 ENTER", 'expect screen "Insert"', "tap approve",
@@ -174,7 +175,8 @@ def _chunk(soak: _Soak, config: Path, data: Path, script: Path, stop_after: int 
 def run(size: Size) -> list[Result]:
     total, chunks = size.pick(60, 2000, 100_000), size.pick(3, 5, 20)
     # A multiple of 2 * FAULT_EVERY (after an outage), and a batch under 1,000 sales: the
-    # 0500's field 48 counts debits in 3 digits (settlement.totals_field refuses more).
+    # 0500's field 48 counts debits in 3 digits (the batch-full rule, max_batch_txns, at most
+    # 999, refuses more; the soak sets it to 999).
     settle_every = size.pick(12, 400, 800)
     per_chunk = total // chunks
     kills = {1: signal.SIGKILL, 3 % chunks: signal.SIGTERM}  # chunk -> signal half-way
