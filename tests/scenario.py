@@ -111,8 +111,14 @@ def tvr_bits(tvr_hex: str) -> set[str]:
 
 
 async def play(session, script: str) -> None:
-    """Run a scenario script in a session that is already running."""
-    await run_script(session, parse_script(script), log=lambda line: None)
+    """Run a scenario script in a session that is already running; on a failure the last
+    screens are printed first (pytest shows them with the failure)."""
+    try:
+        await run_script(session, parse_script(script), log=lambda line: None)
+    except Exception:
+        for screen in session.display.history[-14:]:
+            print("DEBUG", screen)
+        raise
 
 
 async def pull_card_after_the_sale_is_sent(session) -> None:

@@ -22,9 +22,8 @@ from firmware.receipts import text_width
 from firmware.reports import BatchTotals, Tally
 from firmware.settlement import parse_totals_field, totals_field
 from firmware.sim.runner import sim_session
-from firmware.sim.script import parse_script, run_script
 from firmware.vault import Vault
-from scenario import tap_sale
+from scenario import play, tap_sale
 
 TID = "10000001"
 
@@ -116,15 +115,6 @@ SETTLE = """
     keys ENTER
     expect screen "Settled" within 20
 """
-
-
-async def play(session, script: str) -> None:
-    try:
-        await run_script(session, parse_script(script), log=lambda line: None)
-    except Exception:
-        for screen in session.display.history[-14:]:
-            print("DEBUG", screen)
-        raise
 
 
 def test_a_full_batch_refuses_sales_and_voids_until_it_is_settled(tmp_path):

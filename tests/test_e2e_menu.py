@@ -11,9 +11,8 @@ from conftest import SIM_TOML, sim_overrides
 from firmware.config import load_config
 from firmware.journal import JOURNAL_NAME, Journal
 from firmware.sim.runner import sim_session
-from firmware.sim.script import parse_script, run_script
 from firmware.vault import Vault
-from scenario import tap_sale
+from scenario import play, tap_sale
 
 TID = "10000001"
 
@@ -23,15 +22,6 @@ def config(tmp_path, **sections):
     over["operators"] = {"login": True}
     over.update(sections)
     return load_config(SIM_TOML, overrides=over)
-
-
-async def play(session, script: str) -> None:
-    try:
-        await run_script(session, parse_script(script), log=lambda line: None)
-    except Exception:
-        for screen in session.display.history[-14:]:
-            print("DEBUG", screen)
-        raise
 
 
 def receipt(session, name: str) -> str:
