@@ -32,6 +32,7 @@ Blocking.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -139,9 +140,11 @@ def _chunk(soak: _Soak, config: Path, data: Path, script: Path, stop_after: int 
     """Run one process, adding what it did to `soak`. With `stop_after`, send `sig` after
     that many sales (a restart in the middle of the chunk; a sale or two more may be done,
     not counted, and one may be cut: the next start recovers it)."""
-    proc = subprocess.Popen([sys.executable, "-m", "firmware", "sim", "--config", str(config),
-                             "--data-dir", str(data), "--script", str(script)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    err = script.with_suffix(".err")
+    with err.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "firmware", "sim", "--config", str(config),
+                                 "--data-dir", str(data), "--script", str(script)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=stderr, text=True)
     sales, last, settled, passed = 0, None, None, ""
     try:
         for line in proc.stdout:
@@ -169,7 +172,11 @@ def _chunk(soak: _Soak, config: Path, data: Path, script: Path, stop_after: int 
     finally:
         code = proc.wait()
     if code != 0 and (stop_after is None or sales < stop_after):
-        raise RuntimeError(f"soak chunk {script.name}: exit status {code}, last passed: {passed!r}")
+        kept = Path(tempfile.mkdtemp(prefix="kpos-soak-failed-"))
+        shutil.copytree(script.parent, kept, dirs_exist_ok=True)  # data dir, scripts, stderr
+        why = "\n".join(err.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"soak chunk {script.name}: exit status {code}, last passed: "
+                           f"{passed!r}; everything kept in {kept}; its stderr ends:\n{why}")
 
 
 def run(size: Size) -> list[Result]:
