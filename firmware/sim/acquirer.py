@@ -307,6 +307,7 @@ class AcquirerSimulator:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None  # ledger_thread
         self._ledger: Ledger | None = None
         self._progress = asyncio.Condition()  # notified as the counters above grow
+        self._waiting = 0  # tasks in _wait_count
         self._connections: set[asyncio.Task] = set()
         self._handlers = {"0800": self._network, "0200": self._sale, "0220": self._advice,
                           "0221": self._advice, "0400": self._reversal, "0401": self._reversal}
@@ -423,13 +424,18 @@ class AcquirerSimulator:
         await self._wait_count(lambda: self.requests_handled >= n, timeout)
 
     async def _wait_count(self, reached: Callable[[], bool], timeout: float) -> None:
-        async with self._progress:
-            await asyncio.wait_for(self._progress.wait_for(reached), timeout)
+        self._waiting += 1
+        try:
+            async with self._progress:
+                await asyncio.wait_for(self._progress.wait_for(reached), timeout)
+        finally:
+            self._waiting -= 1
 
     async def _count(self, counter: str) -> None:
-        async with self._progress:
-            setattr(self, counter, getattr(self, counter) + 1)
-            self._progress.notify_all()
+        setattr(self, counter, getattr(self, counter) + 1)
+        if self._waiting:  # nobody waits under a load test: no lock, no wake-up
+            async with self._progress:
+                self._progress.notify_all()
 
     # connections (loop thread) --------------------------------------------------------
 
@@ -473,8 +479,10 @@ class AcquirerSimulator:
             self.on_message("request", req)
         if "52" in req and os.environ.get(PIN_BLOCKS_ENV):
             _record_pin_block(os.environ[PIN_BLOCKS_ENV], req["52"])
-        # queued now and shielded: a request read is decided even if the host goes down
-        resp = await asyncio.shield(self._ledger_job(lambda _: self._respond_maced(raw, req)))
+        if self._executor is None:  # decided on the loop, now (ledger_thread False)
+            resp = self._respond_maced(raw, req)
+        else:  # queued now and shielded: a request read is decided even if the host goes down
+            resp = await asyncio.shield(self._ledger_job(lambda _: self._respond_maced(raw, req)))
         keep = await self._answer(writer, req, resp, faults)
         await self._count("requests_handled")
         return keep
