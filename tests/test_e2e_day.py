@@ -13,8 +13,7 @@ from datetime import datetime
 from conftest import SIM_TOML, sim_overrides
 from firmware.config import load_config
 from firmware.sim.runner import sim_session
-from firmware.sim.script import parse_script, run_script
-from scenario import chip_sale, tap_sale
+from scenario import chip_sale, play, tap_sale
 
 TID = "10000001"
 WECHAT_PAID = "134567890123456780"  # a WeChat Pay code the simulated wallet pays at once
@@ -35,15 +34,6 @@ def mmdd(created_at: str) -> str:
 
 def money(minor: int) -> str:
     return f"{minor // 100}.{minor % 100:02d}"
-
-
-async def play(session, script: str) -> None:
-    try:
-        await run_script(session, parse_script(script), log=lambda line: None)
-    except Exception:
-        for screen in session.display.history[-12:]:
-            print("DEBUG", screen)
-        raise
 
 
 async def newest(session, kind: str):
