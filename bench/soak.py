@@ -101,23 +101,31 @@ def _config(tmp: Path) -> Path:
 
 
 def _script(sales: int, first: int, last_chunk: bool, settle_every: int) -> str:
-    """One chunk: login, `sales` sales (numbered from `first` for the fault and settlement
-    schedule)."""
+    """One chunk: login, `sales` sales numbered from `first` (sales done before: the fault
+    and settlement schedule). An outage's DOWN_SALES sales count as that many, so the
+    numbers are the sales the harness counts and a settlement falls every `settle_every`
+    of them whatever the chunk boundaries (counting an outage as one once let the numbers
+    drift 50 a chunk, until a chunk boundary skipped a settlement and the batch filled)."""
     lines = ["login 01 0000", 'expect screen "Key in amount" within 60']
-    for n in range(first, first + sales):
+    n, end = first, first + sales
+    while n < end:
         fault = n % FAULT_EVERY == FAULT_EVERY - 1
         if fault and n // FAULT_EVERY % 2 == 0:
             lines += ["fault drop times 1 mti 0200",
                       *(s.format(outcome="NO RESPONSE") for s in SALE)]
+            done = 1
         elif fault:
+            done = min(DOWN_SALES, end - n)
             lines.append("acquirer down")
-            for _ in range(DOWN_SALES):
+            for _ in range(done):
                 lines += [s.format(outcome="Take receipts") for s in SALE]
             lines.append("acquirer up")
         else:
             lines += [s.format(outcome="Take receipts") for s in SALE]
-        if (n + 1) % settle_every == 0:
+            done = 1
+        if (n + done) // settle_every > n // settle_every:
             lines += SETTLE
+        n += done
     if last_chunk:
         lines.append("expect queue 0 within 120")
     return "\n".join(lines) + "\n"
