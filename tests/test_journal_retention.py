@@ -163,17 +163,24 @@ def test_without_keep_days_nothing_is_deleted(tmp_path, vault, clock, card):
         j.close()
 
 
+def settled_sizes(j: Journal, path, card, cycles: int, between=lambda: None) -> list[int]:
+    """`cycles` times: 40 approved sales, settle, checkpoint (the main file holds
+    everything), between(); the file's size after each cycle."""
+    sizes = []
+    for _ in range(cycles):
+        for _ in range(40):
+            approved_sale(j, card)
+        settle(j)
+        j.purge_card_data()
+        between()
+        sizes.append(path.stat().st_size)
+    return sizes
+
+
 def test_the_file_stays_bounded_over_many_settled_days(tmp_path, vault, clock, card):
     j = Journal(tmp_path / "j.db", vault, now=clock, keep_days=3)
-    sizes = []
     try:
-        for day in range(24):
-            for _ in range(40):
-                approved_sale(j, card)
-            settle(j)
-            j.purge_card_data()  # checkpoint: the main file holds everything
-            clock.days(1)
-            sizes.append((tmp_path / "j.db").stat().st_size)
+        sizes = settled_sizes(j, tmp_path / "j.db", card, 24, between=lambda: clock.days(1))
         assert j.count() <= 5 * 40
     finally:
         j.close()
@@ -182,14 +189,8 @@ def test_the_file_stays_bounded_over_many_settled_days(tmp_path, vault, clock, c
 
 def test_keep_days_0_keeps_the_file_bounded_over_many_settlements_in_one_day(tmp_path, vault, clock, card):
     j = Journal(tmp_path / "j.db", vault, now=clock, keep_days=0)
-    sizes = []
     try:
-        for _ in range(20):
-            for _ in range(40):
-                approved_sale(j, card)
-            settle(j)
-            j.purge_card_data()
-            sizes.append((tmp_path / "j.db").stat().st_size)
+        sizes = settled_sizes(j, tmp_path / "j.db", card, 20)
         assert j.count() == 40
     finally:
         j.close()
