@@ -479,10 +479,10 @@ class AcquirerSimulator:
             self.on_message("request", req)
         if "52" in req and os.environ.get(PIN_BLOCKS_ENV):
             _record_pin_block(os.environ[PIN_BLOCKS_ENV], req["52"])
-        if self._executor is None:  # decided on the loop, now (ledger_thread False)
-            resp = self._respond_maced(raw, req)
-        else:  # queued now and shielded: a request read is decided even if the host goes down
-            resp = await asyncio.shield(self._ledger_job(lambda _: self._respond_maced(raw, req)))
+        # queued now and shielded: a request read is decided even if the host goes down
+        # (on the loop, ledger_thread False, it is decided already: no await)
+        job = self._ledger_job(lambda _: self._respond_maced(raw, req))
+        resp = job.result() if job.done() else await asyncio.shield(job)
         keep = await self._answer(writer, req, resp, faults)
         await self._count("requests_handled")
         return keep
