@@ -2,8 +2,12 @@
 settlements and journal retention.
 
 The process is `python -m firmware sim --script` (the terminal with simulated peripherals,
-the acquirer simulator in the same process, its ledger in the data dir), run CHUNKS times
-on the same data dir; each run is one restart. Config: config/sim.toml with short timeouts
+the acquirer simulator in the same process, its ledger in the data dir), run on the same
+data dir in chunks of `per_chunk` sales; each run is one restart. Every chunk's script has
+the same length (a killed chunk does half; more chunks make up the rest): the scenario's
+parsed steps live in the process too (~0.1 KB a sale), so the RSS of the first and the
+last process compare like with like (a last chunk that did "the rest", twice as long, once
+added ~20 MB of script). Config: config/sim.toml with short timeouts
 (SOAK_SETTINGS) so faults cost seconds, not minutes. Each chunk's script logs in, then
 sells contactless taps (0.10 CNY, no PIN) back to back; every FAULT_EVERY sales a fault:
 the host drops one 0200 answer (NO RESPONSE, then a reversal before the next sale), or the
@@ -16,8 +20,8 @@ bounded by about two batches (one cycle) however long the soak runs.
 Restarts: most chunks end with the script (a clean stop); one is killed with SIGKILL and
 one with SIGTERM part-way (in --script mode kpos sim installs no SIGTERM handler, so that
 is an abrupt stop too). Each chunk goes on from the sales done so far (the schedule of
-faults and settlements stays regular, all `total` sales are done); the last one does the
-rest and waits for the queue to be empty.
+faults and settlements stays regular, all `total` sales are done); the last one waits for
+the queue to be empty.
 Measured from outside, event-driven on the process's stdout (each sale ends with the
 script's "ok ... Key in amount" line): the time per sale and the process's RSS at those
 lines; the journal's size (its pages, WAL included: journal.db alone lags until a
@@ -25,8 +29,8 @@ checkpoint) and free pages through a read-only connection at the first sale, eve
 SAMPLES-th of a cycle and at each "Settled" line. Rows compare the first and last tenth;
 the journal's size at the start, the middle and the end is judged against the size after
 the first settlement plus one cycle's growth (the bound retention should keep).
-Note: the simulator's RecordingDisplay keeps every screen shown (a test aid), so the
-process's RSS grows with it; `memory` measures the terminal without it.
+`kpos sim` keeps the newest 1,000 screens and receipt files only (cli.SIM_SCREENS,
+SIM_RECEIPTS), so neither its memory nor the data dir grows with the sales.
 Blocking.
 """
 from __future__ import annotations
@@ -188,23 +192,28 @@ def _chunk(soak: _Soak, config: Path, data: Path, script: Path, stop_after: int 
 
 
 def run(size: Size) -> list[Result]:
-    total, chunks = size.pick(60, 2000, 100_000), size.pick(3, 5, 20)
+    total, per_chunk = size.pick(60, 2000, 100_000), size.pick(20, 400, 5000)
     # A multiple of 2 * FAULT_EVERY (after an outage), and a batch under 1,000 sales: the
     # 0500's field 48 counts debits in 3 digits (the batch-full rule, max_batch_txns, at most
     # 999, refuses more; the soak sets it to 999).
     settle_every = size.pick(12, 400, 800)
-    per_chunk = total // chunks
-    kills = {1: signal.SIGKILL, 3 % chunks: signal.SIGTERM}  # chunk -> signal half-way
+    kills = {1: signal.SIGKILL, 3: signal.SIGTERM}  # chunk -> signal half-way
     soak = _Soak(sample_every=max(1, settle_every // SAMPLES))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         config, data = _config(tmp), tmp / "data"
-        for c in range(chunks):
-            script, done, last = tmp / f"chunk{c}.kpos", len(soak.sales), c == chunks - 1
-            script.write_text(_script(total - done if last else per_chunk, done, last, settle_every))
-            stop_after = per_chunk // 2 if c in kills and c != chunks - 1 else None
+        c = 0
+        while (done := len(soak.sales)) < total:  # every chunk's script the same length
+            sales = min(per_chunk, total - done)
+            # killed half-way unless that would end the soak (the last chunk drains the queue)
+            stop_after = per_chunk // 2 if c in kills and done + per_chunk // 2 < total else None
+            last = done + sales == total and stop_after is None
+            script = tmp / f"chunk{c}.kpos"
+            script.write_text(_script(sales, done, last, settle_every))
             _chunk(soak, config, data, script, stop_after, kills.get(c, signal.SIGTERM))
+            c += 1
         soak.journal.append((len(soak.sales), *_journal(data)))  # all stopped: the file's size
+    chunks = c
     points = soak.sales
     tenth = max(1, len(points) // 10)
     head, tail = points[:tenth], points[-tenth:]

@@ -34,16 +34,21 @@ import signal
 import sys
 from pathlib import Path
 
-from firmware import __version__
+from firmware import __version__, memtrim
 
 __all__ = ["main"]
 
 log = logging.getLogger("kpos")
 
 SIM_SCREENS = 1000  # `kpos sim` remembers the newest screens only: it may run for days
+SIM_RECEIPTS = 1000  # ... and keeps the files of the newest receipts only (~16 KB a sale)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before any thread: every thread of the process (the simulator's acquirer and the
+    # asyncio executor start before the Terminal) then shares the capped arenas.
+    memtrim.limit_arenas()
+    memtrim.cap_mmap_threshold()
     args = _parser().parse_args(argv)
     if not hasattr(args, "handler"):
         _parser().print_help()
@@ -310,14 +315,14 @@ def _cmd_sim(args) -> int:
         if args.script:
             steps = load_script(args.script)
             async with sim_session(cfg, forward_display=ConsoleDisplay(), pcsc=args.pcsc,
-                                   keep_screens=SIM_SCREENS) as session:
+                                   keep_screens=SIM_SCREENS, keep_receipts=SIM_RECEIPTS) as session:
                 await run_script(session, steps)
             print(f"scenario passed: {args.script}")
             return 0
         panel = _LatePanel()
         screen = ConsoleDisplay() if args.no_panel else PanelScreen(ConsoleDisplay())
-        async with sim_session(cfg, forward_display=screen, inputs=[panel],
-                               pcsc=args.pcsc, keep_screens=SIM_SCREENS) as session:
+        async with sim_session(cfg, forward_display=screen, inputs=[panel], pcsc=args.pcsc,
+                               keep_screens=SIM_SCREENS, keep_receipts=SIM_RECEIPTS) as session:
             panel.bind(ConsolePanel(session.reader))
             _install_signals(session.terminal.request_stop)
             print(f"KPOS simulator: acquirer on 127.0.0.1:{session.cfg.acquirer.port}, "

@@ -50,6 +50,9 @@ def test_quick_soak_settles_through_the_menu_and_reports_the_journal(tmp_path):
     first = next(row for name, row in rows.items() if name.startswith("soak: time per sale, first"))
     sales, settlements = re.search(r"(\d+) sales done, .* (\d+) settlements", first["note"]).groups()
     assert int(sales) >= 60 and int(settlements) == 5  # every 12 sales, none lost to a restart
+    # chunks of at most 20 sales (the killed one does 10), the rest in more processes:
+    # 20, 10 (SIGKILL), 20, 10 (the last: too few left for the SIGTERM one)
+    assert re.search(r"(\d+) processes", first["note"]).group(1) == "4"
     assert rows["soak: settlement, menu to idle (SAF flushed first, 0500, report)"]["n"] == 5
     journal = rows["soak: journal size, start / middle / end"]
     assert journal["n"] == 3 and 0 < journal["p10"] <= journal["max"] < 1  # MB

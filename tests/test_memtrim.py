@@ -1,8 +1,9 @@
 """firmware.memtrim (glibc arenas and malloc_trim), the terminal's trim at idle, and the
-simulated printer's bounded list of printed receipts."""
+simulator's bounds: the printer's list of printed receipts and its files on disk."""
 from __future__ import annotations
 
 import asyncio
+import os
 import platform
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from firmware.hal.printer_sim import SimPrinter
 from firmware.sim.runner import sim_session
 from firmware.sim.script import parse_script, run_script
 
+REPO = Path(__file__).resolve().parent.parent
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
@@ -139,3 +141,58 @@ def test_sim_printer_keeps_the_newest_names(tmp_path, monkeypatch):
         printer.print_receipt(b"x", "x", f"r{n}")
     assert printer.printed == ["r2", "r3", "r4"]
     assert (tmp_path / "out" / "r0.bin").exists()  # the files stay; only the list is bounded
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def test_sim_printer_keeps_the_files_of_the_newest_receipts(tmp_path):
+    out = tmp_path / "out"
+    printer = SimPrinter(out, keep_files=3)
+    printer.kick_drawer(b"\x1bp\x00")
+    for n in range(5):
+        printer.print_receipt(b"x", "x", f"r{n}")
+    assert _files(out) == {"drawer.bin", *(f"r{n}.{s}" for n in (2, 3, 4) for s in ("bin", "txt"))}
+    printer.print_receipt(b"y", "y", "r2")  # printed again: the newest now
+    printer.print_receipt(b"z", "z", "r5")
+    assert _files(out) == {"drawer.bin", *(f"r{n}.{s}" for n in (2, 4, 5) for s in ("bin", "txt"))}
+    with pytest.raises(ValueError):
+        SimPrinter(out, keep_files=0)
+
+
+def test_sim_printer_bounds_receipts_left_by_earlier_runs_oldest_first(tmp_path):
+    out = tmp_path / "out"
+    SimPrinter(out)  # keeps everything (tests, the power-cut harness)
+    for n, name in enumerate(["c", "a", "d", "b"]):  # written in this order, not by name
+        printer_sim.write_private(out / f"{name}.bin", b"x")
+        printer_sim.write_private(out / f"{name}.txt", b"x")
+        for suffix in ("bin", "txt"):
+            os.utime(out / f"{name}.{suffix}", ns=(n * 10**9, n * 10**9))
+    (out / ".e.bin.1.tmp").write_bytes(b"partial")  # a temp file: not a receipt
+    printer = SimPrinter(out, keep_files=2)  # a restart with a bound
+    assert _files(out) == {"d.bin", "d.txt", "b.bin", "b.txt", ".e.bin.1.tmp"}
+    printer.print_receipt(b"x", "x", "f")
+    assert _files(out) == {"b.bin", "b.txt", "f.bin", "f.txt", ".e.bin.1.tmp"}
+
+
+def test_kpos_sim_bounds_its_receipt_files_across_restarts(tmp_path, monkeypatch):
+    from firmware import cli
+
+    monkeypatch.setattr(cli, "SIM_RECEIPTS", 3)
+    script = tmp_path / "two.kpos"
+    script.write_text('login 01 0000\nexpect screen "Key in amount"\n' + """
+        keys 20 ENTER
+        tap approve
+        expect screen "Take receipts"
+        remove
+        keys ENTER
+        expect screen "Key in amount"
+    """ * 2)
+    data = tmp_path / "data"
+    for _ in range(2):  # a restart: the first run's files count too
+        assert cli.main(["sim", "--config", str(REPO / "config" / "sim.toml"),
+                         "--data-dir", str(data), "--script", str(script)]) == 0
+    names = {p.stem for p in (data / "receipts").iterdir() if p.suffix in (".bin", ".txt")}
+    assert len(names) == 3  # 8 receipts printed in all (2 runs x 2 sales x 2 copies)
+    assert len(list((data / "receipts").glob("*.txt"))) == 3

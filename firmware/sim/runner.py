@@ -53,14 +53,15 @@ class SimSession:
 @asynccontextmanager
 async def sim_session(cfg: Config, *, forward_display=None, inputs=(), faults: Faults | None = None,
                       clock=None, start_acquirer: bool = True,
-                      pcsc: bool = False, keep_screens: int | None = None
-                      ) -> AsyncIterator[SimSession]:
+                      pcsc: bool = False, keep_screens: int | None = None,
+                      keep_receipts: int | None = None) -> AsyncIterator[SimSession]:
     """Start acquirer + terminal; on exit stop the terminal (after its transaction) and the host.
 
     `pcsc`: the terminal reads cards through pcscd's "Virtual PCD" reader (PcscCardReader) and
     `session.reader` is a SimPcscSlot putting test cards into vpcd. PcscReaderError naming
     pcscd when it is not reachable. `keep_screens`: RecordingDisplay's keep (None: every
-    screen, as tests want; `kpos sim` keeps the newest ones only)."""
+    screen, as tests want; `kpos sim` keeps the newest ones only). `keep_receipts`: the
+    SimPrinter's keep_files (None: every receipt file stays; `kpos sim` bounds its disk use)."""
     if cfg.sim is None:
         raise ValueError(f"{cfg.path}: a [sim] section is needed to run the simulator")
     catalog = load_catalog(cfg.sim.catalog)
@@ -73,7 +74,7 @@ async def sim_session(cfg: Config, *, forward_display=None, inputs=(), faults: F
         port = await acquirer.start("127.0.0.1", cfg.sim.acquirer_port)
         cfg = replace(cfg, acquirer=replace(cfg.acquirer, host="127.0.0.1", port=port))
     display = RecordingDisplay(forward_display, keep=keep_screens)
-    printer = SimPrinter(data_dir / "receipts")
+    printer = SimPrinter(data_dir / "receipts", keep_files=keep_receipts)
     devices = Devices(reader=device_reader, display=display, printer=printer, inputs=list(inputs))
     terminal = Terminal(cfg, devices, clock=clock)
     run_task = asyncio.get_running_loop().create_task(terminal.run(), name="terminal")
