@@ -2,7 +2,8 @@
 process at a named instant, e.g. between a journal write and its COMMIT, or between
 writing a request to the acquirer and reading the answer.
 
-Off unless the environment variable KPOS_CRASH_AT is set when this module is imported:
+Off unless the environment variable KPOS_CRASH_AT is set when this module is imported, or
+`arm()` is called (a process forked after the import, e.g. a power-cut harness child):
 "name:n[,name:n...]" kills the process the n-th time `hit(name)` runs (n >= 1). A
 production terminal never sets it; an unset variable costs one dict lookup per point.
 Any thread. Names in use: see POINTS.
@@ -13,7 +14,7 @@ import os
 import signal
 import threading
 
-__all__ = ["POINTS", "hit", "parse_plan"]
+__all__ = ["POINTS", "arm", "hit", "parse_plan"]
 
 POINTS = (
     "commit.before",  # journal: inside a write transaction, before COMMIT
@@ -41,6 +42,16 @@ def parse_plan(text: str) -> dict[str, int]:
 _PLAN = parse_plan(os.environ.get("KPOS_CRASH_AT", ""))
 _counts: dict[str, int] = {}
 _lock = threading.Lock()
+
+
+def arm(text: str) -> None:
+    """Replace the plan by `text` (KPOS_CRASH_AT's format; "" disarms) and restart the
+    counts. ValueError as `parse_plan`."""
+    global _PLAN
+    plan = parse_plan(text)
+    with _lock:
+        _PLAN = plan
+        _counts.clear()
 
 
 def hit(name: str) -> None:

@@ -1,5 +1,6 @@
 """Power-cut harness (firmware/sim/powercut.py): the reconciler catches each broken rule on
 doctored files, and a real run of 200 kill points ends with nothing lost or charged twice."""
+import asyncio
 import sqlite3
 import time
 
@@ -10,7 +11,7 @@ from firmware.hal.printer_sim import SimPrinter
 from firmware.journal import Journal
 from firmware.sim.catalog import load_catalog
 from firmware.sim.ledger import Ledger
-from firmware.sim.powercut import Report, reconcile, run
+from firmware.sim.powercut import Report, _Instance, reconcile, run
 from firmware.vault import Vault
 from tests.test_journal import ICC_DATA, PAN, TID, TRACK2, Clock, record_sale
 from tests.test_journal_saf import offline_sale
@@ -175,10 +176,19 @@ def test_reports_add_up():
     assert (total.sales, total.total_kills, total.violations, total.wall_time) == (7, 3, ["x"], 3.0)
 
 
+def test_a_child_that_dies_otherwise_is_a_violation_with_its_code(tmp_path):
+    instance = _Instance("job 1", 1, 1, tmp_path, tmp_path / "missing.toml")
+    assert asyncio.run(instance._cycle(port=9)) is False  # not a kill
+    log = tmp_path / "terminal.log"
+    assert (instance.report.total_kills, instance.report.violations) == (
+        0, [f"job 1: child died with code 1 (no output); see {log}"])
+    assert "missing.toml" in log.read_text()  # the child's stderr: its traceback
+
+
 @pytest.mark.timeout(420)
 def test_200_kill_points_lose_nothing_and_charge_nothing_twice(tmp_path):
     started = time.monotonic()
-    report = run(kills=200, seed=4, workdir=tmp_path / "run", jobs=2)
+    report = run(kills=200, seed=4, workdir=tmp_path / "run", jobs=4)  # 50 kills a journal
     print(f"\n{report.text()}\n200-kill run took {time.monotonic() - started:.1f} s")
     assert report.violations == []
     assert report.total_kills >= 200

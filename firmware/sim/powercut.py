@@ -4,16 +4,21 @@ SIGKILL at random instants and at crash points, restarted, then reconciled with 
 `python -m firmware.sim.powercut [--kills 200] [--seed N] [--workdir DIR] [--jobs 2] [--keep]`
 or `run(kills, seed, workdir, jobs) -> Report`. One instance (one per job, in parallel on
 one asyncio loop) owns a workdir, an AcquirerSimulator on 127.0.0.1 with its ledger, and a
-stream of terminal children (`python -m firmware.sim.powercut child ...`: a sim_session
-with start_acquirer=False, its data dir in the workdir, short timeouts) that each sell at
-random until killed: half at a random delay after the start, half by a crash point
-(KPOS_CRASH_AT, firmware/crashpoint.py; a point not reached in time ends in a random kill).
+stream of terminal children (a sim_session with start_acquirer=False, its data dir in the
+workdir, short timeouts) that each sell at random until killed: half at a random delay
+after the start, half by a crash point (crashpoint.arm, firmware/crashpoint.py; a point not
+reached in time ends in a random kill). Each child is a process of its own, forked by
+multiprocessing's fork server, which imported CHILD_MODULES once (no interpreter start-up
+per kill); the fork server lives until this process exits, and a script calling run()
+needs the `if __name__ == "__main__"` guard (the server imports the main module).
 Meanwhile the instance flips acquirer faults and the network. After every death the
 journal gets PRAGMA integrity_check; after the last kill a clean child drains the queue
 and stops; then `reconcile()` checks the journal against the ledger and the receipts.
 
 Parent: one loop; blocking sqlite reads run in threads (asyncio.to_thread), the fault
-schedule's waits are the faults themselves, child deaths and stdout are awaited. Child:
+schedule's waits are the faults themselves, child deaths (the process sentinel, readable
+once the fork server reaped it) and stdout (a pipe) are awaited; a child's start blocks the
+loop for the fork server's answer (ms; the first one waits for its imports). Child:
 its own loop, driven by display events, never sleeps; it prints one JSON line per sale
 (card name, entry, amount: never card data) for the parent to count. Amounts are int
 minor units. Violations name txn ids, STANs and catalog card names, never a PAN.
@@ -26,6 +31,8 @@ import contextlib
 import json
 import logging
 import math
+import multiprocessing
+import multiprocessing.connection
 import os
 import random
 import re
@@ -59,8 +66,11 @@ AMOUNTS = (1, 300)  # minor units: under the CVM limit (taps need no PIN), balan
 # Highest n in KPOS_CRASH_AT "point:n", so that the point is usually reached in a few sales.
 CRASH_N = {"commit.before": 16, "commit.after": 16, "link.sent": 5, "link.received": 5,
            "print.done": 3}
-RANDOM_KILL_S = (0.1, 2.5)  # seconds after the spawn: a random instant (start-up included)
-CRASH_LIMIT_S = (3.0, 6.0)  # a crash point not reached by then: killed at that instant
+# Seconds after the fork. A child used to spend its first ~0.5 s importing (a fresh
+# interpreter); forked from the fork server it starts the terminal at once, so both windows
+# moved 0.5 s earlier: the same start-up (recovery, sign-on) and the same selling time.
+RANDOM_KILL_S = (0.05, 2.0)  # a random instant, start-up included
+CRASH_LIMIT_S = (2.5, 5.5)  # a crash point not reached by then: killed at that instant
 SALE_LIMIT_S = 40.0  # one sale (faults included) longer than this: the terminal is stuck
 DRAIN_LIMIT_S = 90.0  # the last child's wait for an empty queue
 MAX_BAD_EXITS = 5  # children in a row that died otherwise than by SIGKILL: give up
@@ -70,6 +80,11 @@ FAULTS = (("drop",), ("delay", "1.6"), ("disconnect",), ("close_before_read",),
 # reversals, sign-on and echo tests.
 FAULT_MTIS = ("", "", "02", "022", "04", "08")
 COPIES = ("merchant", "customer")
+# The fork server's imports, done once: a child starts selling without an interpreter
+# start-up (a fresh `python` took ~0.5 s of imports per kill). Not this module (~20 ms):
+# under `python -m` each child runs it as its main module, which must not be imported yet.
+CHILD_MODULES = ("firmware.sim.runner", "firmware.config", "firmware.flows.types")
+_FORKS = multiprocessing.get_context("forkserver")
 _RECEIPT_NAME = re.compile(r"(\d{6})-(\d{6})-(merchant|customer)\.(bin|txt)")
 
 
@@ -82,6 +97,9 @@ def child_overrides(workdir: Path, port: int) -> dict:
                      "connect_timeout": 0.5, "echo_interval": 1},
         "timeouts": {"card": 5, "pin": 5, "result": 1},
         "emv": {"floor_limit": FLOOR_LIMIT},
+        # The largest batch: the cashier never settles, and a full batch refuses every sale
+        # (no commit, no request, no receipt: crash points missed, kills wasted).
+        "settlement": {"max_batch_txns": 999},
         "saf": {"retry_first": 0.2, "retry_max": 1.0},
         "log": {"level": "INFO", "file": ""},
         "sim": {"ledger": str(workdir / "child-unused-ledger.db"), "acquirer_port": 0},
@@ -332,11 +350,26 @@ def _left_over(path: Path) -> tuple[set[int], set[int]]:
             {r["id"] for r in rows if r["status"] == "APPROVED"})
 
 
-async def _kill(proc) -> None:
-    """SIGKILL a child (unless it just died on its own) and reap it."""
-    with contextlib.suppress(ProcessLookupError):
+async def _death(proc: multiprocessing.Process) -> int:
+    """Wait for a child's death (its sentinel turns readable once the fork server reaped it,
+    no polling); its exit code (-9: SIGKILL)."""
+    loop = asyncio.get_running_loop()
+    dead = loop.create_future()
+    loop.add_reader(proc.sentinel, lambda: dead.done() or dead.set_result(None))
+    try:
+        await dead
+    finally:
+        loop.remove_reader(proc.sentinel)
+    code = proc.exitcode
+    proc.close()
+    return code
+
+
+async def _kill(proc: multiprocessing.Process) -> int:
+    """SIGKILL a child (unless it just died on its own); its exit code."""
+    if proc.exitcode is None:
         proc.kill()
-    await proc.wait()
+    return await _death(proc)
 
 
 class _Instance:
@@ -402,17 +435,17 @@ class _Instance:
             crash, limit = f"{point}:{self.rng.randint(1, CRASH_N[point])}", self.rng.uniform(*CRASH_LIMIT_S)
         proc, listener = await self._spawn(port, crash=crash)
         try:
-            await asyncio.wait_for(proc.wait(), limit)  # the kill instant: what this harness is for
+            code = await asyncio.wait_for(_death(proc), limit)  # the kill instant: what this harness is for
         except TimeoutError:
-            await _kill(proc)
+            code = await _kill(proc)
             self.report.crash_missed += bool(crash)
             point = "random"
         last = await listener
-        killed = proc.returncode == -signal.SIGKILL
+        killed = code == -signal.SIGKILL
         if killed:
             self.report.kills[point] += 1
         else:
-            self.violation(f"child died with code {proc.returncode} ({last or 'no output'}); "
+            self.violation(f"child died with code {code} ({last or 'no output'}); "
                            f"see {self.workdir / CHILD_LOG}")
         await self._after_death()
         return killed
@@ -432,30 +465,34 @@ class _Instance:
     async def _drain(self, port: int) -> None:
         proc, listener = await self._spawn(port, drain=DRAIN_LIMIT_S)
         try:
-            await asyncio.wait_for(proc.wait(), DRAIN_LIMIT_S + 30)
+            code = await asyncio.wait_for(_death(proc), DRAIN_LIMIT_S + 30)
         except TimeoutError:
-            await _kill(proc)
+            code = await _kill(proc)
         last = await listener
-        if proc.returncode != 0:
-            self.violation(f"last child (drain) ended with code {proc.returncode}: {last or 'no output'}")
+        if code != 0:
+            self.violation(f"last child (drain) ended with code {code}: {last or 'no output'}")
 
     async def _spawn(self, port: int, *, crash: str = "", drain: float = 0.0):
-        env = {k: v for k, v in os.environ.items() if k != "KPOS_CRASH_AT"}
-        if crash:
-            env["KPOS_CRASH_AT"] = crash
-        args = [sys.executable, "-m", "firmware.sim.powercut", "child", "--workdir", str(self.workdir),
-                "--port", str(port), "--config", str(self.config),
-                "--seed", str(self.rng.randrange(2**32)), "--drain", str(drain)]
-        with open(self.workdir / CHILD_LOG, "ab") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=stderr, env=env)
-        return proc, asyncio.create_task(self._listen(proc))
+        """Fork a child from the fork server; (the process, the task reading its stdout)."""
+        args = argparse.Namespace(workdir=self.workdir, port=port, config=self.config,
+                                  seed=self.rng.randrange(2**32), drain=drain)
+        _FORKS.set_forkserver_preload(["__main__", *CHILD_MODULES])  # no effect once it runs
+        out_r, w = os.pipe()  # the child's stdout; a Connection is sent with the child's args
+        out_w = multiprocessing.connection.Connection(w, readable=False)
+        proc = _FORKS.Process(target=_child_process, args=(crash, out_w, args), daemon=True)
+        try:
+            proc.start()  # blocks a few ms: the fork server forks and answers the pid
+        finally:
+            out_w.close()
+        stdout = asyncio.StreamReader()
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stdout), open(out_r, "rb", buffering=0))
+        return proc, asyncio.create_task(self._listen(stdout))
 
-    async def _listen(self, proc) -> str:
+    async def _listen(self, stdout: asyncio.StreamReader) -> str:
         """Count the child's sales; the last line it printed (a result or why it stopped)."""
         last = ""
-        async for raw in proc.stdout:
+        async for raw in stdout:
             last = raw.decode("utf-8", "replace").strip()
             with contextlib.suppress(ValueError):  # a line the kill cut short
                 message = json.loads(last)
@@ -487,6 +524,21 @@ def run(kills: int = 200, seed: int = 1, workdir: Path | None = None, jobs: int 
 
 
 # ---- the child: a terminal and its cashier ------------------------------------------
+
+
+def _child_process(crash: str, out, args: argparse.Namespace) -> None:
+    """A child's life in the forked process: arm the crash point `crash` first, stdout to
+    the `out` pipe (a write-only Connection), stderr appended to the log; exits with
+    `_child`'s code."""
+    crashpoint.arm(crash)
+    os.dup2(out.fileno(), sys.stdout.fileno())
+    out.close()
+    log = os.open(args.workdir / CHILD_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, sys.stderr.fileno())
+    os.close(log)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,  # escpos set one up
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    sys.exit(asyncio.run(_child(args)))
 
 
 def _emit(**message) -> None:
@@ -592,18 +644,6 @@ async def _drain_queue(session, limit: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["child"]:
-        parser = argparse.ArgumentParser(prog="powercut child")
-        parser.add_argument("--workdir", type=Path, required=True)
-        parser.add_argument("--port", type=int, required=True)
-        parser.add_argument("--config", type=Path, default=REPO_CONFIG)
-        parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--drain", type=float, default=0.0)
-        args = parser.parse_args(argv[1:])
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-        return asyncio.run(_child(args))
     parser = argparse.ArgumentParser(prog="python -m firmware.sim.powercut",
                                      description="Kill the terminal at random, then reconcile.")
     parser.add_argument("--kills", type=int, default=200, help="SIGKILLs in all (default 200)")
@@ -612,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="independent instances in parallel")
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     parser.add_argument("--config", type=Path, default=REPO_CONFIG)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.kills < 1 or args.jobs < 1:
         parser.error("--kills and --jobs must be >= 1")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kpos-powercut-"))
