@@ -14,11 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import HOST_RELEASE
 from deployrig import Acquirer, Device, install_standin
-from deployrig_build import REPO, build_bundle, make_key, run_deploy
+from deployrig_build import REPO, make_key, run_deploy
 from firmware.journal import SCHEMA_VERSION
 
-VERSION = "0.2.0+t2"
+VERSION = HOST_RELEASE  # the --version of the shared build
 TOP = f"kpos-{VERSION}"
 HARDWARE = ("lgpio", "rpi_gpio", "rpi_lgpio", "pyscard", "evdev", "spidev")
 STATE_SCRIPTS = ("ArtifactInstall_Enter_00_hold", "ArtifactInstall_Leave_00_release",
@@ -26,16 +27,16 @@ STATE_SCRIPTS = ("ArtifactInstall_Enter_00_hold", "ArtifactInstall_Leave_00_rele
 
 
 @pytest.fixture(scope="session")
-def release(tmp_path_factory):
-    """One host build with --mender, unpacked; shared by every test here."""
+def release(tmp_path_factory, release_key, host_release):
+    """The session's shared host build with --mender (conftest), unpacked; shared by every
+    test here."""
     root = tmp_path_factory.mktemp("release")
-    key = make_key(root / "keys")
-    tar = build_bundle(root / "dist", VERSION, key, mender=True)
-    with tarfile.open(tar) as bundle:
+    with tarfile.open(host_release) as bundle:
         names = bundle.getnames()
         bundle.extractall(root / "tree", filter="tar")
-    return SimpleNamespace(tar=tar, mender=tar.with_suffix(".mender"), key=key,
-                           pub=Path(f"{key}.pub"), names=names, tree=root / "tree" / TOP)
+    return SimpleNamespace(tar=host_release, mender=host_release.with_suffix(".mender"),
+                           key=release_key, pub=Path(f"{release_key}.pub"), names=names,
+                           tree=root / "tree" / TOP)
 
 
 def repo_files(folder: str) -> set[str]:

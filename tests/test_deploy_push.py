@@ -1,8 +1,10 @@
 """./deploy.sh push | status | rollback | provision against a real sshd on 127.0.0.1 into a
 temporary device root, the systemctl stand-in running the real `kpos run` on simulated
 peripherals, and the acquirer simulator (tests/deployrig.py). Bundles are built once per
-session by ./deploy.sh build (tests/deployrig_build.py): v1, v2, a v3 that never says READY
-and a v4 with one more journal migration, both from patched copies of the work tree.
+session by ./deploy.sh build (tests/deployrig_build.py): v1 (conftest's host_release, shared
+with test_deploy_build), v2, a v3 that never says READY and a v4 with one more journal
+migration, both from patched copies of the work tree; each is staged on a template device as
+soon as it is built.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HOST_RELEASE
 from deployrig import Acquirer, Device, Sshd, deploy, wait_until
 from deployrig_build import REPO, build_bundle, make_key
 
@@ -25,7 +28,7 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists() or not shutil.which("rsync"),
     reason="needs root, openssh-server and rsync")
 
-V1, V2, V3_NOT_READY, V4_NEW_SCHEMA = "0.9.1+d1", "0.9.2+d2", "0.9.3+d3", "0.9.4+d4"
+V1, V2, V3_NOT_READY, V4_NEW_SCHEMA = HOST_RELEASE, "0.9.2+d2", "0.9.3+d3", "0.9.4+d4"
 QUICK = ("--idle-timeout", "60", "--ready-timeout", "60", "--health-timeout", "10")
 PATCHES = {  # release -> {file: (text, replacement)}: what makes it a test release
     V3_NOT_READY: {"firmware/notify.py": (
@@ -47,21 +50,28 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def key(work) -> Path:
-    return make_key(work / "key")
+def key(release_key) -> Path:
+    """The signing key of every bundle here (the shared build's); devices trust KEY.pub."""
+    return release_key
 
 
 @pytest.fixture(scope="session")
-def bundles(work, key) -> dict[str, Path]:
-    """Every release bundle of the tests, built in parallel."""
+def builds(work, key):
+    """Futures of the bundles built here (all but V1, the session's shared build), started
+    at once, in parallel."""
     out = work / "dist"
-    jobs = {V1: lambda: build_bundle(out, V1, key), V2: lambda: build_bundle(out, V2, key)}
+    jobs = {V2: lambda: build_bundle(out, V2, key)}
     for version, patches in PATCHES.items():
         jobs[version] = lambda v=version, p=patches: build_patched(work / f"src-{v}", out, v,
                                                                    p, key)
     with ThreadPoolExecutor(len(jobs)) as pool:
-        futures = {version: pool.submit(job) for version, job in jobs.items()}
-        return {version: future.result() for version, future in futures.items()}
+        yield {version: pool.submit(job) for version, job in jobs.items()}
+
+
+@pytest.fixture(scope="session")
+def bundles(builds, host_release) -> dict[str, Path]:
+    """Every release bundle of the tests: V1 is conftest's shared host build."""
+    return {V1: host_release} | {version: build.result() for version, build in builds.items()}
 
 
 def build_patched(src: Path, out: Path, version: str, patches: dict[str, tuple[str, str]],
@@ -105,16 +115,19 @@ def acquirer(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def staged(work, sshd, key, bundles) -> Device:
+def staged(work, sshd, key, builds, request) -> Device:
     """A device root where every test release was pushed with --stage-only (copied,
-    verified, installed, selftested; the pushes at once): tests start from hard-linked
-    copies of those installs, valid because every device is reached through the same
-    sshd.device_link path."""
+    verified, installed, selftested; each push as soon as its bundle is built): tests start
+    from hard-linked copies of those installs, valid because every device is reached
+    through the same sshd.device_link path."""
     template = Device.make(work / "template", Path(f"{key}.pub"), acquirer_port=9)
     sshd.use(template)
-    with ThreadPoolExecutor(len(bundles)) as pool:
-        outs = dict(zip(bundles, pool.map(lambda b: pushed(sshd, b, "--stage-only"),
-                                          bundles.values())))
+    with ThreadPoolExecutor(len(builds) + 1) as pool:
+        stages = {version: pool.submit(lambda b=build: pushed(sshd, b.result(), "--stage-only"))
+                  for version, build in builds.items()}
+        stages[V1] = pool.submit(pushed, sshd, request.getfixturevalue("host_release"),
+                                 "--stage-only")  # built now, on this thread, if not yet
+        outs = {version: stage.result() for version, stage in stages.items()}
     for version, out in outs.items():
         assert f"installed release {version}" in out and f"selftest of {version} ok" in out
         assert "staged: " in out
@@ -256,9 +269,16 @@ def test_a_file_changed_after_signing_is_refused(sshd, device, seed, bundles, tm
 def test_a_release_that_never_gets_ready_is_rolled_back(sshd, device, seed, bundles):
     seed(V2, V3_NOT_READY)
     pushed(sshd, bundles[V2])
-    (device.root / "run" / "start-timeout").write_text("10")
+    start_timeout = device.root / "run" / "start-timeout"  # the stand-in reads it at start
+    start_timeout.write_text("3")  # V3's TimeoutStartSec: it never says READY
+    v2_pid = device.pid()
 
-    done = push(sshd, bundles[V3_NOT_READY])
+    with ThreadPoolExecutor(1) as pool:
+        update = pool.submit(push, sshd, bundles[V3_NOT_READY])
+        wait_until(lambda: update.done() or device.pid() not in (None, v2_pid), 120,
+                   "the terminal restarted on V3 (the stand-in has read its deadline)")
+        start_timeout.write_text("60")  # the rollback's restart of V2: a deadline it meets
+        done = update.result(timeout=300)
     assert done.returncode == 1
     last = done.stderr.splitlines()[-1]
     assert f"rolled back to {V2}" in last and "systemctl restart kpos failed" in last
