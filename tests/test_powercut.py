@@ -1,22 +1,30 @@
 """Power-cut harness (firmware/sim/powercut.py): the reconciler catches each broken rule on
-doctored files, and a real run of 200 kill points ends with nothing lost or charged twice."""
+doctored files, the child's cashier settles a full batch and sells on, and a real run of
+200 kill points ends with nothing lost or charged twice."""
 import asyncio
+import random
 import sqlite3
 import time
 
 import pytest
 
+from firmware.config import load_config
 from firmware.emv.card import CardData
 from firmware.hal.printer_sim import SimPrinter
 from firmware.journal import Journal
 from firmware.sim.catalog import load_catalog
+from firmware.sim.host_settle import SCHEMA as HOST_SETTLE_SCHEMA
 from firmware.sim.ledger import Ledger
-from firmware.sim.powercut import Report, _Instance, reconcile, run
+from firmware.sim.powercut import (
+    REPO_CONFIG, Report, _Instance, _read, _sell_at_random, child_overrides, reconcile, run,
+)
+from firmware.sim.runner import sim_session
 from firmware.vault import Vault
 from tests.test_journal import ICC_DATA, PAN, TID, TRACK2, Clock, record_sale
 from tests.test_journal_saf import offline_sale
 
 DATE = "0301"  # MMDD of the test journal's clock
+TOTALS = (2, 2000, 0, 0)  # the world's batch 1: debit count and amount, credit count and amount
 
 
 class World:
@@ -50,6 +58,24 @@ class World:
         for copy in ("merchant", "customer"):
             self.printer.print_receipt(b"\x1b@", "receipt", f"000001-{stan:06d}-{copy}")
             self.journal.mark_printed(txn_id, copy)
+
+    def settle(self, totals: tuple = TOTALS, *, sent: tuple | None = TOTALS,
+               status: str = "SETTLED", final: str = "balanced") -> int:
+        """Settle batch 1 in the journal (`status`, `totals`, the host's `final` verdict)
+        and, unless `sent` is None, record its 0500 (60.3 201, terminal totals `sent`) in
+        the ledger."""
+        batch = self.journal.begin_settlement()["batch"]
+        if status == "SETTLED":
+            self.journal.record_settlement_result(batch, status=status, result="balanced",
+                                                  totals=totals, detail=final)
+        if sent is not None:
+            self.ledger.ensure(HOST_SETTLE_SCHEMA)
+            field48 = "{:03d}{:012d}{:03d}{:012d}0".format(*sent)
+            self.ledger_sql("INSERT INTO settlements (tid, batch, mti, mgmt, terminal_totals, "
+                            "host_totals, verdict, operator, created_at) VALUES "
+                            f"('{TID}', '{batch:06d}', '0500', '201', '{field48}', '', '1', "
+                            "'01', '2026-03-01T12:00:00')")
+        return batch
 
     def ledger_sql(self, *statements: str) -> None:
         db = sqlite3.connect(self.ledger_path)
@@ -169,6 +195,80 @@ def test_a_request_left_in_flight_and_its_reversal(world):
                                   f"txn {txn_id} STAN {stan:06d}: reversal left ARMED"]
 
 
+def test_a_settled_batch_that_agrees_with_the_ledger(world):
+    world.settle()
+    world.printer.print_receipt(b"\x1b@", "report", "settle-000001")
+    world.journal.mark_report_printed(1)
+    world.journal.close()
+    world.ledger.close()
+    found = reconcile(world.journal_path, world.ledger_path, world.printer.out_dir, world.catalog)
+    assert (found.violations, found.batches_settled, found.batches_uploaded) == ([], 1, 0)
+
+
+def test_a_settlement_left_open(world):
+    world.settle(status="STARTED", sent=None)
+    assert world.violations() == ["batch 000001: settlement left STARTED"]
+
+
+def test_a_batch_settled_out_of_balance(world):
+    world.settle(final="out_of_balance")
+    assert world.violations() == ["batch 000001: settled out_of_balance"]
+
+
+def test_settled_totals_the_host_was_not_sent(world):
+    world.settle(sent=(2, 1999, 0, 0))
+    assert world.violations() == ["batch 000001: settled totals (2, 2000, 0, 0), the host was "
+                                  "sent (2, 1999, 0, 0), the ledger holds (2, 2000, 0, 0)"]
+
+
+def test_settled_totals_the_ledger_does_not_hold(world):
+    world.settle(totals=(1, 1200, 0, 0), sent=(1, 1200, 0, 0))
+    assert world.violations() == ["batch 000001: settled totals (1, 1200, 0, 0), the host was "
+                                  "sent (1, 1200, 0, 0), the ledger holds (2, 2000, 0, 0)"]
+
+
+def test_a_settled_batch_the_ledger_never_saw(world):
+    world.settle(sent=None)
+    assert world.violations() == ["batch 000001: settled, the ledger has no 0500 of it"]
+
+
+def test_a_settlement_report_of_a_batch_not_settled(world):
+    world.printer.print_receipt(b"\x1b@", "report", "settle-000001")
+    assert world.violations() == ["settlement report settle-000001.bin: batch not settled",
+                                  "settlement report settle-000001.txt: batch not settled"]
+
+
+def test_a_settlement_report_marked_printed_without_its_file(world):
+    world.settle()
+    world.journal.mark_report_printed(1)
+    assert world.violations() == ["batch 000001: settlement report marked printed, no report file"]
+
+
+def test_the_cashier_settles_a_full_batch_and_sells_on(tmp_path, capsys):
+    """The child's cashier (no kill here, the acquirer in-process), batches of 3: sales 1-3,
+    the 4th refused "Batch full", a settlement from the menu, sales 5-7 in the next batch,
+    the 8th refused and settled again; then the reconciler finds everything in order."""
+    overrides = child_overrides(tmp_path, 1)  # port 1: replaced by the in-process acquirer's
+    overrides["settlement"]["max_batch_txns"] = 3
+    cfg = load_config(REPO_CONFIG, overrides=overrides)
+
+    async def sell() -> None:
+        async with sim_session(cfg) as session:
+            await _sell_at_random(session, random.Random(2), count=8)
+
+    asyncio.run(sell())
+    events = [line for line in capsys.readouterr().out.splitlines() if '"settle' in line]
+    assert events == ['{"event": "settle", "resume": false}',
+                      '{"event": "settled", "outcome": "Settled"}'] * 2
+    journal = tmp_path / "terminal" / "journal.db"
+    settled = _read(journal, "SELECT batch, status FROM settlement")
+    batches = _read(journal, "SELECT batch, COUNT(*) FROM txn GROUP BY batch")
+    assert [tuple(row) for row in settled] == [(1, "SETTLED"), (2, "SETTLED")]
+    assert [tuple(row) for row in batches] == [(1, 3), (2, 3)]
+    found = reconcile(journal, cfg.sim.ledger, tmp_path / "terminal" / "receipts", load_catalog())
+    assert (found.violations, found.batches_settled) == ([], 2)
+
+
 def test_reports_add_up():
     a, b = Report(sales=2, violations=["x"], wall_time=3.0), Report(sales=5, wall_time=1.0)
     a.kills["random"], b.kills["commit.after"] = 1, 2
@@ -195,3 +295,8 @@ def test_200_kill_points_lose_nothing_and_charge_nothing_twice(tmp_path):
     assert report.integrity_checks >= report.total_kills - 2  # the first kills may precede the journal
     assert report.total_kills - report.kills["random"] > 50  # crash points were hit
     assert report.approved_online and report.approved_offline and report.reversed and report.advices
+    # Full batches were settled, some after an upload; kills landed in settlements and the
+    # next child resumed them.
+    assert report.settle_outcomes["Settled"] and report.batches_settled and report.batches_uploaded
+    assert sum(report.kills[p] for p in ("settle.closed", "upload.sent", "upload.acked"))
+    assert report.settle_resumed

@@ -7,27 +7,34 @@ one asyncio loop) owns a workdir, an AcquirerSimulator on 127.0.0.1 with its led
 stream of terminal children (a sim_session with start_acquirer=False, its data dir in the
 workdir, short timeouts) that each sell at random until killed: half at a random delay
 after the start, half by a crash point (crashpoint.arm, firmware/crashpoint.py; a point not
-reached in time ends in a random kill). Each child is a process of its own, forked by
+reached in time ends in a random kill). A child settles from the menu, as the merchant
+does, when a sale is refused "Batch full" (a small batch: MAX_BATCH) and at its start when
+a kill or a failure left a settlement open. Each child is a process of its own, forked by
 multiprocessing's fork server, which imported CHILD_MODULES once (no interpreter start-up
 per kill); the fork server lives until this process exits, and a script calling run()
 needs the `if __name__ == "__main__"` guard (the server imports the main module).
-Meanwhile the instance flips acquirer faults and the network. After every death the
-journal gets PRAGMA integrity_check; after the last kill a clean child drains the queue
-and stops; then `reconcile()` checks the journal against the ledger and the receipts.
+Meanwhile the instance flips acquirer faults and the network, and now and then makes the
+next settlement out of balance (a batch upload; always before a child armed with an
+upload.* point). After every death the journal gets PRAGMA integrity_check; after the last
+kill a clean child finishes a settlement left open, drains the queue and stops; then
+`reconcile()` checks the journal against the ledger (settled batches included) and the
+receipt and report files.
 
 Parent: one loop; blocking sqlite reads run in threads (asyncio.to_thread), the fault
 schedule's waits are the faults themselves, child deaths (the process sentinel, readable
 once the fork server reaped it) and stdout (a pipe) are awaited; a child's start blocks the
 loop for the fork server's answer (ms; the first one waits for its imports). Child:
 its own loop, driven by display events, never sleeps; it prints one JSON line per sale
-(card name, entry, amount: never card data) for the parent to count. Amounts are int
-minor units. Violations name txn ids, STANs and catalog card names, never a PAN.
+and settlement (card name, entry, amount, result screen: never card data) for the parent
+to count. Amounts are int minor units. Violations name txn ids, STANs, batches and
+catalog card names, never a PAN.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -63,9 +70,17 @@ SALES = (("approve", "insert", True), ("approve", "tap", False), ("offline_pin",
          ("offline_ok", "insert", False), ("offline_ok", "tap", False),
          ("low_balance", "tap", False))
 AMOUNTS = (1, 300)  # minor units: under the CVM limit (taps need no PIN), balances last long
-# Highest n in KPOS_CRASH_AT "point:n", so that the point is usually reached in a few sales.
+# Highest n in KPOS_CRASH_AT "point:n", so that the point is usually reached in a few sales
+# or in the first settlement (settle.closed: once a settlement; upload.*: once an uploaded
+# sale, ~12 of them in a batch upload, which the parent forces for an upload point).
 CRASH_N = {"commit.before": 16, "commit.after": 16, "link.sent": 5, "link.received": 5,
-           "print.done": 3}
+           "print.done": 3, "settle.closed": 1, "upload.sent": 4, "upload.acked": 4}
+# [settlement] max_batch_txns of the children. The merchant settles when the batch is full,
+# the trigger a real counter sees ("Batch full, settle first"), kept in the journal across
+# kills (a child sells ~10 times before its kill: a count of its own sales would restart at
+# every kill). 20 fills in ~2 children, so a child armed with a settlement point usually
+# settles before its crash limit, and a long run settles hundreds of batches.
+MAX_BATCH = 20
 # Seconds after the fork. A child used to spend its first ~0.5 s importing (a fresh
 # interpreter); forked from the fork server it starts the terminal at once, so both windows
 # moved 0.5 s earlier: the same start-up (recovery, sign-on) and the same selling time.
@@ -80,12 +95,16 @@ FAULTS = (("drop",), ("delay", "1.6"), ("disconnect",), ("close_before_read",),
 # reversals, sign-on and echo tests.
 FAULT_MTIS = ("", "", "02", "022", "04", "08")
 COPIES = ("merchant", "customer")
+# Manager > Settlement, then the supervisor (00, config/sim.toml's seeded operators) and
+# the password: bench/soak.py's SETTLE, keyed at once (the flow takes keys in order).
+SETTLE_KEYS = ("MENU", "9", "2", "0", "0", "ENTER", *"123456", "ENTER")
 # The fork server's imports, done once: a child starts selling without an interpreter
 # start-up (a fresh `python` took ~0.5 s of imports per kill). Not this module (~20 ms):
 # under `python -m` each child runs it as its main module, which must not be imported yet.
 CHILD_MODULES = ("firmware.sim.runner", "firmware.config", "firmware.flows.types")
 _FORKS = multiprocessing.get_context("forkserver")
 _RECEIPT_NAME = re.compile(r"(\d{6})-(\d{6})-(merchant|customer)\.(bin|txt)")
+_REPORT_NAME = re.compile(r"settle-(\d{6})\.(bin|txt)")  # a settlement report (app_menu)
 
 
 def child_overrides(workdir: Path, port: int) -> dict:
@@ -97,9 +116,7 @@ def child_overrides(workdir: Path, port: int) -> dict:
                      "connect_timeout": 0.5, "echo_interval": 1},
         "timeouts": {"card": 5, "pin": 5, "result": 1},
         "emv": {"floor_limit": FLOOR_LIMIT},
-        # The largest batch: the cashier never settles, and a full batch refuses every sale
-        # (no commit, no request, no receipt: crash points missed, kills wasted).
-        "settlement": {"max_batch_txns": 999},
+        "settlement": {"max_batch_txns": MAX_BATCH},  # full: the cashier settles
         "saf": {"retry_first": 0.2, "retry_max": 1.0},
         "log": {"level": "INFO", "file": ""},
         "sim": {"ledger": str(workdir / "child-unused-ledger.db"), "acquirer_port": 0},
@@ -119,6 +136,12 @@ class Report:
     integrity_checks: int = 0  # PRAGMA integrity_check after a death, all "ok" unless a violation
     sales: int = 0  # sales started at the counter
     outcomes: Counter = field(default_factory=Counter)  # result screen title -> sales
+    settlements: int = 0  # settlements started from the menu (a full batch, or open at a start)
+    settle_resumed: int = 0  # of which at a start that found a settlement open
+    settle_outcomes: Counter = field(default_factory=Counter)  # settlement result screens
+    batches_settled: int = 0  # journal: SETTLED batches
+    batches_uploaded: int = 0  # of which out of balance at first, settled after an upload
+    uploads: int = 0  # journal: uploaded transactions acknowledged (0330)
     in_flight: int = 0  # txns a kill left SENDING (the next start recovered them)
     receipts_owed: int = 0  # approved txns a kill left without receipts (printed at a restart)
     approved_online: int = 0
@@ -152,6 +175,12 @@ class Report:
             ("integrity checks", self.integrity_checks),
             ("sales attempted", self.sales),
             ("  results on screen", ", ".join(f"{k} {n}" for k, n in self.outcomes.most_common())),
+            ("settlements from the menu", f"{self.settlements} ({self.settle_resumed} at a start "
+                                          "that found one open)"),
+            ("  results on screen", ", ".join(
+                f"{k} {n}" for k, n in self.settle_outcomes.most_common())),
+            ("batches settled (journal)", f"{self.batches_settled} ({self.batches_uploaded} after "
+                                          f"a batch upload, {self.uploads} sales uploaded)"),
             ("approved online", self.approved_online),
             ("approved offline", self.approved_offline),
             ("  declined when forwarded", self.offline_declined),
@@ -178,6 +207,9 @@ class Reconciliation:
     reversed: int = 0
     advices: int = 0
     repeats: int = 0
+    batches_settled: int = 0
+    batches_uploaded: int = 0
+    uploads: int = 0
     violations: list[str] = field(default_factory=list)
 
 
@@ -202,10 +234,13 @@ def reconcile(journal: Path, ledger: Path, receipts: Path, catalog) -> Reconcili
     auths = _read(ledger, "SELECT tid, stan, date, batch, amount, rc, reversed, kind, repeats, "
                           "pan_key FROM authorisations ORDER BY id")
     balances = {row["pan_key"]: row["balance"] for row in _read(ledger, "SELECT * FROM accounts")}
+    settlements = _read(journal, """SELECT s.*, (SELECT COUNT(*) FROM batch_upload u WHERE
+        u.batch = s.batch AND u.status = 'ACKED') AS uploaded FROM settlement s ORDER BY batch""")
     out = Reconciliation()
     _check_journal(txns, out)
     _check_debits(txns, auths, out)
-    _check_receipts(txns, receipts, out)
+    _check_receipts(txns, receipts, settlements, out)
+    _check_settlements(settlements, ledger, out)
     for card in catalog.cards.values():
         key = pan_key(card.pan)
         moved = card.balance - balances.get(key, card.balance)
@@ -280,12 +315,22 @@ def _check_debits(txns: list[sqlite3.Row], auths: list[sqlite3.Row], out: Reconc
             out.violations.append(f"STAN {stan} date {date}: debited {n} times")
 
 
-def _check_receipts(txns: list[sqlite3.Row], receipts: Path, out: Reconciliation) -> None:
-    """Every receipt file has its APPROVED row; every approved row has both copies."""
+def _check_receipts(txns: list[sqlite3.Row], receipts: Path, settlements: list[sqlite3.Row],
+                    out: Reconciliation) -> None:
+    """Every receipt file has its APPROVED row; every approved row has both copies. Every
+    settlement report file has its SETTLED batch; a report marked printed has its files (a
+    kill between the SETTLED commit and the print leaves a settled batch without a report:
+    `kpos report settlement` prints it)."""
     rows = {(t["batch"], t["stan"]): t for t in txns}
-    files = set()
+    settled = {s["batch"] for s in settlements if s["status"] == "SETTLED"}
+    files, reports = set(), set()
     for path in sorted(receipts.iterdir()) if receipts.is_dir() else ():
         if path.name.startswith("."):  # a write the kill interrupted (never renamed in)
+            continue
+        if report := _REPORT_NAME.fullmatch(path.name):
+            reports.add((int(report[1]), report[2]))
+            if int(report[1]) not in settled:
+                out.violations.append(f"settlement report {path.name}: batch not settled")
             continue
         match = _RECEIPT_NAME.fullmatch(path.name)
         if match is None:
@@ -302,13 +347,56 @@ def _check_receipts(txns: list[sqlite3.Row], receipts: Path, out: Reconciliation
             printed = all((t["batch"], t["stan"], copy, ext) in files for ext in ("bin", "txt"))
             if t[f"printed_{copy}_at"] is None or not printed:
                 out.violations.append(f"{_where(t)}: approved, {copy} copy not printed")
+    for s in settlements:
+        if s["report_printed_at"] and not {(s["batch"], "bin"), (s["batch"], "txt")} <= reports:
+            out.violations.append(f"batch {s['batch']:06d}: settlement report marked printed, "
+                                  "no report file")
+
+
+def _check_settlements(settlements: list[sqlite3.Row], ledger: Path, out: Reconciliation) -> None:
+    """Every settlement SETTLED (none left open after the drain), balanced in the end; the
+    totals it settled are the ones its last first-round 0500 (60.3 201) brought the host
+    (the ledger's `settlements` record, firmware/sim/host_settle.py) and the ledger's own
+    totals of that batch now (nothing moved in a settled batch afterwards)."""
+    from firmware.sim.host_settle import host_totals
+    from firmware.settlement import BALANCED, MGMT_SETTLE, parse_totals_field
+
+    has_table = _read(ledger, "SELECT 1 FROM sqlite_master WHERE name = 'settlements'")
+    sent = {}  # batch -> (tid, the totals of its last 0500 201)
+    for row in _read(ledger, "SELECT * FROM settlements ORDER BY id") if has_table else ():
+        if row["mti"] == "0500" and row["mgmt"] == MGMT_SETTLE and row["batch"].isdigit():
+            sent[int(row["batch"])] = (row["tid"], parse_totals_field(row["terminal_totals"]))
+    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    try:
+        for s in settlements:
+            where = f"batch {s['batch']:06d}"
+            if s["status"] != "SETTLED":
+                out.violations.append(f"{where}: settlement left {s['status']}")
+                continue
+            out.batches_settled += 1
+            out.batches_uploaded += s["result"] != BALANCED
+            out.uploads += s["uploaded"]
+            totals = (s["debit_count"], s["debit_amount"], s["credit_count"], s["credit_amount"])
+            if s["detail"] != BALANCED:
+                out.violations.append(f"{where}: settled {s['detail']}")
+            if s["batch"] not in sent:
+                out.violations.append(f"{where}: settled, the ledger has no 0500 of it")
+                continue
+            tid, host_saw = sent[s["batch"]]
+            ledger_now = host_totals(db, tid, f"{s['batch']:06d}")
+            if not totals == host_saw == ledger_now:
+                out.violations.append(f"{where}: settled totals {totals}, the host was sent "
+                                      f"{host_saw}, the ledger holds {ledger_now}")
+    finally:
+        db.close()
 
 
 # ---- the parent: acquirer, faults, children, kills ----------------------------------
 
 
 async def _chaos(acquirer, rng: random.Random, stop: asyncio.Event) -> None:
-    """Flip faults and the network at random until `stop`; each flip completes."""
+    """Flip faults and the network at random, and now and then make the next settlement
+    out of balance (a batch upload), until `stop`; each flip completes."""
     from firmware.sim.acquirer import Faults
 
     while not stop.is_set():
@@ -322,8 +410,10 @@ async def _chaos(acquirer, rng: random.Random, stop: asyncio.Event) -> None:
             await acquirer.go_up()
         elif roll < 0.46:
             await acquirer.restart()
-        elif roll < 0.70:
+        elif roll < 0.66:
             acquirer.faults.set_to(Faults())
+        elif roll < 0.70:  # the next settlement is out of balance: a batch upload
+            acquirer.settle_unbalanced = 1
         else:
             words = [*rng.choice(FAULTS)]
             if rng.random() < 0.5:
@@ -406,7 +496,7 @@ class _Instance:
         found = await asyncio.to_thread(reconcile, self.journal, self.workdir / LEDGER_NAME,
                                         self.workdir / TERMINAL_DIR / "receipts", catalog)
         for name in ("approved_online", "approved_offline", "offline_declined", "reversed",
-                     "advices", "repeats"):
+                     "advices", "repeats", "batches_settled", "batches_uploaded", "uploads"):
             setattr(self.report, name, getattr(found, name))
         for text in found.violations:
             self.violation(text)
@@ -431,8 +521,10 @@ class _Instance:
         """One child from spawn to death; True when it died by SIGKILL."""
         point, crash, limit = "random", "", self.rng.uniform(*RANDOM_KILL_S)
         if self.rng.random() < 0.5:
-            point = self.rng.choice([p for p in crashpoint.POINTS if p in CRASH_N])  # sale points
+            point = self.rng.choice([p for p in crashpoint.POINTS if p in CRASH_N])
             crash, limit = f"{point}:{self.rng.randint(1, CRASH_N[point])}", self.rng.uniform(*CRASH_LIMIT_S)
+            if point.startswith("upload."):  # the host finds the next batch out of balance
+                self.acquirer.settle_unbalanced = 1
         proc, listener = await self._spawn(port, crash=crash)
         try:
             code = await asyncio.wait_for(_death(proc), limit)  # the kill instant: what this harness is for
@@ -496,9 +588,15 @@ class _Instance:
             last = raw.decode("utf-8", "replace").strip()
             with contextlib.suppress(ValueError):  # a line the kill cut short
                 message = json.loads(last)
-                self.report.sales += message.get("event") == "sale"
-                if message.get("event") == "result":
+                event = message.get("event")
+                self.report.sales += event == "sale"
+                if event == "result":
                     self.report.outcomes[message["outcome"]] += 1
+                elif event == "settle":
+                    self.report.settlements += 1
+                    self.report.settle_resumed += message["resume"]
+                elif event == "settled":
+                    self.report.settle_outcomes[message["outcome"]] += 1
         return last
 
 
@@ -552,38 +650,58 @@ async def _child(args) -> int:
 
     cfg = load_config(args.config, overrides=child_overrides(args.workdir, args.port))
     async with sim_session(cfg, start_acquirer=False) as session:
-        if args.drain:
-            return await _drain_queue(session, args.drain)
-        rng = random.Random(args.seed)
-        sales = [s for s in SALES if s[0] in session.catalog.cards]
-        while True:  # until killed
-            card, how, pin = rng.choice(sales)
-            amount = rng.randint(*AMOUNTS)
-            _emit(event="sale", card=card, how=how, amount=amount)
-            try:
-                outcome = await _sell(session, card, how, pin, amount)
-            except TimeoutError:
-                _emit(event="stuck", phase=session.terminal.sale_state.phase)
-                return 4
-            _emit(event="result", outcome=outcome)
+        terminal = session.terminal
+        try:
+            if await terminal.journal_call(lambda journal: journal.open_settlement()):
+                await _settle(session, resume=True)  # a kill or a failure left it open
+            if args.drain:
+                return await _drain_queue(session, args.drain)
+            await _sell_at_random(session, random.Random(args.seed))
+        except TimeoutError:
+            _emit(event="stuck", phase=terminal.state.phase, sale=terminal.sale_state.phase)
+            return 4
+
+
+async def _sell_at_random(session, rng: random.Random, count: int | None = None) -> None:
+    """`count` random sales (None: until killed); a sale refused "Batch full" is followed
+    by a settlement."""
+    from firmware.app_menu import BATCH_FULL
+
+    sales = [s for s in SALES if s[0] in session.catalog.cards]
+    for _ in itertools.count() if count is None else range(count):
+        card, how, pin = rng.choice(sales)
+        amount = rng.randint(*AMOUNTS)
+        _emit(event="sale", card=card, how=how, amount=amount)
+        outcome = await _sell(session, card, how, pin, amount)
+        _emit(event="result", outcome=outcome)
+        if BATCH_FULL in outcome:
+            await _settle(session, resume=False)
+
+
+async def _screens(display, mark: int, limit: float):
+    """Yield at each new screen shown after `mark` (display.mark()); TimeoutError once
+    `limit` seconds have passed."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        await display.wait_for("", timeout=max(remaining, 0.001), since=mark)  # any new screen
+        mark = display.mark()
+        yield
 
 
 async def _sell(session, card: str, how: str, pin: bool, amount: int) -> str:
     """Key the amount, present the card, key the PIN, take the result, remove the card,
-    back to idle: each step on the screen it answers. Returns the result screen's title."""
+    back to idle: each step on the screen it answers. Returns the result screen's title.
+    TimeoutError after SALE_LIMIT_S."""
     from firmware.flows.types import Key
 
     terminal, display, reader = session.terminal, session.display, session.reader
-    deadline = asyncio.get_running_loop().time() + SALE_LIMIT_S
     if reader.present():
         reader.remove()
     mark, done, outcome, left_idle = display.mark(), set(), "", False
     for key in [*str(amount), "ENTER"]:
         terminal.post(Key(key))
-    while True:
-        remaining = deadline - asyncio.get_running_loop().time()
-        await display.wait_for("", timeout=max(remaining, 0.001), since=mark)  # any new screen
-        mark = display.mark()
+    async for _ in _screens(display, mark, SALE_LIMIT_S):
         state = terminal.sale_state
         step = (state.phase, state.token)  # one answer per screen of a phase
         if state.phase == "IDLE":
@@ -611,6 +729,33 @@ async def _sell(session, card: str, how: str, pin: bool, amount: int) -> str:
         else:
             continue
         done.add(step)
+
+
+async def _settle(session, *, resume: bool) -> None:
+    """Settle from the menu as the merchant does: SETTLE_KEYS, ENTER at "Settle batch?",
+    ENTER on the result, back to idle (the terminal finishes a settlement left open first,
+    then settles the open batch). Reports "Settled" or the failure, numbers as N (ports
+    vary). TimeoutError after SALE_LIMIT_S."""
+    from firmware.flows.types import Key
+
+    terminal, display = session.terminal, session.display
+    _emit(event="settle", resume=resume)
+    mark, done, outcome = display.mark(), set(), ""
+    for key in SETTLE_KEYS:
+        terminal.post(Key(key))
+    async for _ in _screens(display, mark, SALE_LIMIT_S):
+        phase = terminal.state.phase
+        if phase == "IDLE" and "ASK" in done:  # the result's 1 s may pass before this wakes
+            _emit(event="settled", outcome=outcome or "result screen not seen")
+            return
+        if phase in done or phase not in ("ASK", "RESULT"):
+            continue
+        if phase == "RESULT":
+            screen = display.history[-1]
+            failed = re.sub(r"\d[\d.:]*", "N", _outcome(screen))
+            outcome = screen.title if screen.tone == "ok" else failed
+        done.add(phase)
+        terminal.post(Key("ENTER"))
 
 
 def _outcome(screen) -> str:
