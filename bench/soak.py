@@ -104,13 +104,16 @@ def _config(tmp: Path) -> Path:
     return path
 
 
-def _script(sales: int, first: int, last_chunk: bool, settle_every: int) -> str:
+def _script(sales: int, first: int, last_chunk: bool, settle_every: int) -> tuple[str, set[int]]:
     """One chunk: login, `sales` sales numbered from `first` (sales done before: the fault
-    and settlement schedule). An outage's DOWN_SALES sales count as that many, so the
-    numbers are the sales the harness counts and a settlement falls every `settle_every`
-    of them whatever the chunk boundaries (counting an outage as one once let the numbers
-    drift 50 a chunk, until a chunk boundary skipped a settlement and the batch filled)."""
+    and settlement schedule); and the numbers of the sales of each step a settlement
+    follows (an outage's sales when it ends one). An outage's DOWN_SALES sales count as
+    that many, so the numbers are the sales the harness counts and a settlement falls
+    every `settle_every` of them whatever the chunk boundaries (counting an outage as one
+    once let the numbers drift 50 a chunk, until a chunk boundary skipped a settlement
+    and the batch filled)."""
     lines = ["login 01 0000", 'expect screen "Key in amount" within 60']
+    settle_after: set[int] = set()
     n, end = first, first + sales
     while n < end:
         fault = n % FAULT_EVERY == FAULT_EVERY - 1
@@ -129,10 +132,11 @@ def _script(sales: int, first: int, last_chunk: bool, settle_every: int) -> str:
             done = 1
         if (n + done) // settle_every > n // settle_every:
             lines += SETTLE
+            settle_after.update(range(n + 1, n + done + 1))  # an outage's sales, then it
         n += done
     if last_chunk:
         lines.append("expect queue 0 within 120")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", settle_after
 
 
 def _journal(data: Path) -> tuple[float, int]:
@@ -148,10 +152,12 @@ def _journal(data: Path) -> tuple[float, int]:
 
 
 def _chunk(soak: _Soak, config: Path, data: Path, script: Path, stop_after: int | None,
-           sig: int) -> None:
+           sig: int, settle_after: set[int]) -> None:
     """Run one process, adding what it did to `soak`. With `stop_after`, send `sig` after
     that many sales (a restart in the middle of the chunk; a sale or two more may be done,
-    not counted, and one may be cut: the next start recovers it)."""
+    not counted, and one may be cut: the next start recovers it), but never between a sale
+    in `settle_after` and its settlement (the next chunk would not settle again, and the
+    batch would hold two cycles: an outage's first sale, killed, once lost a settlement)."""
     err = script.with_suffix(".err")
     with err.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "firmware", "sim", "--config", str(config),
@@ -176,7 +182,8 @@ def _chunk(soak: _Soak, config: Path, data: Path, script: Path, stop_after: int 
                     if len(soak.sales) % soak.sample_every == 1:
                         soak.journal.append((len(soak.sales), *_journal(data)))
                 last = now
-                if stop_after is not None and sales == stop_after:
+                if (stop_after is not None and sales >= stop_after
+                        and len(soak.sales) not in settle_after):
                     proc.send_signal(sig)
                     break  # what it still prints is not measured (RSS of a dead process)
             elif FAULT.match(line):
@@ -209,8 +216,10 @@ def run(size: Size) -> list[Result]:
             stop_after = per_chunk // 2 if c in kills and done + per_chunk // 2 < total else None
             last = done + sales == total and stop_after is None
             script = tmp / f"chunk{c}.kpos"
-            script.write_text(_script(sales, done, last, settle_every))
-            _chunk(soak, config, data, script, stop_after, kills.get(c, signal.SIGTERM))
+            text, settle_after = _script(sales, done, last, settle_every)
+            script.write_text(text)
+            _chunk(soak, config, data, script, stop_after, kills.get(c, signal.SIGTERM),
+                   settle_after)
             c += 1
         soak.journal.append((len(soak.sales), *_journal(data)))  # all stopped: the file's size
     chunks = c

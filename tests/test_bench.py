@@ -56,3 +56,16 @@ def test_quick_soak_settles_through_the_menu_and_reports_the_journal(tmp_path):
     assert rows["soak: settlement, menu to idle (SAF flushed first, 0500, report)"]["n"] == 5
     journal = rows["soak: journal size, start / middle / end"]
     assert journal["n"] == 3 and 0 < journal["p10"] <= journal["max"] < 1  # MB
+
+
+def test_soak_never_kills_between_a_step_and_the_settlement_that_follows_it():
+    from bench import soak
+
+    # sales 1200-1202 are an outage (a fault every 100 sales, every other one an outage);
+    # the settlement due at 1200 comes after the outage's last sale, 1202
+    text, settle_after = soak._script(400, 1000, False, 400)
+    assert settle_after == {1200, 1201, 1202}
+    lines = text.splitlines()
+    up = lines.index("acquirer up", lines.index("acquirer down"))
+    assert lines[up + 1:up + 1 + len(soak.SETTLE)] == soak.SETTLE
+    assert text.count("keys MENU 9 2") == 1
