@@ -104,30 +104,28 @@ def test_no_op_when_there_is_no_libc_so_6(fresh_lookup, monkeypatch):
     assert memtrim.limit_arenas() is False
 
 
+def tap_sale(amount_keys: str) -> str:
+    """Script: a contactless sale of the "approve" card, back to the idle screen."""
+    return f"""
+        keys {amount_keys} ENTER
+        tap approve
+        expect screen "Take receipts"
+        remove
+        keys ENTER
+        expect screen "Key in amount"
+    """
+
+
 def test_terminal_trims_at_idle_after_each_sale(sim_config, monkeypatch):
     calls = []
     monkeypatch.setattr(memtrim, "trim", lambda: calls.append(1) or True)
 
     async def go():
         async with sim_session(sim_config) as session:
-            await run_script(session, parse_script("""
-                expect signon
-                keys 10 ENTER
-                tap approve
-                expect screen "Take receipts"
-                remove
-                keys ENTER
-                expect screen "Key in amount"
-            """), log=lambda line: None)
+            await run_script(session, parse_script("expect signon" + tap_sale("10")),
+                             log=lambda line: None)
             before = len(calls)
-            await run_script(session, parse_script("""
-                keys 20 ENTER
-                tap approve
-                expect screen "Take receipts"
-                remove
-                keys ENTER
-                expect screen "Key in amount"
-            """), log=lambda line: None)
+            await run_script(session, parse_script(tap_sale("20")), log=lambda line: None)
             return before, len(calls), len(session.printer.printed)
     before, after, printed = asyncio.run(go())
     assert printed == 4  # two sales, two copies each
@@ -181,14 +179,7 @@ def test_kpos_sim_bounds_its_receipt_files_across_restarts(tmp_path, monkeypatch
 
     monkeypatch.setattr(cli, "SIM_RECEIPTS", 3)
     script = tmp_path / "two.kpos"
-    script.write_text('login 01 0000\nexpect screen "Key in amount"\n' + """
-        keys 20 ENTER
-        tap approve
-        expect screen "Take receipts"
-        remove
-        keys ENTER
-        expect screen "Key in amount"
-    """ * 2)
+    script.write_text('login 01 0000\nexpect screen "Key in amount"\n' + tap_sale("20") * 2)
     data = tmp_path / "data"
     for _ in range(2):  # a restart: the first run's files count too
         assert cli.main(["sim", "--config", str(REPO / "config" / "sim.toml"),
