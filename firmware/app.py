@@ -111,8 +111,7 @@ class Terminal(CardWork, MenuWork, CheckoutWork, TrainingWork, HoldGate):
                                     TlsClient.from_config(cfg.acquirer))
         self.saf = self._make_saf(self.link, self.journal_call)
         self._saf_task: asyncio.Task | None = None
-        memtrim.limit_arenas()  # before the workers' threads: they share the arenas
-        memtrim.cap_mmap_threshold()  # big buffers (scrypt's 16 MB) unmapped when freed
+        memtrim.configure()  # before the workers' threads: shared arenas, big buffers unmapped
         self.journal_worker = Worker("journal")
         self.reader_worker = Worker("reader")
         self.printer_worker = Worker("printer")

@@ -47,8 +47,7 @@ SIM_RECEIPTS = 1000  # ... and keeps the files of the newest receipts only (~16 
 def main(argv: list[str] | None = None) -> int:
     # Before any thread: every thread of the process (the simulator's acquirer and the
     # asyncio executor start before the Terminal) then shares the capped arenas.
-    memtrim.limit_arenas()
-    memtrim.cap_mmap_threshold()
+    memtrim.configure()
     args = _parser().parse_args(argv)
     if not hasattr(args, "handler"):
         _parser().print_help()

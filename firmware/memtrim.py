@@ -26,7 +26,7 @@ import ctypes
 import logging
 import sys
 
-__all__ = ["ARENAS", "MMAP_THRESHOLD", "limit_arenas", "cap_mmap_threshold", "trim"]
+__all__ = ["ARENAS", "MMAP_THRESHOLD", "configure", "limit_arenas", "cap_mmap_threshold", "trim"]
 
 log = logging.getLogger("kpos.memtrim")
 
@@ -73,6 +73,14 @@ def cap_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
         raise ValueError(f"mmap threshold must be 4096..32 MiB, not {nbytes}")
     libc = _glibc()
     return libc is not None and libc.mallopt(M_MMAP_THRESHOLD, nbytes) == 1
+
+
+def configure() -> bool:
+    """limit_arenas() and cap_mmap_threshold() with the terminal's values: once, before
+    the process starts its threads (kpos's main(); the Terminal again, for code that
+    builds one without it). True when both took effect."""
+    arenas = limit_arenas()
+    return cap_mmap_threshold() and arenas
 
 
 def trim() -> bool:

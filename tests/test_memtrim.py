@@ -7,6 +7,7 @@ import os
 import platform
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -79,12 +80,29 @@ def test_limit_arenas_on_glibc(fresh_lookup):
     assert memtrim.limit_arenas(memtrim.ARENAS) is True
     with pytest.raises(ValueError):
         memtrim.limit_arenas(0)
+    assert memtrim.configure() is True  # the arenas and the mmap threshold both set
+
+
+def test_configure_sets_the_terminals_arenas_and_threshold(fresh_lookup, monkeypatch):
+    calls = []
+
+    def mallopt(param: int, value: int) -> int:  # recorded, this process's allocator untouched
+        calls.append((param, value))
+        return 1
+    glibc = SimpleNamespace(gnu_get_libc_version=lambda: b"2.36", malloc_trim=lambda n: 1,
+                            mallopt=mallopt)
+    monkeypatch.setattr(memtrim.ctypes, "CDLL", lambda name: glibc)
+    monkeypatch.setattr(memtrim.sys, "platform", "linux")
+    assert memtrim.configure() is True
+    assert calls == [(memtrim.M_ARENA_MAX, memtrim.ARENAS),
+                     (memtrim.M_MMAP_THRESHOLD, memtrim.MMAP_THRESHOLD)]
 
 
 def test_no_op_off_glibc(fresh_lookup, monkeypatch):
     monkeypatch.setattr(memtrim.sys, "platform", "darwin")
     assert memtrim.trim() is False
     assert memtrim.limit_arenas() is False
+    assert memtrim.configure() is False
     assert memtrim._libc is None  # looked up once, remembered
 
 

@@ -77,7 +77,6 @@ class SimPrinter:
     def status(self) -> str:
         return STATUS_OK if self.paper else PAPER_OUT
 
-
     def _forget_oldest(self) -> None:
         """Delete the files of the oldest receipts beyond keep_files."""
         while len(self._on_disk) > self.keep_files:
