@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import REPO, SIM_TOML, Result, Size, Target, rss_mb
+from firmware.sim.powercut import SETTLE_KEYS
 
 __all__ = ["run"]
 
@@ -68,9 +69,9 @@ PATHS = ("capk_file", "products", "tmk_file")  # relative in sim.toml: made abso
 SALE = ["keys 10 ENTER", 'expect screen "Insert"', "tap approve",
         'expect screen "{outcome}" within 30', "remove", "keys ENTER",
         'expect screen "Key in amount" within 30']
-SETTLE = ["keys MENU 9 2", "keys 00 ENTER 123456 ENTER", 'expect screen "Settle batch?"',
+SETTLE = [f"keys {' '.join(SETTLE_KEYS)}", 'expect screen "Settle batch?"',  # the supervisor
           "keys ENTER", 'expect screen "Settled" within 60', "expect queue 0", "keys ENTER",
-          'expect screen "Key in amount" within 30']  # supervisor 00: config/sim.toml's seed
+          'expect screen "Key in amount" within 30']
 
 
 @dataclass

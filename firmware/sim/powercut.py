@@ -55,6 +55,7 @@ from pathlib import Path
 
 from firmware import crashpoint
 from firmware.journal import JOURNAL_NAME
+from firmware.operators import DEFAULT_OPERATORS
 
 __all__ = ["Report", "Reconciliation", "run", "reconcile", "child_overrides", "main"]
 
@@ -95,9 +96,11 @@ FAULTS = (("drop",), ("delay", "1.6"), ("disconnect",), ("close_before_read",),
 # reversals, sign-on and echo tests.
 FAULT_MTIS = ("", "", "02", "022", "04", "08")
 COPIES = ("merchant", "customer")
-# Manager > Settlement, then the supervisor (00, config/sim.toml's seeded operators) and
-# the password: bench/soak.py's SETTLE, keyed at once (the flow takes keys in order).
-SETTLE_KEYS = ("MENU", "9", "2", "0", "0", "ENTER", *"123456", "ENTER")
+# Manager > Settlement, then the seeded supervisor's number and password (config/sim.toml
+# seeds DEFAULT_OPERATORS), keyed at once (the flow takes keys in order); bench/soak.py
+# keys them too.
+_SUPERVISOR = next(op for op in DEFAULT_OPERATORS if op[1] == "supervisor")
+SETTLE_KEYS = ("MENU", "9", "2", *_SUPERVISOR[0], "ENTER", *_SUPERVISOR[2], "ENTER")
 # The fork server's imports, done once: a child starts selling without an interpreter
 # start-up (a fresh `python` took ~0.5 s of imports per kill). Not this module (~20 ms):
 # under `python -m` each child runs it as its main module, which must not be imported yet.
@@ -568,7 +571,9 @@ class _Instance:
         """Fork a child from the fork server; (the process, the task reading its stdout)."""
         args = argparse.Namespace(workdir=self.workdir, port=port, config=self.config,
                                   seed=self.rng.randrange(2**32), drain=drain)
-        _FORKS.set_forkserver_preload(["__main__", *CHILD_MODULES])  # no effect once it runs
+        # before the first start, which starts the server (whatever calls _spawn); no
+        # effect once it runs
+        _FORKS.set_forkserver_preload(["__main__", *CHILD_MODULES])
         out_r, w = os.pipe()  # the child's stdout; a Connection is sent with the child's args
         out_w = multiprocessing.connection.Connection(w, readable=False)
         proc = _FORKS.Process(target=_child_process, args=(crash, out_w, args), daemon=True)
